@@ -1,0 +1,55 @@
+// Argument checks shared by every op. Each message names the argument, so a
+// wrong call reads as a Python error about that argument, never a crash.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#define DCAE_CHECK_ARG(cond, name, ...) \
+  TORCH_CHECK_VALUE(cond, "dcae_ext: argument '", name, "': ", __VA_ARGS__)
+
+#define DCAE_CHECK_DIM(t, name, ndim)                                         \
+  DCAE_CHECK_ARG((t).dim() == (ndim), name, "expected a ", ndim,             \
+                 "-D tensor, got shape ", (t).sizes())
+
+#define DCAE_CHECK_FLOATING(t, name)                                          \
+  DCAE_CHECK_ARG(at::isFloatingType((t).scalar_type()), name,                 \
+                 "expected a floating-point tensor, got ", (t).scalar_type())
+
+#define DCAE_CHECK_SAME_DTYPE(a, name_a, b, name_b)                           \
+  DCAE_CHECK_ARG((a).scalar_type() == (b).scalar_type(), name_b,              \
+                 "dtype ", (b).scalar_type(), " differs from ", name_a,        \
+                 "'s dtype ", (a).scalar_type())
+
+#define DCAE_CHECK_SAME_DEVICE(a, name_a, b, name_b)                          \
+  DCAE_CHECK_ARG((a).device() == (b).device(), name_b, "is on ",              \
+                 (b).device(), " but ", name_a, " is on ", (a).device())
+
+#define DCAE_CHECK_DEVICE_TYPE(t, name, type)                                 \
+  DCAE_CHECK_ARG((t).device().type() == (type), name, "expected a ",          \
+                 c10::DeviceTypeName(type, /*lower_case=*/true),               \
+                 " tensor, got one on ", (t).device())
+
+// Float32, float16, bfloat16 everywhere; float64 too (gradcheck). One macro, used by every kernel.
+#define DCAE_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+namespace dcae_ext {
+
+// The output keeps the input's layout: channels_last in, channels_last out.
+inline at::MemoryFormat layout_of(const at::Tensor& t) {
+  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::MemoryFormat::ChannelsLast;
+  }
+  return at::MemoryFormat::Contiguous;
+}
+
+// Float32 accumulation for every reduced-precision type, float64 for float64.
+template <typename scalar_t>
+struct AccType { using type = float; };
+template <>
+struct AccType<double> { using type = double; };
+template <typename scalar_t>
+using acc_t = typename AccType<scalar_t>::type;
+
+}  // namespace dcae_ext

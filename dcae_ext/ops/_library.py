@@ -1,0 +1,75 @@
+"""Loads the compiled library and decides, per call, whether a kernel or the reference runs.
+
+Importing never fails when the compiled library is missing: the ops then run their
+pure-PyTorch references and say so once.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+try:
+    from dcae_ext import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+
+    LOADED = True
+    WITH_CUDA = bool(_C.with_cuda)
+    CUDA_ARCH_LIST = _C.cuda_arch_list
+    LOAD_ERROR = None
+except ImportError as error:  # not built, or built against another torch
+    LOADED = False
+    WITH_CUDA = False
+    CUDA_ARCH_LIST = ""
+    LOAD_ERROR = error
+
+_reference_mode = os.environ.get("DCAE_EXT_REFERENCE", "0") not in ("", "0", "false", "False")
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+if not LOADED:
+    _warn_once("not-loaded", f"dcae_ext: compiled kernels not available ({LOAD_ERROR}); "
+                             "every op runs its pure-PyTorch reference")
+
+
+def use_reference(flag: bool = True) -> bool:
+    """Route every public op to its pure-PyTorch reference (True) or the kernels (False).
+
+    Returns the previous setting. The environment variable DCAE_EXT_REFERENCE=1 sets it at import.
+    """
+    global _reference_mode
+    previous = _reference_mode
+    _reference_mode = bool(flag)
+    return previous
+
+
+def reference_mode() -> bool:
+    return _reference_mode
+
+
+def compiled_backends() -> list[str]:
+    if not LOADED:
+        return []
+    return ["cpu", "cuda"] if WITH_CUDA else ["cpu"]
+
+
+def use_kernel(op_name: str, tensor: torch.Tensor) -> bool:
+    """True when the compiled kernel of `op_name` should run on `tensor`'s device."""
+    if _reference_mode or not LOADED:
+        return False
+    device = tensor.device.type
+    if device in ("cpu", "meta"):
+        return True
+    if device == "cuda":
+        if WITH_CUDA:
+            return True
+        _warn_once("no-cuda", "dcae_ext was built without CUDA kernels; CUDA tensors run the references")
+        return False
+    _warn_once(f"device-{device}", f"dcae_ext has no kernels for device '{device}'; running the references")
+    return False

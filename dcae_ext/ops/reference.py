@@ -1,0 +1,94 @@
+"""The math of every op, in plain PyTorch (DESIGN.md section 2).
+
+Same signatures as the public ops. These are what the kernels are tested against and
+raced against; they favour clarity over speed and build every intermediate tensor.
+Arguments are validated by the public ops, not here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# --- 2.3 DC-AE residual shortcuts -------------------------------------------------------------
+
+def pixel_unshuffle_mean(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
+    """x (B, C, H, W) -> (B, out_channels, H/r, W/r): space-to-channel, then mean over channel groups."""
+    y = F.pixel_unshuffle(x, factor)
+    b, c, h, w = y.shape
+    y = y.reshape(b, out_channels, c // out_channels, h, w).mean(dim=2)
+    return y if residual is None else residual + y
+
+
+def pixel_shuffle_repeat(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
+    """x (B, C, H, W) -> (B, out_channels, H*r, W*r): repeat channels, then channel-to-space."""
+    repeats = out_channels * factor * factor // x.shape[1]
+    y = F.pixel_shuffle(x.repeat_interleave(repeats, dim=1), factor)
+    return y if residual is None else residual + y
+
+
+# --- 2.1 IBQ ------------------------------------------------------------------------------------
+
+def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, K) logits z . C_k of the flattened rows, in the accumulation dtype."""
+    acc = _accumulation_dtype(z)
+    return z.reshape(-1, codebook.shape[1]).to(acc) @ codebook.to(acc).t()
+
+
+def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
+    """z (..., D), codebook (K, D) -> z_q (..., D), idx (...) int64.
+
+    idx = argmax_k z . C_k (ties -> lowest k); z_q = onehot @ C with the straight-through
+    one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets gradient.
+    """
+    logits = ibq_logits(z, codebook)
+    idx = logits.argmax(dim=-1)
+    soft = logits.softmax(dim=-1)
+    hard = F.one_hot(idx, codebook.shape[0]).to(soft.dtype)
+    onehot = hard - soft.detach() + soft
+    z_q = onehot @ codebook.to(soft.dtype)
+    return z_q.reshape(z.shape).to(z.dtype), idx.reshape(z.shape[:-1])
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p + 1e-5)).sum(dim=-1)
+
+
+def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
+    """mean_n H(softmax(logits_n / T)) - H(mean_n softmax(logits_n / T)), a scalar in z's dtype."""
+    probs = (ibq_logits(z, codebook) / temperature).softmax(dim=-1)
+    if probs.shape[0] == 0:
+        return torch.zeros((), dtype=z.dtype, device=z.device)
+    loss = _entropy(probs).mean() - _entropy(probs.mean(dim=0))
+    return loss.to(z.dtype)
+
+
+def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
+    z_q, idx = ibq_quantize(z, codebook)
+    return z_q, idx, ibq_entropy_loss(z, codebook, temperature)
+
+
+# --- 2.2 ReLU linear attention ------------------------------------------------------------------
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-15):
+    """q, k, v (B, heads, d, N) -> out (B, heads, d, N).
+
+    out_n = (sum_m v_m relu(k_m)^T) relu(q_n) / (relu(q_n) . sum_m relu(k_m) + eps),
+    computed in float32 (float64 for float64) because half precision overflows.
+    """
+    dtype, acc = q.dtype, _accumulation_dtype(q)
+    q, k, v = F.relu(q.to(acc)), F.relu(k.to(acc)), v.to(acc)
+    d, n = q.shape[-2], q.shape[-1]
+    if n <= d:  # the quadratic form: cheaper when there are fewer tokens than dimensions
+        attn = k.transpose(-1, -2) @ q  # (N keys, N queries)
+        out = (v @ attn) / (attn.sum(dim=-2, keepdim=True) + eps)
+    else:
+        v_pad = F.pad(v, (0, 0, 0, 1), mode="constant", value=1.0)  # (d+1, N): last row of ones
+        vk = v_pad @ k.transpose(-1, -2)  # (d+1, d)
+        out = vk @ q  # (d+1, N)
+        out = out[..., :-1, :] / (out[..., -1:, :] + eps)
+    return out.to(dtype)
