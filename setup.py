@@ -65,6 +65,22 @@ def find_cuda_toolkit():
     return None
 
 
+def pip_cuda_include_dirs(toolkit):
+    """Headers torch's CUDA build includes (cusparse.h, cublas_v2.h, ...) that a slim toolkit lacks
+    but the nvidia-* wheels torch depends on ship."""
+    if glob.glob(os.path.join(toolkit, "include", "cusparse.h")) or glob.glob(
+            os.path.join(toolkit, "targets", "*", "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    dirs = []
+    for base in getattr(nvidia, "__path__", []):
+        dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 def want_cuda(toolkit):
     import torch
 
@@ -97,10 +113,13 @@ def build_extension():
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
         macros.append(("DCAE_EXT_WITH_CUDA", None))
     macros.append(("DCAE_EXT_CUDA_ARCH_LIST", '"%s"' % arch_list))
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        include_dirs += pip_cuda_include_dirs(toolkit)
     kwargs = dict(
         name="dcae_ext._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo",
                                                         "--expt-relaxed-constexpr"]},

@@ -25,9 +25,9 @@
   DCAE_CHECK_ARG((a).device() == (b).device(), name_b, "is on ",              \
                  (b).device(), " but ", name_a, " is on ", (a).device())
 
-#define DCAE_CHECK_DEVICE_TYPE(t, name, type)                                 \
-  DCAE_CHECK_ARG((t).device().type() == (type), name, "expected a ",          \
-                 c10::DeviceTypeName(type, /*lower_case=*/true),               \
+#define DCAE_CHECK_DEVICE_TYPE(t, name, device_type)                          \
+  DCAE_CHECK_ARG((t).device().type() == (device_type), name, "expected a ",   \
+                 c10::DeviceTypeName(device_type, /*lower_case=*/true),        \
                  " tensor, got one on ", (t).device())
 
 // Float32, float16, bfloat16 everywhere; float64 too (gradcheck). One macro, used by every kernel.

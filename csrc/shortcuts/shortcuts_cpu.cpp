@@ -82,7 +82,7 @@ void shuffle_repeat_rows(const ShortcutGeometry& geo, const scalar_t* x, Strides
 at::Tensor shortcut_cpu(ShortcutKind kind, const at::Tensor& x, int64_t factor, int64_t out_channels,
                         double scale, const c10::optional<at::Tensor>& residual) {
   const ShortcutGeometry geo = check_shortcut_args(kind, x, factor, out_channels, residual);
-  DCAE_CHECK_DEVICE_TYPE(x, "x", at::kCPU);
+  DCAE_CHECK_DEVICE_TYPE(x, "x", c10::kCPU);
   at::Tensor y = allocate_shortcut_output(geo, x);
   if (y.numel() == 0) return y;
   const bool has_res = residual.has_value();

@@ -74,7 +74,7 @@ __global__ void shuffle_repeat_kernel(ShortcutGeometry geo, const scalar_t* __re
 at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor, int64_t out_channels,
                          double scale, const c10::optional<at::Tensor>& residual) {
   const ShortcutGeometry geo = check_shortcut_args(kind, x, factor, out_channels, residual);
-  DCAE_CHECK_DEVICE_TYPE(x, "x", at::kCUDA);
+  DCAE_CHECK_DEVICE_TYPE(x, "x", c10::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = allocate_shortcut_output(geo, x);
   const int64_t total = y.numel();
