@@ -7,10 +7,12 @@ during one run (allocations alive at the same time, not RSS, so it is repeatable
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -42,17 +44,34 @@ def _time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: 
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler backend's start/stop lines, written straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def cpu_tracked_peak_mb(fn: Callable[[], Any]) -> float:
     """Peak MB of CPU tensor memory alive at once while `fn` runs (profiler allocation events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    events.sort(key=lambda e: e.time_range.start)
+    # Each event's own (self) allocations minus frees, in start order: allocations land on the
+    # innermost op that made them, frees outside any op on "[memory]" events.
+    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                     if e.self_cpu_memory_usage)
     current = peak = 0
-    for event in events:
-        current += event.cpu_memory_usage
+    for _, change in changes:
+        current += change
         peak = max(peak, current)
     return peak / 2**20
 
