@@ -3,13 +3,9 @@ import torch
 
 from dcae_ext import ops
 from dcae_ext.ops import _library, reference
+from dcae_ext.testing import device_dtypes, devices
 
 needs_kernels = pytest.mark.skipif(not _library.LOADED, reason="compiled library not built")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
-DEVICE_DTYPES = [("cpu", torch.float64), ("cpu", torch.float32), ("cpu", torch.float16), ("cpu", torch.bfloat16)]
-DEVICE_DTYPES += [pytest.param("cuda", d, marks=cuda) for d in (torch.float32, torch.float16, torch.bfloat16)]
 
 # Error allowed against the float64 reference, relative to the largest expected magnitude: the
 # kernels accumulate in float32 and round once to the output dtype.
@@ -17,13 +13,6 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, tor
 
 # (B, heads, d, N): single token, N < d, the quadratic regime, a long sequence, odd sizes.
 SHAPES = [(1, 1, 1, 1), (2, 3, 32, 1), (2, 4, 32, 17), (2, 4, 32, 1024), (1, 2, 16, 4096), (3, 1, 8, 333)]
-
-
-@pytest.fixture(autouse=True)
-def _kernels_on():
-    previous = ops.use_reference(False)
-    yield
-    ops.use_reference(previous)
 
 
 def _randn(shape, seed, scale=1.0, shift=0.0):
@@ -61,20 +50,20 @@ def _check_against_reference(q, k, v, eps=1e-15, grad_scale=1.0):
     return out
 
 
-@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("device,dtype", device_dtypes())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference(device, dtype, shape):
     _check_against_reference(*_qkv(shape, device, dtype))
 
 
-@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("device,dtype", device_dtypes())
 def test_odd_head_dims(device, dtype):
     # Head dims between the CUDA kernels' templated sizes (zero-padded) and above the largest.
     for d in (3, 12, 24, 48, 72):
         _check_against_reference(*_qkv((1, 2, d, 150), device, dtype))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_large_enough_to_overflow_half_accumulation(device, dtype):
     shape = (1, 2, 32, 4096)
@@ -85,7 +74,7 @@ def test_half_inputs_large_enough_to_overflow_half_accumulation(device, dtype):
     _check_against_reference(q, k, v)
 
 
-@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("device,dtype", device_dtypes())
 @pytest.mark.parametrize("token_stride", ["unit", "strided"])
 def test_views_of_interleaved_qkv(device, dtype, token_stride):
     # DC-AE's LiteMLA: a 1x1 conv gives (B, heads * 3d, H, W) -> view (B, heads, 3d, N) -> split.
@@ -117,7 +106,7 @@ def test_strided_views_are_not_copied():
     assert not names & {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"}, names
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", devices())
 def test_non_positive_queries_give_zero_output_and_no_nan(device):
     # relu(q) = 0 for every token: out = 0 / eps = 0, and the gradients stay finite.
     q = -_randn((1, 2, 8, 40), 0).abs().to(device)
@@ -126,7 +115,7 @@ def test_non_positive_queries_give_zero_output_and_no_nan(device):
     assert (out == 0).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", devices())
 def test_empty_inputs(device):
     for shape in [(0, 2, 8, 5), (1, 0, 8, 5), (1, 2, 8, 0), (1, 2, 0, 5)]:
         q, k, v = [torch.randn(shape, device=device, requires_grad=True) for _ in range(3)]
@@ -143,7 +132,7 @@ def test_gradcheck_float64():
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("layout", ["contiguous", "qkv_views"])
 def test_opcheck(device, layout):
     if layout == "contiguous":
@@ -159,7 +148,7 @@ def test_opcheck(device, layout):
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", devices())
 def test_compile_fullgraph_matches_eager(device):
     q, k, v = _qkv((2, 2, 8, 50), device, torch.float32)
 
