@@ -138,6 +138,10 @@ void load_channel_major(const scalar_t* src, HeadStrides s, int64_t d, int64_t n
     const scalar_t* row = src + c * s.c + n0 * s.n;
     acc* out = dst + c * kTile;
     if (s.n == 1) {  // the common layout: a plain loop the compiler vectorises
+      // 32+ rows per tile are too many streams for the hardware prefetcher: ask for the next
+      // tile's lines now (prefetching past the tensor's end is harmless).
+      for (int64_t line = 0; line < kTile; line += 64 / static_cast<int64_t>(sizeof(scalar_t)))
+        __builtin_prefetch(row + kTile + line);
       if (apply_relu) {
         for (int64_t t = 0; t < len; ++t) out[t] = relu(static_cast<acc>(row[t]));
       } else {
@@ -175,13 +179,18 @@ struct Plan {
   int64_t heads_total, dim, tokens, chunks, chunk_len;
   int64_t items() const { return heads_total * chunks; }
   int64_t state_size() const { return (dim + 1) * dim; }
+  // Items per thread at least: small problems run on the calling thread (waking the pool
+  // costs more than ~64k multiply-adds).
+  int64_t grain() const { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, chunk_len * dim * dim)); }
+  static constexpr int64_t kMinTaskWork = int64_t{1} << 16;
 };
 
 Plan make_plan(const AttentionGeometry& geo) {
   Plan plan{geo.heads_total(), geo.dim, geo.tokens, 1, geo.tokens};
   const int64_t wanted_items = 4 * at::get_num_threads();
   const int64_t max_chunks = (geo.tokens + kTile - 1) / kTile;
-  const int64_t chunks = std::min(max_chunks, std::max<int64_t>(1, wanted_items / std::max<int64_t>(1, plan.heads_total)));
+  const int64_t chunks_wanted = wanted_items / std::max<int64_t>(1, plan.heads_total);
+  const int64_t chunks = std::min(max_chunks, std::max<int64_t>(1, chunks_wanted));
   plan.chunk_len = (geo.tokens + chunks - 1) / chunks;
   plan.chunk_len = (plan.chunk_len + kTile - 1) / kTile * kTile;
   plan.chunks = (geo.tokens + plan.chunk_len - 1) / plan.chunk_len;
@@ -203,7 +212,7 @@ template <typename acc, typename Fn>
 std::vector<acc> reduce_over_tokens(const Plan& plan, Fn fn) {
   const int64_t size = plan.state_size();
   std::vector<acc> partial(plan.items() * size, acc(0));
-  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.items(), plan.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / plan.chunks, chunk = item % plan.chunks;
       const int64_t n_begin = chunk * plan.chunk_len;
@@ -212,7 +221,8 @@ std::vector<acc> reduce_over_tokens(const Plan& plan, Fn fn) {
   });
   if (plan.chunks == 1) return partial;
   std::vector<acc> total(plan.heads_total * size, acc(0));
-  at::parallel_for(0, plan.heads_total, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, Plan::kMinTaskWork / (plan.chunks * size));
+  at::parallel_for(0, plan.heads_total, grain, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh)
       for (int64_t chunk = 0; chunk < plan.chunks; ++chunk) {
         const acc* src = partial.data() + (bh * plan.chunks + chunk) * size;
@@ -226,7 +236,7 @@ std::vector<acc> reduce_over_tokens(const Plan& plan, Fn fn) {
 // Runs fn(bh, n_begin, n_end) over all items.
 template <typename Fn>
 void for_each_item(const Plan& plan, Fn fn) {
-  at::parallel_for(0, plan.items(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.items(), plan.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / plan.chunks, chunk = item % plan.chunks;
       const int64_t n_begin = chunk * plan.chunk_len;
