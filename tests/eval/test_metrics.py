@@ -48,24 +48,6 @@ def test_pair_shape_mismatch_names_the_argument():
         psnr_per_image(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
 
 
-class SmallFeatures(torch.nn.Module):
-    """A fixed random conv net: per-channel mean and std of 8 feature maps (16 features)."""
-
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.5)
-            self.conv.bias.zero_()
-
-    def forward(self, images):
-        maps = torch.tanh(self.conv(images.float()))
-        return torch.cat([maps.mean((2, 3)), maps.std((2, 3))], dim=1)
-
-
 def _image_set(count=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     base = torch.rand(count, 3, 1, 1, generator=generator)
@@ -73,17 +55,18 @@ def _image_set(count=64, seed=0):
     return (0.6 * base + 0.4 * texture).clamp(0, 1)
 
 
-def _fid(real, fake):
-    metric = build_fid(feature_extractor=SmallFeatures())
+def _fid(real, fake, features):
+    metric = build_fid(feature_extractor=features)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return float(metric.compute())
 
 
-def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
+def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_shift(small_features):
     images = _image_set()
-    assert abs(_fid(images, images)) < 1e-4
-    small, large = _fid(images, (images + 0.05).clamp(0, 1)), _fid(images, (images + 0.3).clamp(0, 1))
+    assert abs(_fid(images, images, small_features)) < 1e-4
+    small = _fid(images, (images + 0.05).clamp(0, 1), small_features)
+    large = _fid(images, (images + 0.3).clamp(0, 1), small_features)
     assert small > 1e-3
     assert large > small
 
