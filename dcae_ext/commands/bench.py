@@ -13,7 +13,7 @@ SUITES = {
     "shortcuts": "dcae_ext.bench.shortcuts",
     "linear_attention": "dcae_ext.bench.linear_attention",
     "ibq": "dcae_ext.bench.ibq",
-    "e2e": "dcae_ext.bench.dcae",  # end-to-end DC-AE encode/decode, ours vs diffusers
+    "dcae": "dcae_ext.bench.dcae",  # end-to-end DC-AE encode/decode, ours vs diffusers
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser, with_ops: bool = True) -> Non
     if with_ops:
         parser.add_argument("--ops", default="all", help="all or a comma list of: " + ", ".join(SUITES))
         parser.add_argument("--model", default=None,
-                            help="DC-AE config of the end-to-end (e2e) benchmark, e.g. f32c32 (default: the suite's)")
+                            help="DC-AE config of the end-to-end (dcae) benchmark, e.g. f32c32 (default: the suite's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default=None, help="comma list of fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats")
@@ -78,7 +78,7 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
                 raise
             print(f"[{name}] no benchmark suite in this build; skipped")
             continue
-        suite_records = _run_suite(suite, device, dtypes, quick, model if name == "e2e" else None)
+        suite_records = _run_suite(suite, device, dtypes, quick, model if name == "dcae" else None)
         for record in suite_records:
             record.setdefault("quick", quick)
         print(f"\n[{name}] on {device}")
@@ -98,8 +98,8 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
 
 def run(args) -> int:
     names = selected_suites(args.ops)
-    if args.model is not None and "e2e" not in names:
-        raise SystemExit("--model: applies to the end-to-end suite; add e2e to --ops")
+    if args.model is not None and "dcae" not in names:
+        raise SystemExit("--model: applies to the end-to-end suite; add dcae to --ops")
     run_suites(names, args.device, parse_dtypes(args.dtype, args.device), args.quick,
                args.results_dir, save=not args.no_save, model=args.model, plots_dir=args.plots_dir)
     return 0

@@ -131,16 +131,16 @@ def tiny_suite(monkeypatch):
     module = types.ModuleType("tiny_bench_suite")
     module.run = _tiny_suite
     monkeypatch.setitem(sys.modules, "tiny_bench_suite", module)
-    monkeypatch.setitem(bench.SUITES, "e2e", "tiny_bench_suite")
+    monkeypatch.setitem(bench.SUITES, "dcae", "tiny_bench_suite")
 
 
 def test_bench_command_prints_the_table_appends_and_plots(tmp_path, capsys, tiny_suite):
     from dcae_ext.cli import main
 
-    main(["bench", "--ops", "e2e", "--model", "f32c32", "--device", "cpu", "--quick", "--results-dir", str(tmp_path),
+    main(["bench", "--ops", "dcae", "--model", "f32c32", "--device", "cpu", "--quick", "--results-dir", str(tmp_path),
           "--plots-dir", str(tmp_path / "plots")])
     printed = capsys.readouterr().out
-    assert "[e2e] on cpu" in printed and "double" in printed and "f32c32" in printed
+    assert "[dcae] on cpu" in printed and "double" in printed and "f32c32" in printed
     lines = [json.loads(line) for line in open(tmp_path / "cpu.jsonl")]
     assert lines and all(SCHEMA <= set(line) and line["quick"] is True for line in lines)
     assert (tmp_path / "plots" / "cpu_speedup.png").stat().st_size > 1000
@@ -151,5 +151,5 @@ def test_bench_command_rejects_unknown_suites_and_a_stray_model():
 
     with pytest.raises(SystemExit, match="unknown"):
         main(["bench", "--ops", "nope", "--no-save"])
-    with pytest.raises(SystemExit, match="e2e"):
+    with pytest.raises(SystemExit, match="dcae"):
         main(["bench", "--ops", "shortcuts", "--model", "f32c32", "--no-save"])
