@@ -46,6 +46,7 @@ def load_model(name_or_path: str):
                 if json.load(stream).get("_class_name") == "IBQTokenizer":
                     return models.IBQTokenizer.from_pretrained(name_or_path), "IBQ tokenizer", True
         return models.DCAE.from_pretrained(name_or_path), "DC-AE", True
+    torch.manual_seed(0)  # a preset's random weights: the same numbers on every run
     if name_or_path.startswith("ibq-"):
         errors = []
         for preset in (name_or_path, name_or_path[len("ibq-"):]):  # "ibq-f16-16384" or "ibq-tiny" -> "tiny"
@@ -137,8 +138,8 @@ def _print_summary(metrics: dict, notes: dict) -> None:
     print(f"images  {metrics['num_images']}")
     print(f"PSNR    {show(metrics['psnr'], '.3f')} dB")
     print(f"SSIM    {show(metrics['ssim'], '.4f')}")
-    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (" + notes["lpips"] + ")" if "lpips" in notes else ""))
-    print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (" + notes["rfid"] + ")" if "rfid" in notes else ""))
+    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes else ""))
+    print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (no Inception weights: see the note above)" if "rfid" in notes else ""))
     if "codebook" in metrics:
         codes = metrics["codebook"]
         print(f"codes   usage {codes['usage']:.2%} ({codes['used_codes']}/{codes['num_codes']}), "

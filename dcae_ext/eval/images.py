@@ -62,7 +62,7 @@ def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: 
     rows = [("worst", entry) for entry in worst] + [("best", entry) for entry in best]
     if not rows:
         raise ValueError("argument 'worst'/'best': nothing to draw")
-    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows) + 0.4), squeeze=False, layout="constrained")
     for row, (kind, entry) in enumerate(rows):
         original, reconstruction = _as_hwc(entry["original"]), _as_hwc(entry["reconstruction"])
         error = np.clip(np.abs(original - reconstruction) * 4, 0, 1)
@@ -76,7 +76,6 @@ def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: 
             axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
