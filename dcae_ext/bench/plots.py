@@ -40,13 +40,13 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     plt = _pyplot()
     labels, fwd, fwdbwd, ref_oom = [], [], [], []
     for fast, ref in pairs:
-        labels.append(f"{fast['op']}  {_shape_text(fast['shape'])}  {fast['dtype']}")
+        labels.append(f"{fast['op']} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
         ref_oom.append(bool(ref.get("oom")))
         fwd.append(ref["fwd_ms"] / fast["fwd_ms"] if ref.get("fwd_ms") and fast.get("fwd_ms") else None)
         fwdbwd.append(ref["fwdbwd_ms"] / fast["fwdbwd_ms"] if ref.get("fwdbwd_ms") and fast.get("fwdbwd_ms")
                       else None)
     height = 0.38
-    figure, axis = plt.subplots(figsize=(11, 1.2 + 0.42 * len(pairs)))
+    figure, axis = plt.subplots(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
     rows = range(len(pairs))
     axis.barh([r - height / 2 for r in rows], [v or 0 for v in fwd], height, label="forward", color="tab:blue")
     axis.barh([r + height / 2 for r in rows], [v or 0 for v in fwdbwd], height, label="forward + backward",
@@ -60,15 +60,15 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
         if ref_oom[row]:
             axis.text(low * 1.1, row, "reference OOM", va="center", fontsize=8, color="firebrick")
     axis.axvline(1.0, color="black", linewidth=1)
-    axis.set_xscale("log")
+    axis.set_xscale("log", base=2)
     axis.set_xlim(low, high * 1.3)
+    axis.xaxis.set_major_formatter(lambda value, _: f"{value:g}x")
     axis.set_yticks(list(rows), labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster)")
     axis.set_title("fast op vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", which="both", alpha=0.3)
-    figure.tight_layout()
     return _save(figure, plt, path)
 
 
@@ -92,7 +92,7 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     if not series:
         return None
     plt = _pyplot()
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5))
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     timed_key = "fwdbwd_ms" if any(r.get("fwdbwd_ms") for pts in series.values() for _, r in pts) else "fwd_ms"
     for (op, impl, dtype, rest), points in sorted(series.items()):
         points.sort(key=lambda item: item[0])
@@ -116,12 +116,15 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
                          + " ms"), (memory_axis, "peak memory MB")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
+        axis.xaxis.set_major_formatter(lambda value, _: f"{value / 1024:g}k" if value >= 1024 else f"{value:g}")
+        axis.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
+        axis.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
+        axis.tick_params(axis="y", which="minor", labelsize=7)
         axis.set_xlabel("codebook size K")
         axis.set_ylabel(label)
         axis.grid(which="both", alpha=0.3)
     time_axis.legend(fontsize=7)
     figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
-    figure.tight_layout()
     return _save(figure, plt, path)
 
 
