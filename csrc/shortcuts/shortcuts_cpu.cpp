@@ -18,18 +18,23 @@ void unshuffle_mean_rows(const ShortcutGeometry& geo, const scalar_t* x, Strides
   const int64_t r = geo.factor, r2 = r * r, G = geo.group;
   const int64_t rows = geo.batch * geo.out_channels * geo.out_height;
   const acc weight = static_cast<acc>(scale / static_cast<double>(G));
+  // Offset of each averaged source (o, g) inside one batch item, computed once, not per row.
+  std::vector<int64_t> source_offset(geo.out_channels * G);
+  for (int64_t src = 0; src < geo.out_channels * G; ++src) {
+    const int64_t c = src / r2, dy = (src % r2) / r, dx = src % r;
+    source_offset[src] = c * xs.c + dy * xs.h + dx * xs.w;
+  }
+  const int64_t step = r * xs.w;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> sum(geo.out_width);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % geo.out_height;
       const int64_t o = (row / geo.out_height) % geo.out_channels;
       const int64_t b = row / (geo.out_height * geo.out_channels);
+      const scalar_t* row_base = x + b * xs.b + i * r * xs.h;
       std::fill(sum.begin(), sum.end(), acc(0));
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t src = o * G + g;  // channel of pixel_unshuffle(x)
-        const int64_t c = src / r2, dy = (src % r2) / r, dx = src % r;
-        const scalar_t* in = x + b * xs.b + c * xs.c + (i * r + dy) * xs.h + dx * xs.w;
-        const int64_t step = r * xs.w;
+        const scalar_t* in = row_base + source_offset[o * G + g];
         for (int64_t j = 0; j < geo.out_width; ++j) sum[j] += static_cast<acc>(in[j * step]);
       }
       scalar_t* out = y + b * ys.b + o * ys.c + i * ys.h;

@@ -65,14 +65,18 @@ def cpu_tracked_peak_mb(fn: Callable[[], Any]) -> float:
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # Each event's own (self) allocations minus frees, in start order: allocations land on the
-    # innermost op that made them, frees outside any op on "[memory]" events.
-    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
-                     if e.self_cpu_memory_usage)
-    current = peak = 0
+    # Each event's own (self) allocations minus frees: allocations land on the innermost op that
+    # made them (counted at its start), frees outside any op on "[memory]" events, and the frees
+    # an autograd node makes of its inputs on that node (counted at its end, after its outputs).
+    changes = sorted((e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
+                      e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    # Frees of memory allocated before the call (e.g. an old .grad) lower the floor: the peak is
+    # the largest rise above the lowest level reached before it.
+    current = lowest = peak = 0
     for _, change in changes:
         current += change
-        peak = max(peak, current)
+        lowest = min(lowest, current)
+        peak = max(peak, current - lowest)
     return peak / 2**20
 
 
