@@ -18,7 +18,7 @@ def add_parser(subparsers):
                         help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
                              "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
-    parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: native size, batch 1)")
+    parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE)")
     parser.add_argument("--inception-weights", default=None,
@@ -61,6 +61,17 @@ def load_model(name_or_path: str):
                      f"{', '.join(models.preset_names())}; IBQ: ibq-<preset>")
 
 
+class _PadToFactor(torch.nn.Module):
+    """A DC-AE that takes any image size (padded to a multiple of its factor, then cropped back)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, pad=True)
+
+
 def image_paths(data: str | None, limit: int | None) -> list[str]:
     from dcae_ext.train.data import embedded_image_paths, list_images
 
@@ -99,6 +110,8 @@ def run(args) -> int:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
     model = model.to(args.device)
+    if resolution is None and kind == "DC-AE":
+        model = _PadToFactor(model)
 
     notes = {}
     try:

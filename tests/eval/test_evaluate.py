@@ -131,3 +131,18 @@ def test_eval_command_rejects_a_resolution_off_the_factor(tmp_path):
 
     with pytest.raises(SystemExit, match="multiple"):
         main(["eval", "--model", "tiny", "--data", str(tmp_path), "--resolution", "30"])
+
+
+def test_eval_command_native_sizes_pad_a_dcae(tmp_path, monkeypatch):
+    pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
+    from dcae_ext.cli import main
+
+    monkeypatch.delenv("DCAE_EXT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_images(data, count=2, size=(36, 44))  # not multiples of the tiny model's factor 8
+    main(["eval", "--model", "tiny", "--data", str(data), "--resolution", "0", "--batch-size", "1",
+          "--out", str(tmp_path / "out")])
+    document = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert document["metrics"]["num_images"] == 2 and document["resolution"] is None
