@@ -96,6 +96,12 @@ class TrainConfig:
 
 def defaults(model: str = "dcae", phase: int = 1) -> dict:
     """The recipe of the papers for (model, phase), as overrides of the dataclass defaults."""
+    if model not in MODELS:
+        raise ValueError(f"config 'model': expected one of {MODELS}, got {model!r}")
+    if phase not in PHASE_TRAINABLE:
+        raise ValueError(f"config 'phase': expected 1, 2 or 3, got {phase!r}")
+    if model == "ibq" and phase != 1:
+        raise ValueError("config 'phase': the IBQ trainer has a single phase (1)")
     if model == "ibq":
         # SEED-Voken IBQ: Adam lr 1e-4 betas (0.5, 0.9), EMA 0.999, fixed GAN weight 0.1, LeCAM 0.05.
         return dict(model="ibq", phase=1, lr=1e-4, weight_decay=0.0, betas=(0.5, 0.9), lpips_weight=1.0,
@@ -135,7 +141,8 @@ def make_config(model: str = "dcae", phase: int | None = None, file: str | None 
     if unknown:
         raise ValueError(f"unknown config option(s) {unknown}; known: {sorted(names)}")
     for name in ("betas", "disc_betas"):
-        values[name] = tuple(values[name]) if name in values else getattr(TrainConfig, name)
+        if name in values:
+            values[name] = tuple(values[name])
     return TrainConfig(**values).validate()
 
 

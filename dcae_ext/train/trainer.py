@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
 
 import torch
@@ -231,9 +232,11 @@ class Trainer:
                 self.skipped_disc_steps += 1
             metrics.update(d_terms, disc_grad_norm=d_norm)
         self.scaler.update()
-        self.scheduler.step()
-        if self.disc_scheduler is not None:
-            self.disc_scheduler.step()
+        with warnings.catch_warnings():  # skipped steps and a late-starting discriminator are intended
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+            if self.disc_scheduler is not None:
+                self.disc_scheduler.step()
         self.step += 1
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics

@@ -40,6 +40,15 @@ def quick_config(tmp_path):
     return build
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The models here are tiny: one thread is faster, and far faster on a shared, loaded CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_lpips():
     with warnings.catch_warnings():
