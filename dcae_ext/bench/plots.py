@@ -62,7 +62,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.axvline(1.0, color="black", linewidth=1)
     axis.set_xscale("log", base=2)
     axis.set_xlim(low, high * 1.3)
-    axis.xaxis.set_major_formatter(lambda value, _: f"{value:g}x")
+    axis.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}x")
     axis.set_yticks(list(rows), labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster)")

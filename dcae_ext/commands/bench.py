@@ -79,8 +79,10 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
             print(f"[{name}] no benchmark suite in this build; skipped")
             continue
         suite_records = _run_suite(suite, device, dtypes, quick, model if name == "dcae" else None)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         for record in suite_records:
             record.setdefault("quick", quick)
+            record.setdefault("load_1min", load)  # CPU timings of a busy machine are noise: keep the evidence
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
