@@ -73,7 +73,8 @@ def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False) -> li
             for impl, fn in impls:
                 m = measure(fn, device=device, warmup=warmup, repeats=repeats)
                 records.append(make_record("dcae_encode_decode", impl, device, dtype, shape, m,
-                                           gflops=flops / 1e9, **_limit(device, dtype, flops, m["fwd_ms"])))
+                                           gflops=flops / 1e9, cpu_threads=torch.get_num_threads(),
+                                           **_limit(device, dtype, flops, m["fwd_ms"])))
         if on_gpu and not quick:
             records += _tiled_decode(ours, theirs, config, name, device, dtype)
         del ours, theirs
