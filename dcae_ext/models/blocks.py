@@ -155,7 +155,7 @@ def build_block(block_type: str, channels: int, head_dim: int, norm: str, act: s
 
 class DownsampleBlock(nn.Module):
     """Halves H and W. "pixel_unshuffle": 3x3 conv to out/4 channels, then pixel_unshuffle;
-    "Conv": 3x3 stride-2 conv. With `shortcut`, adds the space-to-channel average of the input."""
+    "conv" (or "Conv"): 3x3 stride-2 conv. With `shortcut`, adds the space-to-channel average of the input."""
 
     def __init__(self, in_channels: int, out_channels: int, block_type: str, shortcut: bool):
         super().__init__()

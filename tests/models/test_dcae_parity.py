@@ -1,4 +1,6 @@
 """Numerical parity with diffusers' AutoencoderDC on the same weights (the models' acceptance test)."""
+import copy
+
 import pytest
 import torch
 
@@ -81,6 +83,9 @@ def test_cuda_float32_and_bf16_channels_last_match_diffusers(saved_pair):
             fast = ours.to(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = fast(x.to(memory_format=torch.channels_last))
+            assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
+            half = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 weights: the fused NHWC RMSNorm path
+            out = half(x.to(torch.bfloat16, memory_format=torch.channels_last))
         assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
     finally:
         torch.backends.cudnn.allow_tf32 = previous
