@@ -10,6 +10,7 @@ SUITES = {
     "shortcuts": "dcae_ext.bench.shortcuts",
     "linear_attention": "dcae_ext.bench.linear_attention",
     "ibq": "dcae_ext.bench.ibq",
+    "dcae": "dcae_ext.bench.dcae",
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

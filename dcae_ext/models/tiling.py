@@ -3,8 +3,9 @@
 Tiles are `tile` wide with `stride = tile - overlap`; the last tile of a row or column is moved
 back so that it ends at the border, so every tile has the full size and the output covers exactly
 the input times the scale (no overhang). Each tile's output is weighted by a separable ramp that
-rises across its overlap with the previous tile and falls across its overlap with the next, and the
-sum is divided by the summed weights. Because tiles form a grid, the weight sum is the outer
+rises across the middle half of its overlap with the previous tile and falls across the middle half
+of its overlap with the next (the outer quarters, computed without context, get ~0 weight), and
+the sum is divided by the summed weights. Because tiles form a grid, the weight sum is the outer
 product of the per-axis sums, so no full-size weight map is stored.
 """
 from __future__ import annotations
@@ -26,6 +27,17 @@ def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:
     return starts
 
 
+def _ramp(length: int, device) -> torch.Tensor:
+    """Rising blend weights across an overlap of `length`: 0 over the first quarter (a tile's border
+    outputs lack context), linear through the middle half, 1 over the last quarter. Mirrored, it is
+    the neighbour's weight, so the two sum to 1; a floor keeps every weight sum positive."""
+    position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    return ((position - length / 4) / (length / 2)).clamp(0, 1).clamp_min(_WEIGHT_FLOOR)
+
+
+_WEIGHT_FLOOR = 1e-3
+
+
 def axis_weights(starts: list[int], tile: int, size: int, device) -> list[torch.Tensor]:
     """Per-tile 1-D blend weights (float32, length min(tile, size)), in output units."""
     length = min(tile, size)
@@ -35,12 +47,11 @@ def axis_weights(starts: list[int], tile: int, size: int, device) -> list[torch.
         if i > 0:
             rise = starts[i - 1] + length - start  # overlap with the previous tile
             if rise > 0:
-                w[:rise] = (torch.arange(rise, device=device, dtype=torch.float32) + 0.5) / rise
+                w[:rise] = _ramp(rise, device)
         if i + 1 < len(starts):
             fall = start + length - starts[i + 1]
             if fall > 0:
-                ramp = (torch.arange(fall, device=device, dtype=torch.float32) + 0.5) / fall
-                w[length - fall:] = torch.minimum(w[length - fall:], ramp.flip(0))
+                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device).flip(0))
         weights.append(w)
     return weights
 
