@@ -13,7 +13,8 @@ from typing import Any
 BLOCK_TYPES = ("ResBlock", "EfficientViTBlock")
 NORM_TYPES = ("batch_norm", "rms_norm")
 ACT_FNS = ("relu", "silu", "swish", "gelu", "mish")
-DOWNSAMPLE_TYPES = ("pixel_unshuffle", "Conv")  # diffusers: anything but pixel_unshuffle is a stride-2 conv
+# diffusers treats anything but "pixel_unshuffle" as a stride-2 conv; its published SANA configs say "conv".
+DOWNSAMPLE_TYPES = ("pixel_unshuffle", "conv", "Conv")
 UPSAMPLE_TYPES = ("pixel_shuffle", "interpolate")
 DIFFUSERS_VERSION = "0.32.0"
 
@@ -162,7 +163,7 @@ def _sana_config(name: str) -> DCAEConfig:
         encoder_layers_per_block=(2, 2, 2, 3, 3, 3), decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
         encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
         decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
-        downsample_block_type="Conv", upsample_block_type="interpolate",
+        downsample_block_type="conv", upsample_block_type="interpolate",
         decoder_norm_types="rms_norm", decoder_act_fns="silu",
         scaling_factor=0.41407, name=name,
     )

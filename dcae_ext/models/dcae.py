@@ -176,6 +176,8 @@ class DCAE(nn.Module):
         self.use_slicing = False
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of storing them (training).
+        BatchNorm layers in train mode update their running statistics in the recomputation too."""
         self.encoder.gradient_checkpointing = bool(enabled)
         self.decoder.gradient_checkpointing = bool(enabled)
 

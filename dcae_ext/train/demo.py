@@ -7,6 +7,9 @@ cheap AlexNet trunk (random unless local weights are given; see losses.Perceptua
 from __future__ import annotations
 
 import os
+import time
+
+import torch
 
 from dcae_ext.train.config import make_config
 from dcae_ext.train.trainer import Trainer
@@ -24,12 +27,24 @@ def demo_configs(out: str, dcae_steps: int = 300, ibq_steps: int = 300, resoluti
 
 
 def run_demo(out: str = "demo_out", dcae_steps: int = 300, ibq_steps: int = 300, resolution: int = 64,
-             batch_size: int = 8, device: str = "auto", callback=None) -> dict:
-    """Train both tiny models; returns {model: {"out", "metrics" (last logged row)}}.
-    The demo's higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run."""
+             batch_size: int = 8, device: str = "auto", callback=None, threads: int | None = 1) -> dict:
+    """Train both tiny models; returns {model: {"out", "metrics" (last logged row), "seconds"}}.
+
+    The demo's higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run.
+    `threads` (default 1) bounds torch's CPU threads during the demo: these layers are too small
+    to gain from a second thread, and on a busy 2-core machine two spinning OpenMP threads ran
+    up to 8x slower than one. None leaves torch's setting alone."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     results = {}
-    for config in demo_configs(out, dcae_steps, ibq_steps, resolution, batch_size, device):
-        trainer = Trainer(config, callback=callback)
-        metrics = trainer.train()
-        results[config.model] = {"out": config.out, "metrics": metrics}
+    try:
+        for config in demo_configs(out, dcae_steps, ibq_steps, resolution, batch_size, device):
+            start = time.perf_counter()
+            trainer = Trainer(config, callback=callback)
+            metrics = trainer.train()
+            results[config.model] = {"out": config.out, "metrics": metrics,
+                                     "seconds": time.perf_counter() - start}
+    finally:
+        torch.set_num_threads(previous)
     return results

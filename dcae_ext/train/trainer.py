@@ -364,21 +364,28 @@ class Trainer:
         batches, metrics = self._loader(), {}
         images_per_step = config.batch_size * config.grad_accum * self.context.world_size
         tick, tick_step = time.perf_counter(), self.step
-        while self.step < stop:
-            micro = [next(batches).to(self.device, non_blocking=True) for _ in range(config.grad_accum)]
-            metrics = self.train_step(micro)
-            self.callback("step", metrics)
-            last = self.step == stop
-            if self.step % config.log_every == 0 or last or self.step == 1:
-                now = time.perf_counter()
-                metrics["images_per_s"] = images_per_step * (self.step - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, self.step
-                self._write_metrics(metrics)
-                self.callback("log", metrics)
-            if config.image_every and self.step % config.image_every == 0 and not last:
-                self.save_preview()
-            if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or last:
-                self.save_checkpoint()
+        try:
+            while self.step < stop:
+                micro = [next(batches).to(self.device, non_blocking=True) for _ in range(config.grad_accum)]
+                metrics = self.train_step(micro)
+                self.callback("step", metrics)
+                last = self.step == stop
+                if self.step % config.log_every == 0 or last or self.step == 1:
+                    now = time.perf_counter()
+                    metrics["images_per_s"] = images_per_step * (self.step - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, self.step
+                    self._write_metrics(metrics)
+                    self.callback("log", metrics)
+                if config.image_every and self.step % config.image_every == 0 and not last:
+                    self.save_preview()
+                if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or last:
+                    self.save_checkpoint()
+        finally:
+            # Stop the loader's workers now: left to the garbage collector, the iterator can be
+            # finalised inside a later loader's forked worker, which then fails on it.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         if self.step >= config.steps:
             self.finish()
         self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})

@@ -24,7 +24,7 @@ SANA_STYLE = DCAEConfig(
     encoder_block_out_channels=(8, 16, 32), decoder_block_out_channels=(8, 16, 32),
     encoder_layers_per_block=(1, 1, 2), decoder_layers_per_block=(2, 1, 1),
     encoder_qkv_multiscales=((), (3, 5), (5,)), decoder_qkv_multiscales=((), (), (3, 5)),
-    downsample_block_type="Conv", upsample_block_type="interpolate",
+    downsample_block_type="conv", upsample_block_type="interpolate",
     decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
 )
 

@@ -1,4 +1,6 @@
 """Numerical parity with diffusers' AutoencoderDC on the same weights (the models' acceptance test)."""
+import copy
+
 import pytest
 import torch
 
@@ -65,3 +67,26 @@ def test_spatial_compression_matches_diffusers(saved_pair):
 def test_state_dict_keys_are_diffusers_keys(saved_pair):
     reference, ours, _ = saved_pair
     assert set(ours.state_dict()) == set(reference.state_dict())
+
+
+@pytest.mark.cuda
+def test_cuda_float32_and_bf16_channels_last_match_diffusers(saved_pair):
+    reference, ours, _ = saved_pair
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # a float32 comparison, not TF32
+    try:
+        reference, ours = reference.cuda(), ours.cuda()
+        x = torch.randn(2, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+        with torch.no_grad():
+            expected = reference(x).sample
+            _assert_rel_close(ours(x), expected)
+            fast = ours.to(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = fast(x.to(memory_format=torch.channels_last))
+            assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
+            half = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 weights: the fused NHWC RMSNorm path
+            out = half(x.to(torch.bfloat16, memory_format=torch.channels_last))
+        assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+        reference.cpu(), ours.cpu().to(memory_format=torch.contiguous_format)
