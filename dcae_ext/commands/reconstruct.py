@@ -1,7 +1,6 @@
 """`dcae-ext reconstruct`: encode and decode images with a DC-AE, write PNGs, print PSNR per image."""
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
