@@ -68,9 +68,20 @@ def _interleaved(impls, device, warmup, repeats, rounds) -> dict:
     return merged
 
 
-def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False) -> list[dict]:
+def resolve_model(name: str) -> str:
+    """A preset name, or its short form: "f32c32" -> "dc-ae-f32c32-in-1.0"."""
+    from dcae_ext.models.config import preset_names
+
+    for candidate in (name, f"dc-ae-{name}-in-1.0"):
+        if candidate in preset_names():
+            return candidate
+    raise SystemExit(f"--model: unknown DC-AE {name!r}; choose a preset ({', '.join(preset_names())}) "
+                     "or a short form such as f32c32")
+
+
+def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False, model: str | None = None) -> list[dict]:
     on_gpu = torch.device(device).type == "cuda"
-    name = "tiny" if quick else MODEL
+    name = resolve_model(model) if model else ("tiny" if quick else MODEL)
     config = get_config(name)
     resolutions = [256] if (quick or not on_gpu) else [512, 1024]
     warmup, repeats = (1, 1) if not on_gpu else (2, 5)
