@@ -51,9 +51,12 @@ OVERRIDES = ("preset", "phase", "steps", "batch_size", "resolution", "out", "dat
              "num_workers", "seed", "log_every", "checkpoint_every", "image_every")
 
 
-def progress_callback(total_hint: int | None = None, stream=sys.stderr):
-    """A trainer callback drawing a tqdm bar and writing warnings/checkpoints above it."""
+def progress_callback(total_hint: int | None = None, stream=None):
+    """A trainer callback drawing a tqdm bar and writing warnings/checkpoints above it
+    (on sys.stderr as it is when the callback is made, unless `stream` is given)."""
     from tqdm import tqdm
+
+    stream = stream or sys.stderr
 
     state = {"bar": None}
 
