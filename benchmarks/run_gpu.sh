@@ -29,7 +29,7 @@ case "${1:-build-test}" in
     $PY -m dcae_ext.cli info | tee "$OUT/info.txt"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/info.txt" 2>&1
     start=$(date +%s)
-    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest -q -x --maxfail=30 -m "${TEST_MARK:-cuda}" -p no:cacheprovider -rfE \
+    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest -q --maxfail=30 -m "${TEST_MARK:-cuda}" -p no:cacheprovider -rfE \
       ${TEST_PATHS:-tests} > "$OUT/tests.log" 2>&1
     tail -45 "$OUT/tests.log"
     elapsed tests "$start"
