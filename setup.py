@@ -104,7 +104,7 @@ def build_extension():
     with_cuda = want_cuda(toolkit)
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cxx_flags = ["-O3", "-fopenmp" if os.name != "nt" else "/openmp"]
-    macros = [("Py_LIMITED_API", "0x03090000")]
+    macros = []
     arch_list = ""
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -133,13 +133,14 @@ def build_extension():
 
 
 def main():
+    extension = build_extension()  # first: it sets CUDA_HOME before cpp_extension is imported
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
         packages=find_packages(include=["dcae_ext", "dcae_ext.*"]),
-        ext_modules=[build_extension()],
+        ext_modules=[extension],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},
     )
 
 

@@ -1,0 +1,1 @@
+"""Subcommands of the `dcae-ext` CLI (one module each)."""
