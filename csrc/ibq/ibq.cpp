@@ -9,7 +9,7 @@
 //
 // Forward, quantize only (1 pass over the tiles, 2 GEMMs of 2NKD flops):
 //   logits = z C_t^T; epilogue: online max / argmax (ties -> lowest k) / sum exp, and
-//   P = exp(l - m_new); soft = soft * exp(m_old - m_new) + P C_t    (flash-attention style)
+//   P = exp(l - m_new); soft = soft * exp(m_old - m_new) [in the epilogue] + P C_t    (flash-attention style)
 // Forward with entropy (2 passes, 3 GEMMs; entropy alone: 2): pass 1 as above without P C_t,
 //   plus sum exp((l - m) / T). Pass 2 recomputes logits; epilogue writes p = softmax(l / T) over
 //   the slab and s = softmax(l) beside it, accumulating per row H_n = -sum p log(p + eps) and
@@ -120,7 +120,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor row_max = at::full({N}, -std::numeric_limits<double>::infinity(), acc_opts);
     at::Tensor sum_exp = at::zeros({N}, acc_opts);
     at::Tensor sum_exp_t = entropy ? at::zeros({N}, acc_opts) : at::Tensor();
-    at::Tensor rescale = flash ? at::empty({N}, acc_opts) : at::Tensor();
 
     for (int64_t k0 = 0; k0 < K; k0 += kt_max) {
       const int64_t kt = std::min(kt_max, K - k0);
@@ -137,13 +136,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       args.idx = idx;
       if (flash) {
         args.probs = probs_buf.defined() ? slab_view(probs_buf, N, kt) : logits;
-        args.rescale = rescale;
+        args.soft = soft;
       }
       epi.scan(args);
-      if (flash) {
-        soft.mul_(rescale.unsqueeze(1));
-        gemm_accumulate(soft, args.probs, tile);
-      }
+      if (flash) gemm_accumulate(soft, args.probs, tile);  // soft was rescaled by the epilogue
     }
     row_stats.select(1, kRowMax).copy_(row_max);
     row_stats.select(1, kRowLse).copy_(row_max + sum_exp.log());

@@ -24,14 +24,14 @@ enum IbqRowStat : int64_t {
 
 // Pass 1 (online over code tiles): running max m, argmax idx (ties -> lowest k), sum exp(l - m)
 // `sum_exp`, and (when sum_exp_t is defined) sum exp((l - m) / T). When `probs` is defined it
-// receives exp(l - m_new) (compute dtype; may alias `logits`) and `rescale` exp(m_old - m_new),
-// for the flash-style accumulation of s @ C.
+// receives exp(l - m_new) (compute dtype; may alias `logits`) and the rows of `soft` (N, D) are
+// rescaled by exp(m_old - m_new), for the flash-style accumulation of s @ C.
 struct IbqScanArgs {
   at::Tensor logits;            // (N, kt) slab
   int64_t code_offset;          // first code of the tile
   double inv_temperature;
   at::Tensor row_max, sum_exp, sum_exp_t, idx;  // (N) state; sum_exp_t undefined: no entropy
-  at::Tensor probs, rescale;    // optional outputs
+  at::Tensor probs, soft;       // optional outputs
 };
 
 // Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)

@@ -32,7 +32,8 @@ void scan_rows(const IbqScanArgs& a) {
   acc* sum_exp_t = optional_ptr<acc>(a.sum_exp_t);
   int64_t* idx = a.idx.data_ptr<int64_t>();
   acc* probs = optional_ptr<acc>(a.probs);
-  acc* rescale = optional_ptr<acc>(a.rescale);
+  acc* soft = optional_ptr<acc>(a.soft);
+  const int64_t dim = a.soft.defined() ? a.soft.size(1) : 0;
   const acc inv_t = static_cast<acc>(a.inv_temperature);
   const acc neg_inf = -std::numeric_limits<acc>::infinity();
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
@@ -52,7 +53,6 @@ void scan_rows(const IbqScanArgs& a) {
       acc* prob_row = probs != nullptr ? probs + n * kt : nullptr;
       if (new_max == neg_inf) {  // every logit so far is -inf: nothing to add
         if (prob_row != nullptr) std::fill(prob_row, prob_row + kt, acc(0));
-        if (rescale != nullptr) rescale[n] = acc(1);
         continue;
       }
       acc sum = 0, sum_t = 0;
@@ -66,7 +66,8 @@ void scan_rows(const IbqScanArgs& a) {
       const acc scale = std::exp(old_max - new_max);
       sum_exp[n] = sum_exp[n] * scale + sum;
       if (sum_exp_t != nullptr) sum_exp_t[n] = sum_exp_t[n] * std::exp((old_max - new_max) * inv_t) + sum_t;
-      if (rescale != nullptr) rescale[n] = scale;
+      if (soft != nullptr)
+        for (int64_t j = 0; j < dim; ++j) soft[n * dim + j] *= scale;
       row_max[n] = new_max;
     }
   });
@@ -160,8 +161,9 @@ at::ScalarType compute_dtype_cpu(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Slabs small enough to stay in cache between the GEMM and its epilogue.
-const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(16) << 20};
+// Slabs of ~64 MB in all: few enough tiles that the per-tile thread-pool round trips (GEMM,
+// epilogue, GEMM) stay small next to the work, with the workspace still bounded.
+const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(64) << 20};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cpu(
     const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,

@@ -63,7 +63,8 @@ __device__ __forceinline__ void block_argmax(T& value, int64_t& arg, T* shared_v
 template <typename acc, typename out_t>
 __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t code_offset, acc inv_t,
                             acc* __restrict__ row_max, acc* __restrict__ sum_exp, acc* __restrict__ sum_exp_t,
-                            int64_t* __restrict__ idx, out_t* __restrict__ probs, acc* __restrict__ rescale) {
+                            int64_t* __restrict__ idx, out_t* __restrict__ probs, acc* __restrict__ soft,
+                            int64_t dim) {
   __shared__ acc shared_value[kWarps];
   __shared__ int64_t shared_arg[kWarps];
   __shared__ acc shared_sum[kWarps];
@@ -86,7 +87,6 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
   if (new_max == neg_inf) {
     if (prob_row != nullptr)
       for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) prob_row[k] = out_t(0);
-    if (threadIdx.x == 0 && rescale != nullptr) rescale[n] = acc(1);
     return;
   }
   acc sum = 0, sum_t = 0;
@@ -104,8 +104,11 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
     const acc scale = exp(old_max - new_max);
     sum_exp[n] = sum_exp[n] * scale + sum;
     if (sum_exp_t != nullptr) sum_exp_t[n] = sum_exp_t[n] * exp((old_max - new_max) * inv_t) + sum_t;
-    if (rescale != nullptr) rescale[n] = scale;
     row_max[n] = new_max;
+  }
+  if (soft != nullptr) {
+    const acc scale = exp(old_max - new_max);
+    for (int64_t j = threadIdx.x; j < dim; j += kRowThreads) soft[n * dim + j] *= scale;
   }
 }
 
@@ -181,7 +184,8 @@ void scan_cuda(const IbqScanArgs& a) {
     scan_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
         a.row_max.data_ptr<acc>(), a.sum_exp.data_ptr<acc>(), optional_ptr<acc>(a.sum_exp_t),
-        a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.rescale));
+        a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.soft),
+        a.soft.defined() ? a.soft.size(1) : 0);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
