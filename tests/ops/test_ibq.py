@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -195,25 +197,55 @@ def test_compile_fullgraph_matches_eager(device):
         torch.testing.assert_close(got, want)
 
 
+_PEAK_RSS_SCRIPT = """
+import sys, torch
+from dcae_ext.ops import reference
+from dcae_ext.ops.ibq import _run
+n, k, d, tile, fused = (int(a) for a in sys.argv[1:])
+def step(n, k):
+    z = torch.randn(n, d, requires_grad=True)
+    c = torch.randn(k, d, requires_grad=True)
+    if fused:
+        z_q, _, ent = _run(z, c, 0.01, True, True, tile)
+    else:
+        z_q, ent = reference.ibq_quantize(z, c)[0], reference.ibq_entropy_loss(z, c, 0.01)
+    (z_q.sum() + ent).backward()
+def status_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+step(4, 8)  # load every library before the baseline
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current resident size
+before = status_kb("VmRSS")
+step(n, k)
+print((status_kb("VmHWM") - before) / 1024)
+"""
+
+
+def _peak_rss_mb(n, k, d, tile, fused):
+    # Peak resident memory of one fwd+bwd in a fresh process: sees every allocation, also the
+    # temporaries inside the compiled op that a profiler's per-op accounting nets out.
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, *map(str, (n, k, d, tile, int(fused)))],
+                         capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
 def test_peak_memory_is_linear_in_rows_plus_codes():
-    from dcae_ext.bench.harness import cpu_tracked_peak_mb
-
-    n, k, d, tile = 128, 16384, 8, 1024
-    z, codebook = _inputs(n, k, d, "cpu", torch.float32)
-    grad = torch.randn(n, d)
-
-    def run(fn):
-        zz, cc = z.clone().requires_grad_(True), codebook.clone().requires_grad_(True)
-        z_q, _, ent = fn(zz, cc)
-        (z_q * grad).sum().add(ent).backward()
-
-    fused_mb = cpu_tracked_peak_mb(lambda: run(lambda a, b: _run(a, b, 0.01, True, True, tile)))
-    reference_mb = cpu_tracked_peak_mb(lambda: run(lambda a, b: _reference(a, b, 0.01)))
-    # O((N + K) D) for inputs, grads and saved tensors, plus the bounded slabs (3 x N x tile).
-    linear_mb = ((n + k) * d + 3 * n * tile) * 4 / 2**20
+    n, k, d, tile = 256, 32768, 16, 1024
+    fused_mb = _peak_rss_mb(n, k, d, tile, fused=True)
+    reference_mb = _peak_rss_mb(n, k, d, tile, fused=False)
+    # O((N + K) D): inputs, grads, upcasts and saved tensors (a few copies each), plus the
+    # bounded slabs (3 x N x tile).
+    bound_mb = (8 * (n + k) * d + 3 * n * tile) * 4 / 2**20
     full_logits_mb = n * k * 4 / 2**20
     assert reference_mb > full_logits_mb  # the measurement sees N x K tensors when they exist
-    assert fused_mb < 2 * linear_mb < full_logits_mb, (fused_mb, linear_mb, reference_mb)
+    assert fused_mb < bound_mb < full_logits_mb, (fused_mb, bound_mb, reference_mb)
 
 
 @pytest.mark.parametrize("call,match", [
