@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One pass on a GPU machine: build the extension for its GPU, run the CUDA tests, run the GPU
-# benchmarks. Results go to $OUT (default gpu_out/): build.log, info.txt, tests.log, <device>.jsonl.
-# Optional wheels for missing test dependencies (diffusers, lpips) are taken from .whl/ when present.
+# A pass on a GPU machine, in two steps so each fits one call:
+#   benchmarks/run_gpu.sh build-test   build for the visible GPU, print `dcae-ext info`, run the CUDA tests
+#   benchmarks/run_gpu.sh bench        the GPU benchmarks, one suite at a time with its own time limit
+# Output goes to $OUT (default gpu_out/): build.log, info.txt, tests.log, bench-<suite>.log, <device>.jsonl
+# and the plots. Wheels for test dependencies the machine lacks (diffusers, lpips) are installed from
+# .whl/ when that folder exists.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -12,20 +15,34 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
-start=$(date +%s)
-if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-  grep -E "error|Error" "$OUT/build.log" | head -40
-  exit 1
-fi
-echo "build: $(( $(date +%s) - start )) s"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-$PY -m dcae_ext.cli info | tee "$OUT/info.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >> "$OUT/info.txt" 2>&1
-start=$(date +%s)
-timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-cuda}" -p no:cacheprovider -rfE tests 2>&1 \
-  | tee "$OUT/tests.log" | tail -40
-echo "tests: $(( $(date +%s) - start )) s"
-start=$(date +%s)
-timeout "${BENCH_TIMEOUT:-240}" $PY -m dcae_ext.cli bench --device cuda --ops "${BENCH_OPS:-all}" \
-  --dtype "${BENCH_DTYPES:-bf16,fp32}" ${BENCH_FLAGS:-} --results-dir "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
-echo "bench: $(( $(date +%s) - start )) s"
+elapsed() { echo "$1: $(( $(date +%s) - $2 )) s"; }
+
+case "${1:-build-test}" in
+  build-test)
+    start=$(date +%s)
+    if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+      grep -E "error|Error" "$OUT/build.log" | head -40
+      exit 1
+    fi
+    elapsed build "$start"
+    $PY -m dcae_ext.cli info | tee "$OUT/info.txt"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/info.txt" 2>&1
+    start=$(date +%s)
+    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest -q --maxfail=30 -m "${TEST_MARK:-cuda}" -p no:cacheprovider -rfE \
+      ${TEST_PATHS:-tests} > "$OUT/tests.log" 2>&1
+    tail -45 "$OUT/tests.log"
+    elapsed tests "$start"
+    ;;
+  bench)
+    for spec in ${BENCH_PLAN:-ibq:bf16,fp32:150 linear_attention:bf16,fp16,fp32:60 shortcuts:bf16,fp32:60 dcae:bf16:150}; do
+      IFS=: read -r suite dtypes limit <<< "$spec"
+      start=$(date +%s)
+      timeout "$limit" $PY -m dcae_ext.cli bench --device cuda --ops "$suite" --dtype "$dtypes" \
+        --results-dir "$OUT" --plots-dir "$OUT" > "$OUT/bench-$suite.log" 2>&1
+      tail -25 "$OUT/bench-$suite.log"
+      elapsed "bench $suite" "$start"
+    done
+    ;;
+  *) echo "usage: $0 build-test|bench" >&2; exit 2 ;;
+esac

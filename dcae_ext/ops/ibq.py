@@ -1,13 +1,17 @@
 """IBQ large-codebook quantisation (DESIGN.md 2.1).
 
-Kernel pending (issue: fused IBQ quantizer): until it lands, the public ops validate and run
-the reference, so models written against this API need no change when it does.
+The compiled op `dcae_ext::ibq_forward` streams codebook tiles (never an N x K tensor) and saves
+O((N + K) D) for its backward op `dcae_ext::_ibq_backward`, which recomputes the logits tile by
+tile. One forward op serves the three public functions through its `quantize` / `entropy` flags,
+so the combined call shares its passes and its backward forms one d(logits) for both losses.
+Autocast: the ops run in z's dtype (no cast is inserted); codebook must match it.
 """
 from __future__ import annotations
 
 import torch
 
 from dcae_ext.ops import reference
+from dcae_ext.ops._library import LOADED, use_kernel
 from dcae_ext.ops._validate import check_positive_float, check_same, check_tensor
 
 
@@ -22,19 +26,85 @@ def _validate(z, codebook):
         raise ValueError("argument 'codebook': needs at least one code")
 
 
+def _run(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
+    """The compiled forward on z flattened to (N, D); returns (z_q (..., D), idx (...), entropy)."""
+    flat = z.reshape(-1, codebook.shape[1])
+    z_q, idx, ent, *_ = torch.ops.dcae_ext.ibq_forward(flat, codebook, float(temperature), quantize,
+                                                       entropy, codes_per_tile)
+    return z_q.reshape(z.shape), idx.reshape(z.shape[:-1]), ent
+
+
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
-    """z (..., D), codebook (K, D) -> (z_q (..., D), idx (...) int64)."""
+    """Nearest code by dot product, with IBQ's straight-through one-hot gradient.
+
+    z (..., D), codebook (K, D) -> z_q (..., D) = codebook[idx] exactly, idx (...) int64 =
+    argmax_k z . C_k (ties -> lowest k). Backward: d z_q flows to z and to every code through
+    softmax(z . C), plus straight into the chosen rows of the codebook.
+    """
     _validate(z, codebook)
-    return reference.ibq_quantize(z, codebook)
+    if not use_kernel("ibq_forward", z):
+        return reference.ibq_quantize(z, codebook)
+    z_q, idx, _ = _run(z, codebook, 1.0, True, False)
+    return z_q, idx
 
 
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
+    """Codebook-utilisation loss: mean_n H(p_n) - H(mean_n p_n), p = softmax(z . C / T).
+
+    z (..., D), codebook (K, D) -> scalar in z's dtype; H(p) = -sum p log(p + 1e-5).
+    """
     _validate(z, codebook)
     check_positive_float(temperature, "temperature")
-    return reference.ibq_entropy_loss(z, codebook, temperature)
+    if not use_kernel("ibq_forward", z):
+        return reference.ibq_entropy_loss(z, codebook, temperature)
+    return _run(z, codebook, temperature, False, True)[2]
 
 
 def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
+    """(z_q, idx, entropy) of `ibq_quantize` and `ibq_entropy_loss` from shared passes."""
     _validate(z, codebook)
     check_positive_float(temperature, "temperature")
-    return reference.ibq_quantize_with_entropy(z, codebook, temperature)
+    if not use_kernel("ibq_forward", z):
+        return reference.ibq_quantize_with_entropy(z, codebook, temperature)
+    return _run(z, codebook, temperature, True, True)
+
+
+def _accumulation_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register():
+    backward_op = torch.ops.dcae_ext._ibq_backward
+
+    @torch.library.register_fake("dcae_ext::ibq_forward")
+    def _forward_fake(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
+        n, d = z.shape
+        acc = _accumulation_dtype(z.dtype)
+        return (z.new_empty((n, d)), z.new_empty((n,), dtype=torch.int64), z.new_empty(()),
+                z.new_empty((n, 4), dtype=acc), z.new_empty((n if quantize else 0, d), dtype=acc),
+                z.new_empty((codebook.shape[0] if entropy else 0,), dtype=acc))
+
+    @torch.library.register_fake("dcae_ext::_ibq_backward")
+    def _backward_fake(grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes, code_coef,
+                       temperature, codes_per_tile=0):
+        return torch.empty_like(z, memory_format=torch.contiguous_format), \
+            torch.empty_like(codebook, memory_format=torch.contiguous_format)
+
+    def _setup(ctx, inputs, output):
+        z, codebook, temperature, quantize, entropy, codes_per_tile = inputs
+        _, idx, _, row_stats, soft_codes, code_coef = output
+        ctx.save_for_backward(z, codebook, idx, row_stats, soft_codes, code_coef)
+        ctx.temperature, ctx.quantize, ctx.entropy, ctx.codes_per_tile = temperature, quantize, entropy, codes_per_tile
+
+    def _backward(ctx, grad_z_q, grad_idx, grad_entropy, grad_rows, grad_soft, grad_codes):
+        z, codebook, idx, row_stats, soft_codes, code_coef = ctx.saved_tensors
+        grad_z, grad_codebook = backward_op(
+            grad_z_q if ctx.quantize else None, grad_entropy if ctx.entropy else None, z, codebook, idx,
+            row_stats, soft_codes, code_coef, ctx.temperature, ctx.codes_per_tile)
+        return grad_z, grad_codebook, None, None, None, None
+
+    torch.library.register_autograd("dcae_ext::ibq_forward", _backward, setup_context=_setup)
+
+
+if LOADED:
+    _register()

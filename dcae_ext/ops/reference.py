@@ -61,8 +61,8 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
     """mean_n H(softmax(logits_n / T)) - H(mean_n softmax(logits_n / T)), a scalar in z's dtype."""
     probs = (ibq_logits(z, codebook) / temperature).softmax(dim=-1)
-    if probs.shape[0] == 0:
-        return torch.zeros((), dtype=z.dtype, device=z.device)
+    if probs.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
+        return (probs.sum() * 0).to(z.dtype)
     loss = _entropy(probs).mean() - _entropy(probs.mean(dim=0))
     return loss.to(z.dtype)
 

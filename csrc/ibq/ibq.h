@@ -1,0 +1,86 @@
+// IBQ large-codebook quantiser (DESIGN.md 2.1): the host driver in ibq.cpp streams codebook
+// tiles through ATen GEMMs and hands every logits tile to a per-device fused epilogue
+// (ibq_cpu.cpp, ibq_cuda.cu). This header is the contract between the two.
+//
+// A "slab" is a contiguous (rows x codes_in_tile) matrix: the logits z @ C_tile^T of every row
+// against one codebook tile, always in the accumulation dtype (float32, float64 for float64).
+// Per-row statistics are kept in the accumulation dtype too.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace dcae_ext {
+
+constexpr double kIbqEntropyEps = 1e-5;  // H(p) = -sum p log(p + eps)
+
+// Columns of the saved (N, 4) row statistics.
+enum IbqRowStat : int64_t {
+  kRowMax = 0,       // m_n      = max_k logits_nk
+  kRowLse = 1,       // lse_n    = log sum_k exp(logits_nk)
+  kRowLogSumT = 2,   // log sum_k exp((logits_nk - m_n) / T); p_nk = exp((l - m)/T - this)
+  kRowEntropyCoef = 3,  // c_n = sum_k p_nk h_nk, the softmax-backward row term of the entropy
+  kRowStatCount = 4,
+};
+
+// Pass 1 (online over code tiles): running max m, argmax idx (ties -> lowest k), sum exp(l - m)
+// `sum_exp`, and (when sum_exp_t is defined) sum exp((l - m) / T). When `probs` is defined it
+// receives exp(l - m_new) (compute dtype; may alias `logits`) and the rows of `soft` (N, D) are
+// rescaled by exp(m_old - m_new), for the flash-style accumulation of s @ C.
+struct IbqScanArgs {
+  at::Tensor logits;            // (N, kt) slab
+  int64_t code_offset;          // first code of the tile
+  double inv_temperature;
+  at::Tensor row_max, sum_exp, sum_exp_t, idx;  // (N) state; sum_exp_t undefined: no entropy
+  at::Tensor probs, soft;       // optional outputs
+};
+
+// Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)
+// of the tile, adds -sum p log(p + eps) to row_entropy and sum p^2 / (p + eps) to row_sq,
+// and writes s = softmax(l) into `probs` (compute dtype) when it is defined.
+struct IbqEntropyArgs {
+  at::Tensor logits;            // (N, kt) slab, replaced by p
+  double inv_temperature;
+  at::Tensor row_stats;         // (N, 4)
+  at::Tensor row_entropy, row_sq;  // (N) accumulators
+  at::Tensor probs;             // optional (N, kt) compute dtype
+};
+
+// Backward, one tile: d(logits) = s (g - D_n) [if grad_logits_q defined]
+//                               + (gE / T) p (h - c_n) [if grad_entropy defined],
+// h_nk = (a_nk + b_k) / N, a_nk = -(log(p + eps) + p / (p + eps)). Written to `out` (compute dtype).
+struct IbqGradArgs {
+  at::Tensor logits;            // (N, kt) slab
+  at::Tensor grad_logits_q;     // (N, kt) slab g = G @ C_tile^T, or undefined
+  at::Tensor row_stats;         // (N, 4)
+  at::Tensor row_dot;           // (N) D_n = G_n . (s_n @ C), with grad_logits_q
+  at::Tensor code_coef;         // (kt) b_k of the tile, with grad_entropy
+  at::Tensor grad_entropy;      // 0-dim accumulation-dtype tensor on the device, or undefined
+  double inv_temperature;
+  int64_t rows_total;           // N of the mean over rows
+  at::Tensor out;               // (N, kt) compute dtype
+};
+
+struct IbqEpilogues {
+  void (*scan)(const IbqScanArgs&);
+  void (*entropy)(const IbqEntropyArgs&);
+  void (*grad)(const IbqGradArgs&);
+  // dtype of the GEMM operands for inputs of `dtype` (accumulation dtype on CPU; the input
+  // dtype on CUDA, with float32 GEMM outputs)
+  at::ScalarType (*compute_dtype)(at::ScalarType dtype);
+  int64_t workspace_bytes;      // budget for the slabs
+};
+
+// Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
+//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_driver(
+    const IbqEpilogues& epi, const at::Tensor& z, const at::Tensor& codebook, double temperature,
+    bool quantize, bool entropy, int64_t codes_per_tile);
+
+// Backward: returns (grad_z (N, D), grad_codebook (K, D)).
+std::tuple<at::Tensor, at::Tensor> ibq_backward_driver(
+    const IbqEpilogues& epi, const c10::optional<at::Tensor>& grad_z_q,
+    const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z, const at::Tensor& codebook,
+    const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
+    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile);
+
+}  // namespace dcae_ext

@@ -1,0 +1,142 @@
+"""PNG plots of benchmark records (matplotlib, Agg backend): the speedup of every fast op over its
+reference, and IBQ time and peak memory against the codebook size K, fused vs reference, with the
+sizes where the reference ran out of memory marked."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from dcae_ext.bench.report import pair_records
+
+CODEBOOK_KEYS = ("K", "num_codes", "codebook_size")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _shape_text(shape: dict) -> str:
+    return " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shape.items()
+                    if k != "residual")
+
+
+def _title(records: list[dict]) -> str:
+    first = records[0]
+    dtypes = ", ".join(sorted({r["dtype"] for r in records}))
+    return f"{first['device_name']} ({first['device']}), {dtypes}, torch {first['torch']}, {first['date'][:10]}"
+
+
+def plot_speedups(records: list[dict], path: str) -> str | None:
+    """Horizontal bars: reference time / fast time per (op, shape, dtype), forward and forward+backward,
+    on a log axis with 1x marked. Returns the path, or None when no fast/reference pair exists."""
+    pairs = [(fast, ref) for fast, ref in pair_records(records) if ref is not None]
+    if not pairs:
+        return None
+    plt = _pyplot()
+    labels, fwd, fwdbwd, ref_oom = [], [], [], []
+    for fast, ref in pairs:
+        labels.append(f"{fast['op']} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
+        ref_oom.append(bool(ref.get("oom")))
+        fwd.append(ref["fwd_ms"] / fast["fwd_ms"] if ref.get("fwd_ms") and fast.get("fwd_ms") else None)
+        fwdbwd.append(ref["fwdbwd_ms"] / fast["fwdbwd_ms"] if ref.get("fwdbwd_ms") and fast.get("fwdbwd_ms")
+                      else None)
+    height = 0.38
+    figure, axis = plt.subplots(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
+    rows = range(len(pairs))
+    axis.barh([r - height / 2 for r in rows], [v or 0 for v in fwd], height, label="forward", color="tab:blue")
+    axis.barh([r + height / 2 for r in rows], [v or 0 for v in fwdbwd], height, label="forward + backward",
+              color="tab:orange")
+    values = [v for v in fwd + fwdbwd if v]
+    low, high = min(values + [1.0]) / 1.5, max(values + [1.0]) * 1.5
+    for row in rows:
+        for offset, value in ((-height / 2, fwd[row]), (height / 2, fwdbwd[row])):
+            if value:
+                axis.text(value * 1.03, row + offset, f"{value:.2f}x", va="center", fontsize=7)
+        if ref_oom[row]:
+            axis.text(low * 1.1, row, "reference OOM", va="center", fontsize=8, color="firebrick")
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.set_xscale("log", base=2)
+    axis.set_xlim(low, high * 1.3)
+    axis.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}x")
+    axis.set_yticks(list(rows), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster)")
+    axis.set_title("fast op vs reference: " + _title(records), fontsize=10)
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(axis="x", which="both", alpha=0.3)
+    return _save(figure, plt, path)
+
+
+def _codebook_size(record: dict) -> int | None:
+    for key in CODEBOOK_KEYS:
+        if key in record["shape"]:
+            return int(record["shape"][key])
+    return None
+
+
+def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
+    """Two panels against codebook size K (log2 axis): median fwd+bwd time (fwd where no backward
+    was timed) and peak memory, one line per (op, impl, dtype); a red x where a run ran out of memory.
+    Returns the path, or None when no IBQ record carries a codebook size."""
+    series = defaultdict(list)
+    for record in records:
+        size = _codebook_size(record)
+        if record["op"].startswith("ibq") and size is not None:
+            others = {k: v for k, v in record["shape"].items() if k not in CODEBOOK_KEYS}
+            series[(record["op"], record["impl"], record["dtype"], _shape_text(others))].append((size, record))
+    if not series:
+        return None
+    plt = _pyplot()
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    timed_key = "fwdbwd_ms" if any(r.get("fwdbwd_ms") for pts in series.values() for _, r in pts) else "fwd_ms"
+    for (op, impl, dtype, rest), points in sorted(series.items()):
+        points.sort(key=lambda item: item[0])
+        style = dict(marker="o", linestyle="-" if impl == "fast" else "--",
+                     label=f"{op} {'fused' if impl == 'fast' else 'reference'} {dtype} {rest}")
+        for axis, key in ((time_axis, timed_key), (memory_axis, "peak_mem_mb")):
+            ok = [(k, r[key]) for k, r in points if not r.get("oom") and r.get(key) is not None]
+            if ok:
+                line, = axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
+                color = line.get_color()
+            else:
+                color = "firebrick"
+            failed = [k for k, r in points if r.get("oom")]
+            if failed:
+                top = max([v for _, v in ok], default=1.0)
+                axis.scatter(failed, [top * 1.5] * len(failed), marker="x", s=80, color="firebrick", zorder=5)
+                for k in failed:
+                    axis.annotate(f"{impl} OOM", (k, top * 1.5), textcoords="offset points", xytext=(0, 8),
+                                  ha="center", fontsize=8, color="firebrick")
+    for axis, label in ((time_axis, "median " + ("forward+backward" if timed_key == "fwdbwd_ms" else "forward")
+                         + " ms"), (memory_axis, "peak memory MB")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.xaxis.set_major_formatter(lambda value, _: f"{value / 1024:g}k" if value >= 1024 else f"{value:g}")
+        axis.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
+        axis.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
+        axis.tick_params(axis="y", which="minor", labelsize=7)
+        axis.set_xlabel("codebook size K")
+        axis.set_ylabel(label)
+        axis.grid(which="both", alpha=0.3)
+    time_axis.legend(fontsize=7)
+    figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
+    return _save(figure, plt, path)
+
+
+def _save(figure, plt, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_plots(records: list[dict], out_dir: str, prefix: str) -> list[str]:
+    """Every plot the records allow, as <out_dir>/<prefix>_<plot>.png; returns the paths written."""
+    written = [plot_speedups(records, os.path.join(out_dir, f"{prefix}_speedup.png")),
+               plot_ibq_scaling(records, os.path.join(out_dir, f"{prefix}_ibq_vs_codebook.png"))]
+    return [path for path in written if path]

@@ -1,0 +1,159 @@
+"""`dcae-ext eval`: reconstruct every image of a folder (default: the embedded sample images) and
+report PSNR, SSIM, LPIPS, rFID (and codebook usage / perplexity for an IBQ tokenizer)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("eval", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook usage)")
+    parser.add_argument("--model", required=True,
+                        help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
+                             "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
+    parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
+    parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE)")
+    parser.add_argument("--inception-weights", default=None,
+                        help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
+                             "without it rFID is reported unavailable")
+    parser.add_argument("--lpips-weights", default=None,
+                        help="LPIPS trunk weights (LPIPS or torchvision state dict); without it LPIPS is unavailable")
+    parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast dtype of the model")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
+    return parser
+
+
+def load_model(name_or_path: str):
+    """(model, description, pretrained?) for a folder path, a DC-AE preset name or ibq-<preset>."""
+    from dcae_ext import models
+
+    if os.path.exists(name_or_path):
+        config_file = os.path.join(name_or_path, "config.json")
+        if os.path.isfile(config_file):
+            with open(config_file) as stream:
+                if json.load(stream).get("_class_name") == "IBQTokenizer":
+                    return models.IBQTokenizer.from_pretrained(name_or_path), "IBQ tokenizer", True
+        return models.DCAE.from_pretrained(name_or_path), "DC-AE", True
+    torch.manual_seed(0)  # a preset's random weights: the same numbers on every run
+    if name_or_path.startswith("ibq-"):
+        errors = []
+        for preset in (name_or_path, name_or_path[len("ibq-"):]):  # "ibq-f16-16384" or "ibq-tiny" -> "tiny"
+            try:
+                return models.IBQTokenizer.from_config(preset), "IBQ tokenizer", False
+            except ValueError as error:
+                errors.append(str(error))
+        raise SystemExit(f"--model: {errors[-1]}")
+    if name_or_path in models.preset_names():
+        return models.DCAE.from_config(name_or_path), "DC-AE", False
+    raise SystemExit(f"--model: {name_or_path!r} is neither an existing path nor a preset; DC-AE presets: "
+                     f"{', '.join(models.preset_names())}; IBQ: ibq-<preset>")
+
+
+class _PadToFactor(torch.nn.Module):
+    """A DC-AE that takes any image size (padded to a multiple of its factor, then cropped back)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, pad=True)
+
+
+def image_paths(data: str | None, limit: int | None) -> list[str]:
+    from dcae_ext.train.data import embedded_image_paths, list_images
+
+    paths = embedded_image_paths() if data is None else list_images(data)
+    return paths[:limit] if limit else paths
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run(args) -> int:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from dcae_ext.eval.evaluate import evaluate, num_codes_of, write_results
+    from dcae_ext.eval.images import EvalImages
+    from dcae_ext.eval.metrics import MetricUnavailable, build_fid, load_lpips
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
+    resolution = args.resolution or None
+    model, kind, pretrained = load_model(args.model)
+    factor = model.spatial_compression
+    if resolution is not None and resolution % factor:
+        raise SystemExit(f"--resolution: {resolution} must be a multiple of the model's spatial factor {factor}")
+    if resolution is None and args.batch_size != 1:
+        raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
+    if args.tile is not None:
+        if not hasattr(model, "enable_tiling"):
+            raise SystemExit(f"--tile: a {kind} has no tiled encode/decode")
+        model.enable_tiling(args.tile)
+    if not pretrained:
+        _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
+              "not reconstruction quality")
+    model = model.to(args.device)
+    if resolution is None and kind == "DC-AE":
+        model = _PadToFactor(model)
+
+    notes = {}
+    try:
+        lpips = load_lpips(args.lpips_weights, args.lpips_net)
+    except MetricUnavailable as reason:
+        lpips, notes["lpips"] = None, str(reason)
+    try:
+        fid = build_fid(args.inception_weights)
+    except MetricUnavailable as reason:
+        fid, notes["rfid"] = None, str(reason)
+    for message in notes.values():
+        _note(f"note: {message}")
+
+    dataset = EvalImages(image_paths(args.data, args.limit), resolution)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                        pin_memory=args.device == "cuda")
+    keep = max(1, min(4, len(dataset) // 2))
+    started = time.perf_counter()
+    result = evaluate(model, loader, device=args.device, autocast_dtype=DTYPES[args.dtype], lpips=lpips, fid=fid,
+                      num_codes=num_codes_of(model), names=dataset.name, keep=keep,
+                      progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
+    seconds = time.perf_counter() - started
+    info = {"model": args.model, "model_kind": kind, "pretrained": pretrained,
+            "data": args.data or "embedded sample images (scikit-image)", "resolution": resolution,
+            "batch_size": args.batch_size, "tile": args.tile, "device": args.device, "dtype": args.dtype,
+            "seconds": round(seconds, 3), "notes": notes}
+    paths = write_results(result, args.out, info, grid_title=f"{args.model}: worst and best reconstructions (PSNR)")
+    _print_summary(result["metrics"], notes)
+    print(f"wrote {paths['json']} and {paths['grid']}")
+    return 0
+
+
+def _print_summary(metrics: dict, notes: dict) -> None:
+    def show(value, spec):
+        return "unavailable" if value is None else format(value, spec)
+
+    print(f"images  {metrics['num_images']}")
+    print(f"PSNR    {show(metrics['psnr'], '.3f')} dB")
+    print(f"SSIM    {show(metrics['ssim'], '.4f')}")
+    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes else ""))
+    print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (no Inception weights: see the note above)" if "rfid" in notes else ""))
+    if "codebook" in metrics:
+        codes = metrics["codebook"]
+        print(f"codes   usage {codes['usage']:.2%} ({codes['used_codes']}/{codes['num_codes']}), "
+              f"perplexity {codes['perplexity']:.1f}")

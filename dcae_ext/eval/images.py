@@ -1,0 +1,81 @@
+"""Evaluation images: a deterministic resize + centre crop per file, and the worst/best grid."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+def load_image(path: str, resolution: int | None) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]: shorter side resized to `resolution` (bicubic, antialiased),
+    then the centre `resolution` x `resolution` crop; None keeps the file's own size."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if resolution is not None:
+            width, height = image.size
+            scale = resolution / min(width, height)
+            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+            if size != image.size:
+                image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+            left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+        array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+
+class EvalImages(Dataset):
+    """(index, image) pairs of the files in `paths`, each loaded by `load_image`."""
+
+    def __init__(self, paths: list[str], resolution: int | None):
+        if not paths:
+            raise ValueError("argument 'paths': no images to evaluate")
+        if resolution is not None and resolution < 1:
+            raise ValueError(f"argument 'resolution': expected a positive size, got {resolution}")
+        self.paths = list(paths)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return index, load_image(self.paths[index], self.resolution)
+
+    def name(self, index: int) -> str:
+        return os.path.basename(self.paths[index])
+
+
+def _as_hwc(image: torch.Tensor) -> np.ndarray:
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: str = "") -> None:
+    """PNG with one row per entry (worst first, then best): original | reconstruction | |error| x4.
+    Each entry: {"name", "psnr", "ssim", "original" (3,H,W), "reconstruction" (3,H,W)} in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("worst", entry) for entry in worst] + [("best", entry) for entry in best]
+    if not rows:
+        raise ValueError("argument 'worst'/'best': nothing to draw")
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows) + 0.4), squeeze=False, layout="constrained")
+    for row, (kind, entry) in enumerate(rows):
+        original, reconstruction = _as_hwc(entry["original"]), _as_hwc(entry["reconstruction"])
+        error = np.clip(np.abs(original - reconstruction) * 4, 0, 1)
+        label = f"{kind} {row + 1 if kind == 'worst' else row + 1 - len(worst)}: {entry['name']}"
+        for column, (image, caption) in enumerate(((original, label), (reconstruction,
+                                                    f"reconstruction  PSNR {entry['psnr']:.2f} dB  SSIM {entry['ssim']:.3f}"),
+                                                   (error, "|error| x 4"))):
+            axis = axes[row][column]
+            axis.imshow(image, interpolation="nearest")
+            axis.set_title(caption, fontsize=9, color="firebrick" if kind == "worst" and column < 2 else "black")
+            axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,221 @@
+"""DC-AE configuration: one dataclass with diffusers' `AutoencoderDC` field names, and named presets.
+
+The fields are exactly those of a diffusers `AutoencoderDC` config.json, so any such config loads
+with `DCAEConfig.from_dict` and saves back with `to_diffusers_dict`. Per-stage fields accept a
+single value (applied to every stage) and are normalised to tuples.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BLOCK_TYPES = ("ResBlock", "EfficientViTBlock")
+NORM_TYPES = ("batch_norm", "rms_norm")
+ACT_FNS = ("relu", "silu", "swish", "gelu", "mish")
+# diffusers treats anything but "pixel_unshuffle" as a stride-2 conv; its published SANA configs say "conv".
+DOWNSAMPLE_TYPES = ("pixel_unshuffle", "conv", "Conv")
+UPSAMPLE_TYPES = ("pixel_shuffle", "interpolate")
+DIFFUSERS_VERSION = "0.32.0"
+
+
+@dataclass
+class DCAEConfig:
+    in_channels: int = 3
+    latent_channels: int = 32
+    attention_head_dim: int = 32
+    encoder_block_types: Any = "ResBlock"
+    decoder_block_types: Any = "ResBlock"
+    encoder_block_out_channels: tuple = (128, 256, 512, 512, 1024, 1024)
+    decoder_block_out_channels: tuple = (128, 256, 512, 512, 1024, 1024)
+    encoder_layers_per_block: tuple = (2, 2, 2, 3, 3, 3)
+    decoder_layers_per_block: tuple = (3, 3, 3, 3, 3, 3)
+    encoder_qkv_multiscales: tuple = ((), (), (), (5,), (5,), (5,))
+    decoder_qkv_multiscales: tuple = ((), (), (), (5,), (5,), (5,))
+    upsample_block_type: str = "pixel_shuffle"
+    downsample_block_type: str = "pixel_unshuffle"
+    decoder_norm_types: Any = "rms_norm"
+    decoder_act_fns: Any = "silu"
+    encoder_out_shortcut: bool = True
+    decoder_in_shortcut: bool = True
+    decoder_conv_act_fn: str = "relu"
+    scaling_factor: float = 1.0
+    name: str | None = field(default=None, compare=False)  # preset name, when built from one
+
+    def __post_init__(self):
+        enc, dec = len(self.encoder_block_out_channels), len(self.decoder_block_out_channels)
+        self.encoder_block_out_channels = _int_tuple(self.encoder_block_out_channels)
+        self.decoder_block_out_channels = _int_tuple(self.decoder_block_out_channels)
+        self.encoder_layers_per_block = _int_tuple(self.encoder_layers_per_block)
+        self.decoder_layers_per_block = _int_tuple(self.decoder_layers_per_block)
+        self.encoder_block_types = _per_stage(self.encoder_block_types, enc, "encoder_block_types", BLOCK_TYPES)
+        self.decoder_block_types = _per_stage(self.decoder_block_types, dec, "decoder_block_types", BLOCK_TYPES)
+        self.decoder_norm_types = _per_stage(self.decoder_norm_types, dec, "decoder_norm_types", NORM_TYPES)
+        self.decoder_act_fns = _per_stage(self.decoder_act_fns, dec, "decoder_act_fns", ACT_FNS)
+        self.encoder_qkv_multiscales = tuple(tuple(int(k) for k in s) for s in self.encoder_qkv_multiscales)
+        self.decoder_qkv_multiscales = tuple(tuple(int(k) for k in s) for s in self.decoder_qkv_multiscales)
+        self.validate()
+
+    def validate(self) -> None:
+        for side in ("encoder", "decoder"):
+            widths = getattr(self, f"{side}_block_out_channels")
+            for key in ("layers_per_block", "qkv_multiscales", "block_types"):
+                values = getattr(self, f"{side}_{key}")
+                if len(values) != len(widths):
+                    raise ValueError(f"config '{side}_{key}': {len(values)} entries for {len(widths)} stages")
+            if len(widths) < 2:
+                raise ValueError(f"config '{side}_block_out_channels': need at least 2 stages, got {widths}")
+        if self.downsample_block_type not in DOWNSAMPLE_TYPES:
+            raise ValueError(f"config 'downsample_block_type': {self.downsample_block_type!r} not in {DOWNSAMPLE_TYPES}")
+        if self.upsample_block_type not in UPSAMPLE_TYPES:
+            raise ValueError(f"config 'upsample_block_type': {self.upsample_block_type!r} not in {UPSAMPLE_TYPES}")
+        if self.decoder_conv_act_fn not in ACT_FNS:
+            raise ValueError(f"config 'decoder_conv_act_fn': {self.decoder_conv_act_fn!r} not in {ACT_FNS}")
+        if self.encoder_factor != self.decoder_factor:
+            raise ValueError(f"config: encoder downsamples by {self.encoder_factor} but decoder upsamples "
+                             f"by {self.decoder_factor}")
+
+    @property
+    def encoder_factor(self) -> int:
+        layers = self.encoder_layers_per_block
+        steps = (layers[0] == 0) + sum(1 for i, n in enumerate(layers[:-1]) if n > 0)
+        return 2 ** steps
+
+    @property
+    def decoder_factor(self) -> int:
+        layers = self.decoder_layers_per_block
+        steps = (layers[0] == 0) + sum(1 for i, n in enumerate(layers[:-1]) if n > 0)
+        return 2 ** steps
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.encoder_factor
+
+    def replace(self, **changes) -> "DCAEConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DCAEConfig":
+        """Build from a diffusers AutoencoderDC config.json dict (private `_` keys are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if not k.startswith("_") and k not in known)
+        if unknown:
+            raise ValueError(f"config: unknown AutoencoderDC fields {unknown}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = _to_lists(value)
+        return data
+
+    def to_diffusers_dict(self) -> dict:
+        data = {"_class_name": "AutoencoderDC", "_diffusers_version": DIFFUSERS_VERSION}
+        data.update(self.to_dict())
+        data.pop("name")
+        return data
+
+
+def _int_tuple(values) -> tuple:
+    return tuple(int(v) for v in values)
+
+
+def _per_stage(value, stages: int, name: str, allowed: tuple) -> tuple:
+    values = (value,) * stages if isinstance(value, str) else tuple(value)
+    for v in values:
+        if v not in allowed:
+            raise ValueError(f"config '{name}': {v!r} is not supported (choose from {allowed})")
+    return values
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+# --- presets (efficientvit names) ---------------------------------------------------------------
+
+def _in_mix_config(stages: int, latent: int, scaling_factor: float, name: str) -> DCAEConfig:
+    """dc-ae-f{32,64,128}c{32,128,512}-{in,mix}-1.0: 6, 7 or 8 stages."""
+    widths = (128, 256, 512, 512, 1024, 1024, 2048, 2048)[:stages]
+    blocks = ("ResBlock",) * 3 + ("EfficientViTBlock",) * (stages - 3)
+    return DCAEConfig(
+        latent_channels=latent,
+        encoder_block_types=blocks, decoder_block_types=blocks,
+        encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+        encoder_layers_per_block=(0, 4, 8) + (2,) * (stages - 3),
+        decoder_layers_per_block=(0, 5, 10) + (2,) * (stages - 3),
+        encoder_qkv_multiscales=((),) * stages, decoder_qkv_multiscales=((),) * stages,
+        downsample_block_type="pixel_unshuffle", upsample_block_type="pixel_shuffle",
+        decoder_norm_types=("batch_norm",) * 3 + ("rms_norm",) * (stages - 3),
+        decoder_act_fns=("relu",) * 3 + ("silu",) * (stages - 3),
+        scaling_factor=scaling_factor, name=name,
+    )
+
+
+def _sana_config(name: str) -> DCAEConfig:
+    blocks = ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3
+    return DCAEConfig(
+        latent_channels=32,
+        encoder_block_types=blocks, decoder_block_types=blocks,
+        encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+        decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+        encoder_layers_per_block=(2, 2, 2, 3, 3, 3), decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+        encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+        decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+        downsample_block_type="conv", upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        scaling_factor=0.41407, name=name,
+    )
+
+
+def tiny_config(factor: int = 8, latent_channels: int = 4, name: str | None = None) -> DCAEConfig:
+    """A DC-AE small enough for CPU tests: widths 8-32, one EfficientViT stage (the last, with a
+    multiscale qkv), BatchNorm + ReLU in the first decoder stage. `factor` is any power of two >= 4."""
+    stages = factor.bit_length()  # stage 0 has layers, so factor = 2 ** (stages - 1)
+    if factor < 4 or factor & (factor - 1):
+        raise ValueError(f"argument 'factor': a power of two >= 4, got {factor}")
+    widths = tuple(min(8 * 2 ** i, 32) for i in range(stages))
+    blocks = ("ResBlock",) * (stages - 1) + ("EfficientViTBlock",)
+    return DCAEConfig(
+        latent_channels=latent_channels, attention_head_dim=8,
+        encoder_block_types=blocks, decoder_block_types=blocks,
+        encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+        encoder_layers_per_block=(1,) * stages, decoder_layers_per_block=(1,) * stages,
+        encoder_qkv_multiscales=((),) * (stages - 1) + ((5,),),
+        decoder_qkv_multiscales=((),) * (stages - 1) + ((5,),),
+        decoder_norm_types=("batch_norm",) + ("rms_norm",) * (stages - 1),
+        decoder_act_fns=("relu",) + ("silu",) * (stages - 1),
+        scaling_factor=1.0, name=name,
+    )
+
+
+PRESETS = {
+    "dc-ae-f32c32-in-1.0": lambda n: _in_mix_config(6, 32, 0.3189, n),
+    "dc-ae-f64c128-in-1.0": lambda n: _in_mix_config(7, 128, 0.2889, n),
+    "dc-ae-f128c512-in-1.0": lambda n: _in_mix_config(8, 512, 0.4883, n),
+    "dc-ae-f32c32-mix-1.0": lambda n: _in_mix_config(6, 32, 0.4552, n),
+    "dc-ae-f64c128-mix-1.0": lambda n: _in_mix_config(7, 128, 0.4538, n),
+    "dc-ae-f128c512-mix-1.0": lambda n: _in_mix_config(8, 512, 0.3620, n),
+    "dc-ae-f32c32-sana-1.0": _sana_config,
+    "dc-ae-f32c32-sana-1.1": _sana_config,
+    "tiny": lambda n: tiny_config(8, 4, name=n),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_config(name: str) -> DCAEConfig:
+    """The named preset (efficientvit names, plus "tiny"); a '-diffusers' suffix is accepted."""
+    key = name[: -len("-diffusers")] if name.endswith("-diffusers") else name
+    if key not in PRESETS:
+        raise ValueError(f"argument 'name': unknown DC-AE preset {name!r}; known: {preset_names()}")
+    return PRESETS[key](key)
+
+
+def find_preset_in(text: str) -> str | None:
+    """The longest preset name occurring in `text` (e.g. a checkpoint path), or None."""
+    hits = [name for name in PRESETS if name != "tiny" and name in text]
+    return max(hits, key=len) if hits else None

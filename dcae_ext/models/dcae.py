@@ -1,0 +1,234 @@
+"""DC-AE encoder, decoder and autoencoder (DESIGN.md section 3).
+
+The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
+encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so
+diffusers state dicts load with identity keys; efficientvit's are mapped in `weights.py`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from dcae_ext import ops
+from dcae_ext.models.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
+from dcae_ext.models.config import DCAEConfig, get_config
+from dcae_ext.models.tiling import tiled_map
+
+
+class _Stages(nn.Module):
+    """Shared block runner: optional activation checkpointing per block."""
+
+    gradient_checkpointing = False
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+
+class Encoder(_Stages):
+    """x (B, in_channels, H, W) -> latent (B, latent_channels, H/f, W/f)."""
+
+    def __init__(self, config: DCAEConfig):
+        super().__init__()
+        widths, layers = config.encoder_block_out_channels, config.encoder_layers_per_block
+        first = widths[0] if layers[0] > 0 else widths[1]
+        if layers[0] > 0:
+            self.conv_in = nn.Conv2d(config.in_channels, first, 3, 1, 1)
+        else:
+            self.conv_in = DownsampleBlock(config.in_channels, first, config.downsample_block_type, shortcut=False)
+        stages = []
+        for i, (width, depth) in enumerate(zip(widths, layers)):
+            stage = [build_block(config.encoder_block_types[i], width, config.attention_head_dim, "rms_norm",
+                                 "silu", config.encoder_qkv_multiscales[i]) for _ in range(depth)]
+            if i < len(widths) - 1 and depth > 0:
+                stage.append(DownsampleBlock(width, widths[i + 1], config.downsample_block_type, shortcut=True))
+            stages.append(nn.Sequential(*stage))
+        self.down_blocks = nn.ModuleList(stages)
+        self.latent_channels = config.latent_channels
+        self.conv_out = nn.Conv2d(widths[-1], config.latent_channels, 3, 1, 1)
+        self.out_shortcut = config.encoder_out_shortcut
+        if self.out_shortcut and widths[-1] % config.latent_channels:
+            raise ValueError(f"encoder out shortcut: latent_channels {config.latent_channels} must divide "
+                             f"the last width {widths[-1]}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for stage in self.down_blocks:
+            for block in stage:
+                x = self._run(block, x)
+        y = self.conv_out(x)
+        if self.out_shortcut:
+            y = ops.pixel_unshuffle_mean(x.to(y.dtype), 1, self.latent_channels, residual=y)
+        return y
+
+
+class Decoder(_Stages):
+    """latent (B, latent_channels, h, w) -> image (B, in_channels, h*f, w*f)."""
+
+    def __init__(self, config: DCAEConfig):
+        super().__init__()
+        widths, layers = config.decoder_block_out_channels, config.decoder_layers_per_block
+        self.conv_in = nn.Conv2d(config.latent_channels, widths[-1], 3, 1, 1)
+        self.in_shortcut = config.decoder_in_shortcut
+        self.top_width = widths[-1]
+        if self.in_shortcut and widths[-1] % config.latent_channels:
+            raise ValueError(f"decoder in shortcut: latent_channels {config.latent_channels} must divide "
+                             f"the last width {widths[-1]}")
+        stages = []
+        for i, (width, depth) in enumerate(zip(widths, layers)):
+            stage = []
+            if i < len(widths) - 1 and depth > 0:
+                stage.append(UpsampleBlock(widths[i + 1], width, config.upsample_block_type, shortcut=True))
+            stage += [build_block(config.decoder_block_types[i], width, config.attention_head_dim,
+                                  config.decoder_norm_types[i], config.decoder_act_fns[i],
+                                  config.decoder_qkv_multiscales[i]) for _ in range(depth)]
+            stages.append(nn.Sequential(*stage))
+        self.up_blocks = nn.ModuleList(stages)  # indexed by stage; run from the last
+        last = widths[0] if layers[0] > 0 else widths[1]
+        self.norm_out = RMSNorm2d(last)
+        self.conv_act = build_act(config.decoder_conv_act_fn)
+        if layers[0] > 0:
+            self.conv_out = nn.Conv2d(last, config.in_channels, 3, 1, 1)
+        else:
+            self.conv_out = UpsampleBlock(last, config.in_channels, config.upsample_block_type, shortcut=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        if self.in_shortcut:
+            x = ops.pixel_shuffle_repeat(z.to(x.dtype), 1, self.top_width, residual=x)
+        for stage in reversed(self.up_blocks):
+            for block in stage:
+                x = self._run(block, x)
+        return self.conv_out(self.conv_act(self.norm_out(x)))
+
+
+class DCAE(nn.Module):
+    """Deep Compression Autoencoder. `encode` returns the unscaled latent; multiply by
+    `scaling_factor` for a diffusion model and divide before `decode`."""
+
+    def __init__(self, config: DCAEConfig | str):
+        super().__init__()
+        if isinstance(config, str):
+            config = get_config(config)
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.scaling_factor = float(config.scaling_factor)
+        self.spatial_compression = config.spatial_compression
+        self.tile_size: int | None = None
+        self.tile_overlap = 0
+        self.use_slicing = False
+
+    # --- construction and weights ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: DCAEConfig | str | dict) -> "DCAE":
+        """A randomly initialised model from a preset name, a DCAEConfig or a diffusers config dict."""
+        if isinstance(config, dict):
+            config = DCAEConfig.from_dict(config)
+        return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config: DCAEConfig | str | None = None,
+                        strict: bool = True) -> "DCAE":
+        """Load a local diffusers-format dir (config.json + diffusion_pytorch_model.safetensors) or an
+        efficientvit-format dir / file (model.safetensors or .pt; config by `config`, by a config.json
+        holding `model_name`, or by a preset name in the path)."""
+        from dcae_ext.models.weights import load_pretrained
+
+        return load_pretrained(cls, path, config=config, strict=strict)
+
+    def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
+        """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""
+        from dcae_ext.models.weights import save_pretrained
+
+        save_pretrained(self, path, format=format)
+
+    # --- switches -------------------------------------------------------------------------------
+
+    def enable_tiling(self, tile: int = 512, overlap: int | None = None) -> None:
+        """Encode/decode images larger than `tile` pixels in overlapping tiles. `tile` and `overlap`
+        are in image pixels and must be multiples of the spatial factor f; overlap defaults to the
+        largest multiple of f not above tile / 4."""
+        f = self.spatial_compression
+        if overlap is None:
+            overlap = (tile // 4) // f * f
+        if tile <= 0 or tile % f:
+            raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {f}")
+        if overlap < 0 or overlap % f or overlap >= tile:
+            raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {f} "
+                             f"in [0, tile={tile})")
+        self.tile_size, self.tile_overlap = tile, overlap
+
+    def disable_tiling(self) -> None:
+        self.tile_size = None
+
+    def enable_slicing(self) -> None:
+        """Encode/decode batches one sample at a time (lower peak memory)."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        self.use_slicing = False
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of storing them (training).
+        BatchNorm layers in train mode update their running statistics in the recomputation too."""
+        self.encoder.gradient_checkpointing = bool(enabled)
+        self.decoder.gradient_checkpointing = bool(enabled)
+
+    # --- encode / decode ------------------------------------------------------------------------
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"argument 'x': expected (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        f = self.spatial_compression
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"argument 'x': height and width {x.shape[2]}x{x.shape[3]} must be multiples of "
+                             f"the spatial factor f={f} (pass pad=True to pad and crop)")
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.spatial_compression
+        pad_h, pad_w = -x.shape[2] % f, -x.shape[3] % f
+        if not (pad_h or pad_w):
+            return x
+        mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
+        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+    def _sliced(self, fn, x: torch.Tensor) -> torch.Tensor:
+        if self.use_slicing and x.shape[0] > 1:
+            return torch.cat([fn(part) for part in x.split(1)])
+        return fn(x)
+
+    def _encode_one(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tile_size is not None and max(x.shape[2], x.shape[3]) > self.tile_size:
+            return tiled_map(self.encoder, x, self.tile_size, self.tile_overlap, up=1, down=self.spatial_compression)
+        return self.encoder(x)
+
+    def _decode_one(self, z: torch.Tensor) -> torch.Tensor:
+        f = self.spatial_compression
+        if self.tile_size is not None and max(z.shape[2], z.shape[3]) * f > self.tile_size:
+            return tiled_map(self.decoder, z, self.tile_size // f, self.tile_overlap // f, up=f, down=1)
+        return self.decoder(z)
+
+    def encode(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """x (B, C, H, W), H and W multiples of f (or pad=True) -> unscaled latent (B, c, H/f, W/f)."""
+        if pad:
+            x = self._pad(x)
+        self._check_image(x)
+        return self._sliced(self._encode_one, x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f)."""
+        if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
+            raise ValueError(f"argument 'z': expected (B, {self.config.latent_channels}, h, w), got {tuple(z.shape)}")
+        return self._sliced(self._decode_one, z)
+
+    def forward(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """Reconstruction of x; with pad=True any H, W works (padded to a multiple of f, then cropped)."""
+        height, width = x.shape[-2:]
+        return self.decode(self.encode(x, pad=pad))[..., :height, :width]

@@ -1,0 +1,129 @@
+"""IBQ: index-backpropagation quantizer (DESIGN.md 2.1) around `dcae_ext.ops.ibq_quantize*`.
+
+The nearest code is chosen by the plain dot product; the straight-through one-hot
+`hard - sg(soft) + soft` lets every code receive gradient. The loss follows SEED-Voken:
+
+    loss = mean((z_q - z)^2)                 z_q straight-through: gradient to z and all codes
+         + mean((sg(C[idx]) - z)^2)          commitment: pulls the encoder to its code
+         + beta * mean((C[idx] - sg(z))^2)   codebook: pulls the chosen code to the encoder
+         + entropy_weight * entropy           mean per-row entropy - entropy of the mean (at T)
+
+SEED-Voken's code puts beta on the codebook term (the default here); the IBQ paper's equation
+puts it on the commitment term, as VQ-VAE does: `beta_on_codebook_term=False`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcae_ext import ops
+
+
+@dataclass
+class QuantizerOutput:
+    """quantized: like the input; indices: the input without its channel dim (int64);
+    loss: total quantizer loss (scalar, entropy term weighted in); the rest: its terms and stats.
+    usage: fraction of the codebook used by this batch; perplexity: exp(entropy of the code histogram)."""
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    entropy_loss: torch.Tensor
+    usage: torch.Tensor
+    perplexity: torch.Tensor
+
+
+def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fraction of the codes that occur in `indices`, perplexity of their histogram)."""
+    flat = indices.detach().reshape(-1)
+    if flat.numel() == 0:
+        zero = torch.zeros((), device=indices.device)
+        return zero, zero
+    counts = torch.bincount(flat, minlength=num_codes).float()
+    usage = (counts > 0).float().mean()
+    probs = counts / counts.sum()
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return usage, entropy.exp()
+
+
+class IBQuantizer(nn.Module):
+    """z (B, D, H, W) (channels at `channel_dim`, 1 by default for 4-D) or (..., D) -> QuantizerOutput.
+
+    The quantizer always computes in float32 (autocast is switched off inside), as
+    nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
+    """
+
+    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, entropy_weight: float = 0.05,
+                 entropy_temperature: float = 0.01, beta_on_codebook_term: bool = True):
+        super().__init__()
+        if num_codes < 1:
+            raise ValueError(f"argument 'num_codes': expected >= 1, got {num_codes}")
+        if dim < 1:
+            raise ValueError(f"argument 'dim': expected >= 1, got {dim}")
+        if entropy_temperature <= 0:
+            raise ValueError(f"argument 'entropy_temperature': expected > 0, got {entropy_temperature}")
+        self.num_codes = num_codes
+        self.dim = dim
+        self.beta = float(beta)
+        self.entropy_weight = float(entropy_weight)
+        self.entropy_temperature = float(entropy_temperature)
+        self.beta_on_codebook_term = bool(beta_on_codebook_term)
+        self.codebook = nn.Parameter(torch.randn(num_codes, dim))
+
+    def extra_repr(self) -> str:
+        return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, "
+                f"entropy_weight={self.entropy_weight}, entropy_temperature={self.entropy_temperature}, "
+                f"beta_on_codebook_term={self.beta_on_codebook_term}")
+
+    def _channel_dim(self, z: torch.Tensor, channel_dim: int | None) -> int:
+        if channel_dim is None:
+            channel_dim = 1 if z.dim() == 4 else -1
+        channel_dim = channel_dim % z.dim()
+        if z.shape[channel_dim] != self.dim:
+            raise ValueError(f"argument 'z': expected {self.dim} channels at dim {channel_dim}, "
+                             f"got shape {tuple(z.shape)}")
+        return channel_dim
+
+    def forward(self, z: torch.Tensor, channel_dim: int | None = None) -> QuantizerOutput:
+        if not isinstance(z, torch.Tensor) or z.dim() < 1:
+            raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
+        channel_dim = self._channel_dim(z, channel_dim)
+        input_dtype = z.dtype
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            rows = z.float().movedim(channel_dim, -1)
+            codebook = self.codebook.float()
+            if self.entropy_weight != 0:
+                z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature)
+            else:
+                z_q, indices = ops.ibq_quantize(rows, codebook)
+                entropy = rows.new_zeros(())
+            hard = F.embedding(indices, codebook)
+            straight_through = torch.mean((z_q - rows) ** 2)
+            commitment = torch.mean((hard.detach() - rows) ** 2)
+            codebook_term = torch.mean((hard - rows.detach()) ** 2)
+            if self.beta_on_codebook_term:
+                codebook_term = self.beta * codebook_term
+            else:
+                commitment = self.beta * commitment
+            loss = straight_through + commitment + codebook_term + self.entropy_weight * entropy
+            usage, perplexity = code_statistics(indices, self.num_codes)
+        return QuantizerOutput(
+            quantized=z_q.movedim(-1, channel_dim).to(input_dtype), indices=indices, loss=loss,
+            codebook_loss=codebook_term, commitment_loss=commitment, entropy_loss=entropy,
+            usage=usage, perplexity=perplexity)
+
+    def lookup(self, indices: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
+        """indices (B, H, W) -> codes (B, D, H, W) (channel_dim 1 for 3-D indices), else (..., D)."""
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"argument 'indices': expected an integer tensor, got dtype {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
+            raise ValueError(f"argument 'indices': values must lie in [0, {self.num_codes}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        codes = F.embedding(indices.long(), self.codebook)
+        if channel_dim is None:
+            channel_dim = 1 if indices.dim() == 3 else -1
+        return codes.movedim(-1, channel_dim)

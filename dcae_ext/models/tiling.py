@@ -1,0 +1,92 @@
+"""Tiled application of a spatial map (encoder or decoder) with linear cross-fades in the overlaps.
+
+Tiles are `tile` wide with `stride = tile - overlap`; the last tile of a row or column is moved
+back so that it ends at the border, so every tile has the full size and the output covers exactly
+the input times the scale (no overhang). Each tile's output is weighted by a separable ramp that
+rises across the middle half of its overlap with the previous tile and falls across the middle half
+of its overlap with the next (the outer quarters, computed without context, get ~0 weight), and
+the sum is divided by the summed weights. Because tiles form a grid, the weight sum is the outer
+product of the per-axis sums, so no full-size weight map is stored.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles covering [0, size); all multiples of `align` (size, tile and stride must be)."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    last = size - tile
+    if starts[-1] != last:
+        starts.append(last)
+    assert all(s % align == 0 for s in starts), "tile starts must stay aligned"
+    return starts
+
+
+def _ramp(length: int, device) -> torch.Tensor:
+    """Rising blend weights across an overlap of `length`: 0 over the first quarter (a tile's border
+    outputs lack context), linear through the middle half, 1 over the last quarter. Mirrored, it is
+    the neighbour's weight, so the two sum to 1; a floor keeps every weight sum positive."""
+    position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    return ((position - length / 4) / (length / 2)).clamp(0, 1).clamp_min(_WEIGHT_FLOOR)
+
+
+_WEIGHT_FLOOR = 1e-3
+
+
+def axis_weights(starts: list[int], tile: int, size: int, device) -> list[torch.Tensor]:
+    """Per-tile 1-D blend weights (float32, length min(tile, size)), in output units."""
+    length = min(tile, size)
+    weights = []
+    for i, start in enumerate(starts):
+        w = torch.ones(length, device=device, dtype=torch.float32)
+        if i > 0:
+            rise = starts[i - 1] + length - start  # overlap with the previous tile
+            if rise > 0:
+                w[:rise] = _ramp(rise, device)
+        if i + 1 < len(starts):
+            fall = start + length - starts[i + 1]
+            if fall > 0:
+                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device).flip(0))
+        weights.append(w)
+    return weights
+
+
+def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
+              up: int = 1, down: int = 1) -> torch.Tensor:
+    """Apply `fn` to overlapping tiles of x (B, C, H, W) and blend the results.
+
+    `fn` maps a (B, C, h, w) tile to (B, C', h*up/down, w*up/down). `tile` and `overlap` are in x's
+    units and, like H and W, multiples of `down`; 0 <= overlap < tile.
+    """
+    _, _, height, width = x.shape
+    stride = tile - overlap
+    rows, cols = tile_starts(height, tile, stride, down), tile_starts(width, tile, stride, down)
+
+    def out_units(v: int) -> int:
+        return v * up // down
+
+    out_h, out_w, out_tile = out_units(height), out_units(width), out_units(tile)
+    row_w = axis_weights([out_units(s) for s in rows], out_tile, out_h, x.device)
+    col_w = axis_weights([out_units(s) for s in cols], out_tile, out_w, x.device)
+    row_sum = torch.zeros(out_h, device=x.device)
+    col_sum = torch.zeros(out_w, device=x.device)
+    for start, w in zip(rows, row_w):
+        row_sum[out_units(start):out_units(start) + w.numel()] += w
+    for start, w in zip(cols, col_w):
+        col_sum[out_units(start):out_units(start) + w.numel()] += w
+
+    out = None
+    for r, wr in zip(rows, row_w):
+        for c, wc in zip(cols, col_w):
+            y = fn(x[:, :, r:r + tile, c:c + tile])
+            if out is None:
+                out = torch.zeros(y.shape[0], y.shape[1], out_h, out_w, device=y.device, dtype=torch.float32)
+            oy, ox = out_units(r), out_units(c)
+            out[:, :, oy:oy + y.shape[2], ox:ox + y.shape[3]] += y.float() * (wr[:, None] * wc[None, :])
+    out /= row_sum[:, None] * col_sum[None, :]
+    return out.to(y.dtype)

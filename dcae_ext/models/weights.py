@@ -1,0 +1,244 @@
+"""Weight formats: ours (= diffusers AutoencoderDC names) <-> efficientvit, local loading and saving.
+
+diffusers format: config.json + diffusion_pytorch_model.safetensors, keys identical to ours.
+efficientvit format: model.safetensors (or a .pt holding {"state_dict": ...}) with keys such as
+`encoder.stages.3.op_list.0.context_module.main.qkv.conv.weight`; its config.json only names the
+model (`{"model_name": "dc-ae-f32c32-in-1.0"}`). The fused qkv conv weight (3*inner, C, 1, 1) is
+split into diffusers' to_q / to_k / to_v (inner, C) by thirds of the output channels, and the
+projection conv (C, inner', 1, 1) becomes the Linear-shaped to_out (C, inner').
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
+from dcae_ext.models.config import DCAEConfig, find_preset_in, get_config
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+EFFICIENTVIT_WEIGHTS = "model.safetensors"
+CONFIG_FILE = "config.json"
+_QKV = ("to_q", "to_k", "to_v")
+
+
+# --- key mapping ----------------------------------------------------------------------------------
+
+def _entries(module: nn.Module) -> list[str]:
+    return list(module.state_dict(keep_vars=True).keys())
+
+
+def _block_map(block: nn.Module, ours: str, theirs: str, out: dict) -> None:
+    """Fill out[our_key] = (efficientvit_key, kind) for one stage element."""
+    if isinstance(block, ResBlock):
+        for name in _entries(block):
+            head, _, tail = name.partition(".")
+            target = {"conv1": "main.conv1.conv", "conv2": "main.conv2.conv", "norm": "main.conv2.norm"}[head]
+            out[f"{ours}.{name}"] = (f"{theirs}.{target}.{tail}", "same")
+    elif isinstance(block, EfficientViTBlock):
+        ctx, local = f"{theirs}.context_module.main", f"{theirs}.local_module.main"
+        for name in _entries(block):
+            parts = name.split(".")
+            if parts[0] == "attn":
+                if parts[1] in _QKV:
+                    out[f"{ours}.{name}"] = (f"{ctx}.qkv.conv.weight", ("qkv", _QKV.index(parts[1])))
+                elif parts[1] == "to_qkv_multiscale":
+                    layer = {"proj_in": "0", "proj_out": "1"}[parts[3]]
+                    out[f"{ours}.{name}"] = (f"{ctx}.aggreg.{parts[2]}.{layer}.{parts[4]}", "same")
+                elif parts[1] == "to_out":
+                    out[f"{ours}.{name}"] = (f"{ctx}.proj.conv.weight", "linear")
+                else:  # norm_out
+                    out[f"{ours}.{name}"] = (f"{ctx}.proj.norm.{'.'.join(parts[2:])}", "same")
+            else:  # conv_out: the GLUMBConv
+                target = {"conv_inverted": "inverted_conv.conv", "conv_depth": "depth_conv.conv",
+                          "conv_point": "point_conv.conv", "norm": "point_conv.norm"}[parts[1]]
+                out[f"{ours}.{name}"] = (f"{local}.{target}.{'.'.join(parts[2:])}", "same")
+    elif isinstance(block, (DownsampleBlock, UpsampleBlock)):
+        main = f"{theirs}.main" if block.shortcut else theirs
+        stride_conv = isinstance(block, DownsampleBlock) and not block.pixel_unshuffle
+        inner = "conv" if stride_conv else "conv.conv"  # efficientvit: ConvLayer vs *SampleLayer(ConvLayer)
+        for name in _entries(block):
+            out[f"{ours}.{name}"] = (f"{main}.{inner}.{name.split('.', 1)[1]}", "same")
+    elif isinstance(block, nn.Conv2d):
+        for name in _entries(block):
+            out[f"{ours}.{name}"] = (f"{theirs}.conv.{name}", "same")
+    else:
+        raise TypeError(f"no efficientvit mapping for {type(block).__name__} at {ours}")
+
+
+def efficientvit_key_map(model: nn.Module) -> dict:
+    """our key -> (efficientvit key, kind); kind is "same", "linear" (1x1 conv <-> Linear) or ("qkv", i)."""
+    enc, dec = model.encoder, model.decoder
+    out: dict = {}
+    _block_map(enc.conv_in, "encoder.conv_in", "encoder.project_in", out)
+    for i, stage in enumerate(enc.down_blocks):
+        for j, block in enumerate(stage):
+            _block_map(block, f"encoder.down_blocks.{i}.{j}", f"encoder.stages.{i}.op_list.{j}", out)
+    project_out = "encoder.project_out.main" if enc.out_shortcut else "encoder.project_out"
+    _block_map(enc.conv_out, "encoder.conv_out", f"{project_out}.op_list.0", out)
+    _block_map(dec.conv_in, "decoder.conv_in", "decoder.project_in.main" if dec.in_shortcut else "decoder.project_in",
+               out)
+    for i, stage in enumerate(dec.up_blocks):
+        for j, block in enumerate(stage):
+            _block_map(block, f"decoder.up_blocks.{i}.{j}", f"decoder.stages.{i}.op_list.{j}", out)
+    for name in _entries(dec.norm_out):
+        out[f"decoder.norm_out.{name}"] = (f"decoder.project_out.op_list.0.{name}", "same")
+    _block_map(dec.conv_out, "decoder.conv_out", "decoder.project_out.op_list.2", out)
+    return out
+
+
+def to_efficientvit(model: nn.Module, state: dict | None = None) -> dict:
+    """Our state dict (default: the model's) in efficientvit naming and shapes."""
+    state = model.state_dict() if state is None else state
+    result: dict = {}
+    for ours, (theirs, kind) in efficientvit_key_map(model).items():
+        value = state[ours]
+        if kind == "linear":
+            result[theirs] = value[:, :, None, None]
+        elif isinstance(kind, tuple):
+            result.setdefault(theirs, [None] * 3)[kind[1]] = value
+        else:
+            result[theirs] = value
+    for key, value in result.items():
+        if isinstance(value, list):
+            result[key] = torch.cat(value)[:, :, None, None]
+    return result
+
+
+def from_efficientvit(model: nn.Module, state: dict) -> tuple[dict, list[str]]:
+    """An efficientvit state dict in our naming; also returns the efficientvit keys it did not use."""
+    result, used = {}, set()
+    for ours, (theirs, kind) in efficientvit_key_map(model).items():
+        if theirs not in state:
+            continue
+        used.add(theirs)
+        value = state[theirs]
+        if kind == "linear":
+            value = value.flatten(1)
+        elif isinstance(kind, tuple):
+            value = value.flatten(1).chunk(3)[kind[1]]
+        result[ours] = value
+    return result, sorted(k for k in state if k not in used)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def load_state(model: nn.Module, state: dict, strict: bool = True, unexpected: list[str] = ()) -> None:
+    """Copy `state` (our naming) into the model after checking names and shapes."""
+    expected = model.state_dict()
+    unexpected = sorted(set(unexpected) | {k for k in state if k not in expected})
+    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if wrong:
+        problems.append(f"shape mismatches ({len(wrong)}): {wrong}")
+    if wrong or (strict and problems):
+        raise ValueError("DC-AE weights do not match the model: " + "; ".join(problems))
+    if problems:
+        warnings.warn("DC-AE weights: " + "; ".join(problems), RuntimeWarning, stacklevel=3)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def read_weights(file: Path) -> dict:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    data = torch.load(str(file), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            return data[key]
+    return data
+
+
+def is_efficientvit_state(state: dict) -> bool:
+    return any(k.startswith(("encoder.project_in", "encoder.stages.", "decoder.project_out")) for k in state)
+
+
+def _read_json(file: Path) -> dict:
+    with open(file) as handle:
+        return json.load(handle)
+
+
+def _config_from_json(data: dict) -> DCAEConfig | None:
+    if "dcae_ext_config" in data:
+        return DCAEConfig.from_dict(data["dcae_ext_config"])
+    if "model_name" in data:
+        return get_config(data["model_name"])
+    if data.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in data:
+        return DCAEConfig.from_dict(data)
+    return None
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in (DIFFUSERS_WEIGHTS, EFFICIENTVIT_WEIGHTS, "diffusion_pytorch_model.bin", "model.pt",
+                 "model.pth", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"no DC-AE weights ({DIFFUSERS_WEIGHTS}, {EFFICIENTVIT_WEIGHTS}, model.pt) in {directory}")
+
+
+def load_pretrained(cls, path, config=None, strict: bool = True):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"argument 'path': {path} does not exist (loading needs a local path)")
+    file = _weights_file(path) if path.is_dir() else path
+    if isinstance(config, str):
+        config = get_config(config)
+    if config is None and (file.parent / CONFIG_FILE).is_file():
+        config = _config_from_json(_read_json(file.parent / CONFIG_FILE))
+    if config is None:
+        preset = find_preset_in(str(path.resolve()))
+        if preset is None:
+            raise ValueError(f"argument 'config': cannot tell the DC-AE configuration of {path}: no config.json "
+                             f"and no preset name in the path; pass config=<preset name or DCAEConfig>")
+        config = get_config(preset)
+    model = cls(config)
+    state = read_weights(file)
+    if is_efficientvit_state(state):
+        state, unused = from_efficientvit(model, state)
+        load_state(model, state, strict=strict, unexpected=unused)
+    else:
+        load_state(model, state, strict=strict)
+    return model
+
+
+# --- saving ---------------------------------------------------------------------------------------
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
+    from safetensors.torch import save_file
+
+    if format not in ("diffusers", "efficientvit"):
+        raise ValueError(f"argument 'format': {format!r} is not 'diffusers' or 'efficientvit'")
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: DCAEConfig = model.config
+    if format == "diffusers":
+        state, weights_name, meta = model.state_dict(), DIFFUSERS_WEIGHTS, config.to_diffusers_dict()
+    else:
+        state, weights_name = to_efficientvit(model), EFFICIENTVIT_WEIGHTS
+        meta = {"dcae_ext_config": config.to_dict()}
+        if config.name and find_preset_in(config.name) == config.name:
+            meta["model_name"] = config.name
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    _atomic_write(directory / weights_name, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_FILE, lambda f: f.write_text(json.dumps(meta, indent=2) + "\n"))

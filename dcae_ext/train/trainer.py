@@ -1,0 +1,404 @@
+"""One trainer for DC-AE (phases 1-3) and the IBQ tokenizer; the phase is configuration.
+
+A step: `grad_accum` micro-batches through the generator (reconstruction + LPIPS [+ quantizer]
+[+ GAN]), clip, skip the update if the loss or gradient norm is not finite (counted), EMA; then,
+when the GAN is on, the same micro-batches through the discriminator (hinge [+ LeCAM]).
+Everything a resume needs (weights, EMA, optimisers, schedulers, scaler, RNG, step) goes into an
+atomic checkpoint; the data position is the step itself (see data.ResumableSampler).
+
+Quiet by design: progress goes to `callback(event, payload)` (events: start, step, log, image,
+checkpoint, warning, end); files go to `config.out`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from dcae_ext.train import distributed
+from dcae_ext.train.build import apply_trainable, build_model, last_decoder_weight, set_frozen_modules_to_eval
+from dcae_ext.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from dcae_ext.train.config import TrainConfig, save_config, to_dict
+from dcae_ext.train.data import ResumableSampler, build_dataset
+from dcae_ext.train.discriminator import PatchDiscriminator
+from dcae_ext.train.ema import EMA
+from dcae_ext.train.losses import (LeCAM, PerceptualLoss, adaptive_gan_weight, hinge_discriminator_loss,
+                                   hinge_generator_loss, reconstruction_loss)
+from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class DiscriminatorLoss(nn.Module):
+    """Discriminator + LeCAM state in one module, so DDP sees one forward per backward."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.net = PatchDiscriminator(3, config.disc_channels, config.disc_layers, config.disc_norm)
+        self.lecam = LeCAM() if config.lecam_weight > 0 else None
+
+    def forward(self, real, fake):
+        return self.net(real), self.net(fake)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, dataset=None, callback=None,
+                 context: distributed.DistContext | None = None):
+        self.config = config.validate()
+        self.callback = callback or (lambda event, payload: None)
+        self.context = context or distributed.setup(config.device)
+        self.device = self.context.device
+        seed_everything(config.seed)  # identical initial weights on every rank
+        self.model = (model if model is not None else build_model(config)).to(self.device)
+        self.trainable_names = apply_trainable(self.model, config.trainable, config.frozen)
+        if hasattr(self.model, "set_gradient_checkpointing"):
+            self.model.set_gradient_checkpointing(config.grad_checkpointing)
+        self.is_ibq = config.model == "ibq"
+        self._setup_precision()
+        self.perceptual = (PerceptualLoss(config.lpips_net, config.lpips_weights).to(self.device)
+                           if config.lpips_weight > 0 else None)
+        self.discriminator = DiscriminatorLoss(config).to(self.device) if config.gan_weight > 0 else None
+        if self.discriminator is not None and config.adaptive_gan_weight:
+            if not last_decoder_weight(self.model).requires_grad:
+                raise ValueError("config 'adaptive_gan_weight': the decoder's last layer is frozen; "
+                                 "use a fixed gan_weight")
+        self._wrap_ddp()
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self._setup_optimisers()
+        self.dataset = dataset if dataset is not None else build_dataset(config.data, config.resolution, config.seed)
+        self.sampler = ResumableSampler(self.dataset, self.context.world_size, self.context.rank, config.seed)
+        count = min(8, len(self.dataset))
+        self.preview = torch.stack([self.dataset[i] for i in range(count)])
+        self.step = 0
+        self.skipped_steps = 0
+        self.skipped_disc_steps = 0
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def _setup_precision(self) -> None:
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _wrap_ddp(self) -> None:
+        self.model_ddp, self.discriminator_ddp = self.model, self.discriminator
+        if not self.context.distributed:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda and self.config.sync_batchnorm:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.discriminator is not None:
+                self.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(self.discriminator)
+        ids = [self.device.index] if cuda else None
+        self.model_ddp = DistributedDataParallel(self.model, device_ids=ids)
+        if self.discriminator is not None:
+            self.discriminator_ddp = DistributedDataParallel(self.discriminator, device_ids=ids)
+
+    def _setup_optimisers(self) -> None:
+        config = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
+                                           weight_decay=config.weight_decay)
+        factor = lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.disc_optimizer = self.disc_scheduler = None
+        if self.discriminator is not None:
+            self.disc_optimizer = torch.optim.AdamW(
+                self.discriminator.net.parameters(), lr=config.disc_lr or config.lr, betas=tuple(config.disc_betas),
+                weight_decay=config.disc_weight_decay)
+            self.disc_scheduler = torch.optim.lr_scheduler.LambdaLR(self.disc_optimizer, factor)
+
+    # --- losses ---------------------------------------------------------------------------------
+
+    def _gan_active(self) -> bool:
+        return self.discriminator is not None and self.step >= self.config.disc_start
+
+    def generator_losses(self, images: torch.Tensor):
+        """(total loss, reconstruction, {term: detached value}) for one micro-batch."""
+        config = self.config
+        terms = {}
+        output = self.model_ddp(images)
+        reconstruction = output.reconstruction if self.is_ibq else output
+        nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
+        terms[f"loss_{config.reconstruction}"] = nll.detach()
+        if self.perceptual is not None:
+            perceptual = self.perceptual(reconstruction, images).float()
+            terms["loss_lpips"] = perceptual.detach()
+            nll = nll + config.lpips_weight * perceptual
+        total = nll
+        if self.is_ibq:
+            quantizer = output.quantizer
+            total = total + config.quantizer_weight * quantizer.loss
+            terms.update(loss_quantizer=quantizer.loss.detach(), loss_entropy=quantizer.entropy_loss.detach(),
+                         loss_commitment=quantizer.commitment_loss.detach(),
+                         loss_codebook=quantizer.codebook_loss.detach(),
+                         codebook_usage=quantizer.usage, perplexity=quantizer.perplexity)
+        if self._gan_active():
+            self.discriminator.requires_grad_(False)
+            generator_gan = hinge_generator_loss(self.discriminator.net(reconstruction))
+            self.discriminator.requires_grad_(True)
+            weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
+                      if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
+            total = total + weight * generator_gan
+            terms.update(loss_gan=generator_gan.detach(), gan_weight=weight.detach())
+        terms["loss"] = total.detach()
+        return total, reconstruction, terms
+
+    def discriminator_losses(self, images: torch.Tensor, reconstruction: torch.Tensor):
+        logits_real, logits_fake = self.discriminator_ddp(images, reconstruction.detach())
+        loss = hinge_discriminator_loss(logits_real, logits_fake)
+        terms = {"loss_disc": loss.detach(), "logits_real": logits_real.detach().float().mean(),
+                 "logits_fake": logits_fake.detach().float().mean()}
+        lecam = self.discriminator.lecam
+        if lecam is not None:
+            lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
+                         distributed.all_reduce_mean(terms["logits_fake"], self.context))
+            regulariser = lecam(logits_real, logits_fake)
+            loss = loss + self.config.lecam_weight * regulariser
+            terms["loss_lecam"] = regulariser.detach()
+        return loss, terms
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def _backward_all(self, module_ddp, micro_batches, loss_fn, optimizer):
+        """Accumulate gradients over the micro-batches; returns (finite, grad norm, mean terms, outputs)."""
+        optimizer.zero_grad(set_to_none=True)
+        totals, outputs, finite = defaultdict(float), [], True
+        count = len(micro_batches)
+        for index, batch in enumerate(micro_batches):
+            last = index == count - 1
+            no_sync = module_ddp.no_sync() if (self.context.distributed and not last) else contextlib.nullcontext()
+            with no_sync:
+                with self._autocast():
+                    loss, extra, terms = loss_fn(*batch)
+                finite = finite and bool(torch.isfinite(loss.detach()))
+                self.scaler.scale(loss / count).backward()
+            outputs.append(extra)
+            for key, value in terms.items():
+                totals[key] += float(value) / count
+        self.scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        finite = not distributed.any_rank(not (finite and math.isfinite(grad_norm)), self.context)
+        return finite, grad_norm, dict(totals), outputs
+
+    def train_step(self, micro_batches: list[torch.Tensor]) -> dict:
+        self.model.train()
+        set_frozen_modules_to_eval(self.model)
+        gan_active = self._gan_active()
+        finite, grad_norm, terms, reconstructions = self._backward_all(
+            self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
+        if finite:
+            self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.skipped_steps += 1
+        metrics = dict(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        if gan_active:
+            self.discriminator.train()
+            pairs = list(zip(micro_batches, reconstructions))
+            d_finite, d_norm, d_terms, _ = self._backward_all(
+                self.discriminator_ddp, pairs, self._disc_loss_fn, self.disc_optimizer)
+            if d_finite:
+                self.scaler.step(self.disc_optimizer)
+            else:
+                self.skipped_disc_steps += 1
+            metrics.update(d_terms, disc_grad_norm=d_norm)
+        self.scaler.update()
+        with warnings.catch_warnings():  # skipped steps and a late-starting discriminator are intended
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+            if self.disc_scheduler is not None:
+                self.disc_scheduler.step()
+        self.step += 1
+        metrics.update(step=self.step, skipped_steps=self.skipped_steps)
+        return metrics
+
+    def _generator_loss_fn(self, images):
+        total, reconstruction, terms = self.generator_losses(images)
+        return total, reconstruction.detach(), terms
+
+    def _disc_loss_fn(self, images, reconstruction):
+        loss, terms = self.discriminator_losses(images, reconstruction)
+        return loss, None, terms
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def _data_position(self) -> tuple[int, int]:
+        consumed = self.step * self.config.grad_accum * self.config.batch_size
+        return divmod(consumed, self.sampler.num_samples)
+
+    def state_dict(self) -> dict:
+        state = {"config": to_dict(self.config), "step": self.step, "skipped_steps": self.skipped_steps,
+                 "skipped_disc_steps": self.skipped_disc_steps, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
+                 "world_size": self.context.world_size}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.discriminator is not None:
+            state.update(discriminator=self.discriminator.state_dict(),
+                         disc_optimizer=self.disc_optimizer.state_dict(),
+                         disc_scheduler=self.disc_scheduler.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            self.disc_scheduler.load_state_dict(state["disc_scheduler"])
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.skipped_disc_steps = state.get("skipped_disc_steps", 0)
+        set_rng_state(state["rng"])
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.config.out, CHECKPOINT_NAME)
+
+    def save_checkpoint(self) -> str | None:
+        if self.context.is_main:
+            atomic_save(self.state_dict(), self.checkpoint_path)
+            self.callback("checkpoint", {"path": self.checkpoint_path, "step": self.step})
+        distributed.barrier(self.context)
+        return self.checkpoint_path
+
+    def resume(self, path: str | None = None) -> bool:
+        """Load `path` (default: the run's checkpoint). False when there is none to resume."""
+        path = path or self.checkpoint_path
+        if not os.path.isfile(path):
+            self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("world_size", 1) * state["config"]["batch_size"] != \
+                self.context.world_size * self.config.batch_size:
+            self.callback("warning", {"message": "resuming with a different global batch size: the data "
+                                                 "order after the resume differs from an uninterrupted run"})
+        self.load_state_dict(state)
+        return True
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _loader(self):
+        epoch, skip = self._data_position()
+        self.sampler.start(epoch, skip)
+        config = self.config
+        return iter(DataLoader(self.dataset, batch_size=config.batch_size, sampler=self.sampler,
+                               num_workers=config.num_workers, drop_last=True,
+                               pin_memory=config.pin_memory and self.device.type == "cuda",
+                               persistent_workers=False))
+
+    def _write_metrics(self, row: dict) -> None:
+        if self.context.is_main:
+            with open(os.path.join(self.config.out, "metrics.jsonl"), "a") as stream:
+                stream.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self) -> None:
+        """After a resume, drop logged rows past the checkpoint so the file reads as one run."""
+        path = os.path.join(self.config.out, "metrics.jsonl")
+        if self.context.is_main and os.path.isfile(path):
+            with open(path) as stream:
+                rows = [line for line in stream if line.strip() and json.loads(line)["step"] <= self.step]
+            with open(path, "w") as stream:
+                stream.writelines(rows)
+
+    @torch.no_grad()
+    def save_preview(self, name: str | None = None) -> str | None:
+        if not self.context.is_main:
+            return None
+        self.model.eval()
+        images = self.preview.to(self.device)
+        with self._autocast():
+            output = self.model(images)
+        reconstruction = output.reconstruction if self.is_ibq else output
+        path = os.path.join(self.config.out, "images", name or f"reconstruction_{self.step:07d}.png")
+        save_reconstruction_grid(images, reconstruction, path)
+        self.callback("image", {"path": path, "step": self.step})
+        return path
+
+    def train(self, resume: bool = False, until: int | None = None) -> dict:
+        """Run to `config.steps` (or stop early at step `until`, checkpointing there, as a killed
+        run would have). Returns the last logged metrics."""
+        config = self.config
+        os.makedirs(config.out, exist_ok=True)
+        if resume:
+            self.resume()
+            self._truncate_metrics()
+        if self.context.is_main:
+            save_config(config, os.path.join(config.out, "config.json"))
+        stop = min(config.steps, until) if until is not None else config.steps
+        self.callback("start", {"step": self.step, "steps": config.steps, "trainable": len(self.trainable_names),
+                                "device": str(self.device), "precision": self.precision})
+        batches, metrics = self._loader(), {}
+        images_per_step = config.batch_size * config.grad_accum * self.context.world_size
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            while self.step < stop:
+                micro = [next(batches).to(self.device, non_blocking=True) for _ in range(config.grad_accum)]
+                metrics = self.train_step(micro)
+                self.callback("step", metrics)
+                last = self.step == stop
+                if self.step % config.log_every == 0 or last or self.step == 1:
+                    now = time.perf_counter()
+                    metrics["images_per_s"] = images_per_step * (self.step - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, self.step
+                    self._write_metrics(metrics)
+                    self.callback("log", metrics)
+                if config.image_every and self.step % config.image_every == 0 and not last:
+                    self.save_preview()
+                if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or last:
+                    self.save_checkpoint()
+        finally:
+            # Stop the loader's workers now: left to the garbage collector, the iterator can be
+            # finalised inside a later loader's forked worker, which then fails on it.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        if self.step >= config.steps:
+            self.finish()
+        self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
+        return metrics
+
+    def finish(self) -> None:
+        """Final grid, loss curve and exported weights (live and EMA) under `config.out`."""
+        if not self.context.is_main:
+            return
+        self.save_preview(f"reconstruction_{self.step:07d}.png")
+        save_loss_curve(os.path.join(self.config.out, "metrics.jsonl"),
+                        os.path.join(self.config.out, "loss_curve.png"),
+                        title=f"{self.config.model} phase {self.config.phase} ({self.config.preset})")
+        self.model.save_pretrained(os.path.join(self.config.out, "model"))
+        if self.ema is not None:
+            self.ema.model.save_pretrained(os.path.join(self.config.out, "model_ema"))

@@ -1,0 +1,148 @@
+"""The evaluation loop, its outputs, and the `dcae-ext eval` command."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dcae_ext.eval.evaluate import evaluate, write_results
+from dcae_ext.eval.images import EvalImages, load_image
+from dcae_ext.eval.metrics import build_fid, psnr_per_image
+
+
+def _write_images(folder, count=6, size=(40, 48)):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        array = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        path = folder / f"img{i}.png"
+        Image.fromarray(array).save(path)
+        paths.append(str(path))
+    return paths
+
+
+class NoisyCopy(torch.nn.Module):
+    """Stand-in autoencoder: image i comes back with noise of strength (i+1)/20, so the order of
+    PSNR is known. Images in [-1, 1] in and out."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        generator = torch.Generator().manual_seed(0)
+        strength = torch.arange(self.calls, self.calls + x.shape[0]).float().add(1).div(20).view(-1, 1, 1, 1)
+        self.calls += x.shape[0]
+        return x + strength * torch.randn(x.shape, generator=generator)
+
+
+class StandInTokenizer(torch.nn.Module):
+    """Stand-in IBQ tokenizer: returns (reconstruction, quantizer.indices) like TokenizerOutput."""
+
+    quantizer = SimpleNamespace(num_codes=8)
+
+    def forward(self, x):
+        indices = torch.zeros(x.shape[0], 2, 2, dtype=torch.int64)
+        indices[:, 0, 0] = 1
+        return SimpleNamespace(reconstruction=x, quantizer=SimpleNamespace(indices=indices))
+
+
+def test_load_image_resizes_and_centre_crops(tmp_path):
+    path = _write_images(tmp_path, count=1, size=(40, 48))[0]
+    image = load_image(path, 32)
+    assert image.shape == (3, 32, 32) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert load_image(path, None).shape == (3, 48, 40)
+
+
+def test_evaluate_metrics_extremes_and_outputs(tmp_path, small_features):
+    dataset = EvalImages(_write_images(tmp_path), 32)
+    loader = DataLoader(dataset, batch_size=4)
+    result = evaluate(NoisyCopy(), loader, fid=build_fid(feature_extractor=small_features), names=dataset.name, keep=2)
+    metrics, per_image = result["metrics"], result["per_image"]
+    assert metrics["num_images"] == 6 and metrics["lpips"] is None and "codebook" not in metrics
+    psnrs = [r["psnr"] for r in per_image]
+    assert psnrs == sorted(psnrs, reverse=True)  # more noise on later images
+    assert metrics["psnr"] == pytest.approx(sum(psnrs) / 6)
+    assert metrics["rfid"] > 0
+    assert [e["name"] for e in result["worst"]] == ["img5.png", "img4.png"]
+    assert [e["name"] for e in result["best"]] == ["img0.png", "img1.png"]
+    # the kept reconstruction is the one the metric saw
+    worst = result["worst"][0]
+    assert float(psnr_per_image(worst["reconstruction"][None], worst["original"][None])) == pytest.approx(worst["psnr"])
+
+    paths = write_results(result, str(tmp_path / "out"), {"model": "stand-in"})
+    document = json.loads(open(paths["json"]).read())
+    assert document["model"] == "stand-in" and document["metrics"]["num_images"] == 6
+    assert len(document["per_image"]) == 6 and document["worst"] == ["img5.png", "img4.png"]
+    with Image.open(paths["grid"]) as grid:
+        assert grid.size[0] > 300 and grid.size[1] > 300
+
+
+def test_evaluate_tokenizer_reports_codebook_usage(tmp_path):
+    dataset = EvalImages(_write_images(tmp_path, count=3), 16)
+    result = evaluate(StandInTokenizer(), DataLoader(dataset, batch_size=2), num_codes=8)
+    codes = result["metrics"]["codebook"]
+    assert codes["num_indices"] == 12 and codes["used_codes"] == 2 and codes["usage"] == 0.25
+    assert codes["perplexity"] == pytest.approx(float(np.exp(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))))
+    assert result["metrics"]["psnr"] > 100  # copies, up to the [-1, 1] round trip
+    result["metrics"]["psnr"] = float("inf")  # an exact copy: JSON has no infinity
+    write_results(result, str(tmp_path / "out"), {})
+    assert json.loads(open(tmp_path / "out" / "eval.json").read())["metrics"]["psnr"] == "inf"
+
+
+def test_evaluate_rejects_non_finite_reconstructions(tmp_path):
+    dataset = EvalImages(_write_images(tmp_path, count=1), 16)
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return x * float("nan")
+
+    with pytest.raises(FloatingPointError):
+        evaluate(Broken(), DataLoader(dataset, batch_size=1))
+
+
+def test_eval_command_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
+    from dcae_ext.cli import main
+
+    monkeypatch.delenv("DCAE_EXT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_images(data, count=3, size=(40, 40))
+    out = tmp_path / "out"
+    main(["eval", "--model", "tiny", "--data", str(data), "--resolution", "32", "--batch-size", "2",
+          "--out", str(out)])
+    printed = capsys.readouterr()
+    assert "rFID    unavailable" in printed.out and "LPIPS   unavailable" in printed.out
+    assert "RANDOM weights" in printed.err
+    document = json.loads((out / "eval.json").read_text())
+    assert document["metrics"]["num_images"] == 3 and document["metrics"]["rfid"] is None
+    assert "--inception-weights" in document["notes"]["rfid"]
+    assert (out / "worst_best.png").stat().st_size > 1000
+
+
+def test_eval_command_rejects_a_resolution_off_the_factor(tmp_path):
+    pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
+    from dcae_ext.cli import main
+
+    with pytest.raises(SystemExit, match="multiple"):
+        main(["eval", "--model", "tiny", "--data", str(tmp_path), "--resolution", "30"])
+
+
+def test_eval_command_native_sizes_pad_a_dcae(tmp_path, monkeypatch):
+    pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
+    from dcae_ext.cli import main
+
+    monkeypatch.delenv("DCAE_EXT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_images(data, count=2, size=(36, 44))  # not multiples of the tiny model's factor 8
+    main(["eval", "--model", "tiny", "--data", str(data), "--resolution", "0", "--batch-size", "1",
+          "--out", str(tmp_path / "out")])
+    document = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert document["metrics"]["num_images"] == 2 and document["resolution"] is None

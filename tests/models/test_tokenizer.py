@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from dcae_ext.models import IBQTokenizer
+from dcae_ext.models.tokenizer import get_ibq_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return IBQTokenizer("tiny").eval()
+
+
+def test_tiny_forward_encode_decode_agree(tiny):
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = tiny(x)
+    f = tiny.spatial_compression
+    assert f == 4 and out.reconstruction.shape == x.shape
+    assert out.quantizer.indices.shape == (2, 32 // f, 32 // f)
+    indices = tiny.encode(x)
+    assert torch.equal(indices, out.quantizer.indices)
+    torch.testing.assert_close(tiny.decode_indices(indices), out.reconstruction)
+    assert out.quantizer.loss.ndim == 0 and 0 < float(out.quantizer.usage) <= 1
+
+
+def test_gradients_reach_encoder_codebook_and_decoder(tiny):
+    model = IBQTokenizer("tiny")
+    out = model(torch.rand(1, 3, 16, 16))
+    (out.reconstruction.abs().mean() + out.quantizer.loss).backward()
+    for name in ("encoder.conv_in.weight", "quant_conv.weight", "quantizer.codebook", "decoder.conv_out.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_save_and_load_roundtrip(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "tok")
+    loaded = IBQTokenizer.from_pretrained(tmp_path / "tok").eval()
+    x = torch.rand(1, 3, 16, 16)
+    assert loaded.config.num_codes == tiny.config.num_codes
+    torch.testing.assert_close(loaded(x).reconstruction, tiny(x).reconstruction)
+
+
+def test_paper_presets():
+    for name, codes in (("ibq-f16-16384", 2 ** 14), ("ibq-f16-262144", 2 ** 18)):
+        config = get_ibq_config(name)
+        assert config.spatial_compression == 16 and config.dim == 256 and config.num_codes == codes
+        assert set(config.backbone.encoder_block_types) == {"ResBlock"}  # convolution only
+    with pytest.raises(ValueError, match="'name'"):
+        get_ibq_config("ibq-huge")
+
+
+def test_bad_inputs_raise(tiny):
+    with pytest.raises(ValueError, match="'x'"):
+        tiny(torch.rand(1, 3, 18, 16))
+    with pytest.raises(ValueError, match="'indices'"):
+        tiny.decode_indices(torch.zeros(4, 4, dtype=torch.long))

@@ -1,0 +1,23 @@
+"""The CUDA path of the trainers (bf16 autocast, fp16 + GradScaler, pinned-memory loading, the
+float32 quantizer under autocast). Skipped without a GPU."""
+import pytest
+import torch
+
+from dcae_ext.train.trainer import Trainer
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("model,phase,precision", [("dcae", 1, "bf16"), ("dcae", 3, "bf16"),
+                                                   ("ibq", 1, "bf16"), ("ibq", 1, "fp16")])
+def test_trainer_runs_on_cuda(model, phase, precision, quick_config):
+    overrides = dict(disc_start=2) if model == "ibq" else {}
+    config = quick_config(model, phase=phase, preset="tiny", steps=4, batch_size=4, resolution=32,
+                          device="cuda", precision=precision, num_workers=1, lpips_weight=1.0, lpips_net="alex",
+                          **overrides)
+    trainer = Trainer(config)
+    metrics = trainer.train()
+    assert trainer.device.type == "cuda" and trainer.skipped_steps == 0
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("loss"))
+    if model == "ibq":
+        assert 0 < metrics["codebook_usage"] <= 1

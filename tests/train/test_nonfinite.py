@@ -1,0 +1,42 @@
+"""A step whose loss is NaN/inf changes nothing, is counted, and training goes on."""
+import math
+
+import pytest
+import torch
+
+from dcae_ext.train.trainer import Trainer
+
+from train_helpers import SmoothImages
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nonfinite_step_is_skipped_and_counted(bad, micro_dcae, quick_config):
+    trainer = Trainer(quick_config(steps=5, ema_decay=0.5, lr=1e-2), model=micro_dcae(), dataset=SmoothImages())
+    original = trainer.generator_losses
+
+    def poisoned(images):
+        total, reconstruction, terms = original(images)
+        if trainer.step == 2:  # the third step
+            total = total * bad
+        return total, reconstruction, terms
+
+    trainer.generator_losses = poisoned
+    snapshots = {}
+
+    def record(event, payload):
+        if event == "step":
+            snapshots[payload["step"]] = (
+                {k: v.clone() for k, v in trainer.model.state_dict().items()},
+                {k: v.clone() for k, v in trainer.ema.model.state_dict().items()},
+                payload)
+
+    trainer.callback = record
+    trainer.train()
+    before, ema_before, _ = snapshots[2]
+    after, ema_after, metrics = snapshots[3]
+    assert metrics["skipped_steps"] == 1 and trainer.skipped_steps == 1
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(ema_before[k], ema_after[k]) for k in ema_before)
+    final = trainer.model.state_dict()
+    assert any(not torch.equal(after[k], final[k]) for k in after)  # later steps train again
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
