@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from dcae_ext.ops import reference
-from dcae_ext.ops._library import LOADED, use_kernel
+from dcae_ext.ops._library import register_python_side, use_kernel
 from dcae_ext.ops._validate import check_positive_float, check_same, check_tensor
 
 
@@ -65,5 +65,4 @@ def _register():
     torch.library.register_autograd("dcae_ext::linear_attention", _backward, setup_context=_setup)
 
 
-if LOADED:
-    _register()
+register_python_side(("linear_attention", "_linear_attention_backward"), _register)
