@@ -33,7 +33,8 @@ struct AttentionGeometry {
 AttentionGeometry check_linear_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               double eps, const at::Tensor& grad_out = at::Tensor());
 
-// The CUDA kernels are templated on d <= this; larger heads run `linear_attention_composite`.
+// The CUDA kernels are templated on d <= this; larger heads (and float64 inputs, the gradcheck
+// dtype) run `linear_attention_composite`.
 constexpr int64_t kMaxFusedCudaHeadDim = 64;
 
 // The same math in ATen ops (float32 / float64 accumulation): the fallback for head dims the

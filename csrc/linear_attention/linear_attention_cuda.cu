@@ -1,6 +1,7 @@
 // CUDA kernels of linear attention, templated on the padded head dim D in {8, 16, 32, 64}
-// (a head of d <= 64 runs the smallest D >= d with zero-filled channels; larger heads run the
-// ATen composite). Accumulation in float32 (float64 for float64) throughout.
+// (a head of d <= 64 runs the smallest D >= d with zero-filled channels; larger heads, and
+// float64, the gradcheck dtype, run the ATen composite). float32, float16 and bfloat16 inputs,
+// float32 accumulation throughout.
 //
 // Forward, two kernels per call:
 //   state_kernel   grid (B*heads, splits), 128 threads. A block owns one head and every
@@ -38,7 +39,7 @@ constexpr int kWarps = kThreads / 32;
 
 template <typename acc>
 struct TileSize {
-  static constexpr int value = sizeof(acc) == 8 ? 64 : 128;  // tokens per tile
+  static constexpr int value = 128;  // tokens per tile
 };
 
 template <int D>
@@ -55,17 +56,8 @@ __device__ __forceinline__ Four<float> load4(const float* p) {
   const float4 v = *reinterpret_cast<const float4*>(p);
   return {v.x, v.y, v.z, v.w};
 }
-__device__ __forceinline__ Four<double> load4(const double* p) {
-  const double2 a = reinterpret_cast<const double2*>(p)[0];
-  const double2 b = reinterpret_cast<const double2*>(p)[1];
-  return {a.x, a.y, b.x, b.y};
-}
 __device__ __forceinline__ void store4(float* p, float x, float y, float z, float w) {
   *reinterpret_cast<float4*>(p) = make_float4(x, y, z, w);
-}
-__device__ __forceinline__ void store4(double* p, double x, double y, double z, double w) {
-  reinterpret_cast<double2*>(p)[0] = make_double2(x, y);
-  reinterpret_cast<double2*>(p)[1] = make_double2(z, w);
 }
 
 template <typename acc>
@@ -383,6 +375,21 @@ __global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restric
 
 // ---- host side ------------------------------------------------------------------------------
 
+// Calls fn(scalar_t{}) for the fused dtypes; float64 never gets here (composite).
+template <typename Fn>
+void dispatch_fused_dtype(at::ScalarType type, Fn fn) {
+  switch (type) {
+    case at::kFloat: fn(float{}); break;
+    case at::kHalf: fn(c10::Half{}); break;
+    case at::kBFloat16: fn(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, "dcae_ext linear_attention CUDA: no fused kernel for ", type);
+  }
+}
+
+bool use_composite(const at::Tensor& q, const AttentionGeometry& geo) {
+  return geo.dim > kMaxFusedCudaHeadDim || q.scalar_type() == at::kDouble;
+}
+
 // Calls fn(std::integral_constant<int, D>) with the smallest supported D >= d.
 template <typename Fn>
 void with_padded_dim(int64_t d, Fn fn) {
@@ -432,13 +439,14 @@ at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   const AttentionGeometry geo = check_linear_attention_args(q, k, v, eps);
   DCAE_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
   const c10::cuda::CUDAGuard guard(q.device());
-  if (geo.dim > kMaxFusedCudaHeadDim) return linear_attention_composite(q, k, v, eps);
+  if (use_composite(q, geo)) return linear_attention_composite(q, k, v, eps);
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   check_grid(geo);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_cuda", [&] {
+  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     using acc = acc_t<scalar_t>;
     with_padded_dim(geo.dim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
@@ -462,7 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(co
   const AttentionGeometry geo = check_linear_attention_args(q, k, v, eps, grad_out);
   DCAE_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
   const c10::cuda::CUDAGuard guard(q.device());
-  if (geo.dim > kMaxFusedCudaHeadDim) return linear_attention_backward_composite(grad_out, q, k, v, eps);
+  if (use_composite(q, geo)) return linear_attention_backward_composite(grad_out, q, k, v, eps);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(q.sizes(), q.options());
   at::Tensor dv = at::empty(q.sizes(), q.options());
@@ -470,7 +478,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(co
   check_grid(geo);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_backward_cuda", [&] {
+  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     using acc = acc_t<scalar_t>;
     with_padded_dim(geo.dim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;

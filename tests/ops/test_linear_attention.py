@@ -56,6 +56,12 @@ def test_matches_reference(device, dtype, shape):
     _check_against_reference(*_qkv(shape, device, dtype))
 
 
+@pytest.mark.cuda
+def test_cuda_float64():
+    # float64 on CUDA runs the ATen composite (the fused kernels cover float32/16, bfloat16).
+    _check_against_reference(*_qkv((2, 3, 32, 300), "cuda", torch.float64))
+
+
 @pytest.mark.parametrize("device,dtype", device_dtypes())
 def test_odd_head_dims(device, dtype):
     # Head dims between the CUDA kernels' templated sizes (zero-padded) and above the largest.
