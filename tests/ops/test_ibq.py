@@ -73,12 +73,19 @@ def _check_against_reference(z, codebook, mode, temperature=0.5, codes_per_tile=
         torch.testing.assert_close(ent.double().cpu(), ref_ent.double().cpu(), atol=tol, rtol=tol)
     # Gradients: d z never depends on idx; d codebook does through the scatter of G into rows
     # idx, so that part is compared on each side's own idx.
-    torch.testing.assert_close(grad_z.double().cpu(), ref_grad_z.double().cpu(), atol=tol, rtol=tol)
+    # On CUDA, half-precision inputs make half-precision GEMM operands (d(logits) included, as
+    # in flash attention's P before P @ V), so the gradient error scales with the gradient's size.
+    grad_tol = tol
+    if z.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        grad_tol = 2 * tol * max(1.0, ref_grad_z.abs().max().item())
+    torch.testing.assert_close(grad_z.double().cpu(), ref_grad_z.double().cpu(), atol=grad_tol, rtol=tol)
     if quantize:
         flat_grad = grad_z_q.reshape(-1, z.shape[-1]).double()
         grad_c = grad_c.double().index_add(0, flat_idx, -flat_grad.to(grad_c.device))
         ref_grad_c = ref_grad_c.double().index_add(0, flat_ref, -flat_grad.to(grad_c.device))
-    torch.testing.assert_close(grad_c.double().cpu(), ref_grad_c.double().cpu(), atol=tol * 4, rtol=tol)
+    if z.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        grad_tol = 2 * tol * max(1.0, ref_grad_c.abs().max().item())
+    torch.testing.assert_close(grad_c.double().cpu(), ref_grad_c.double().cpu(), atol=grad_tol * 4, rtol=tol)
 
 
 # (N, K, D, codes_per_tile): single code, partial tiles, many tiles, D = 1024; 0 = automatic.
