@@ -6,8 +6,9 @@
 //
 // Each row is swept by `#pragma omp simd` loops without early exits (max, then the first
 // index of the max, then the exp sums), calling the branch-free float exp / log of
-// ibq_cpu_math.h so that they vectorise; a row of one tile (a few thousand codes) stays in
-// L1/L2 between the sweeps. The per-row sums are SIMD-lane partial sums.
+// ibq_cpu_math.h so that they vectorise; the row functions carry DCAE_SIMD_CLONES (AVX2 /
+// AVX-512 versions). A row of one tile (a few thousand codes) stays in L1/L2 between the
+// sweeps. The per-row sums are SIMD-lane partial sums.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -33,7 +34,7 @@ acc* optional_ptr(const at::Tensor& t) {
 
 // max_k row[k], ignoring NaN (-inf for an empty or all-NaN row).
 template <typename acc>
-acc row_max_of(const acc* __restrict row, int64_t kt) {
+DCAE_SIMD_CLONES acc row_max_of(const acc* __restrict row, int64_t kt) {
   acc m = -std::numeric_limits<acc>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t k = 0; k < kt; ++k) m = row[k] > m ? row[k] : m;
@@ -58,7 +59,7 @@ int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
 // sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kTemp];
 // exp(row[k] - max) is stored to probs[k] when kProbs (probs may alias row).
 template <typename acc, bool kTemp, bool kProbs>
-void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum, acc& sum_t) {
+DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum, acc& sum_t) {
   acc s = 0, s_t = 0;
 #pragma omp simd reduction(+ : s, s_t)
   for (int64_t k = 0; k < kt; ++k) {
@@ -118,7 +119,7 @@ void scan_rows(const IbqScanArgs& a) {
 }
 
 template <typename acc, bool kProbs>
-void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy, acc& sq) {
+DCAE_SIMD_CLONES void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy, acc& sq) {
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
   const acc eps = static_cast<acc>(kIbqEntropyEps);
   acc h = 0, q = 0;
@@ -160,6 +161,27 @@ void entropy_rows(const IbqEntropyArgs& a) {
   });
 }
 
+// One row of d(logits) (IbqGradArgs): `g_row` with kQuantize, `code_coef` with kEntropy.
+template <typename acc, bool kQuantize, bool kEntropy>
+DCAE_SIMD_CLONES void grad_row(const acc* row, const acc* g_row, const acc* code_coef, int64_t kt, const acc* st,
+                               acc dot, acc inv_t, acc inv_rows, acc entropy_scale, acc* out_row) {
+  const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
+  const acc row_coef = st[kRowEntropyCoef];
+  const acc eps = static_cast<acc>(kIbqEntropyEps);
+#pragma omp simd
+  for (int64_t k = 0; k < kt; ++k) {
+    const acc x = row[k];
+    acc d = 0;
+    if (kQuantize) d = fast_exp(x - lse) * (g_row[k] - dot);
+    if (kEntropy) {
+      const acc p = fast_exp((x - max) * inv_t - log_sum_t);
+      const acc self_term = -(fast_log(p + eps) + p / (p + eps));
+      d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
+    }
+    out_row[k] = d;
+  }
+}
+
 template <typename acc, bool kQuantize, bool kEntropy>
 void grad_rows(const IbqGradArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
@@ -171,29 +193,12 @@ void grad_rows(const IbqGradArgs& a) {
   acc* out = a.out.data_ptr<acc>();
   const acc inv_t = static_cast<acc>(a.inv_temperature);
   const acc inv_rows = acc(1) / static_cast<acc>(a.rows_total);
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
   const acc entropy_scale = kEntropy ? a.grad_entropy.item<acc>() * inv_t : acc(0);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const acc* row = logits + n * kt;
-      const acc* g_row = kQuantize ? grad_q + n * kt : nullptr;
-      const acc* st = stats + n * kRowStatCount;
-      const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
-      const acc row_coef = st[kRowEntropyCoef];
-      const acc dot = kQuantize ? row_dot[n] : acc(0);
-      acc* out_row = out + n * kt;
-#pragma omp simd
-      for (int64_t k = 0; k < kt; ++k) {
-        const acc x = row[k];
-        acc d = 0;
-        if (kQuantize) d = fast_exp(x - lse) * (g_row[k] - dot);
-        if (kEntropy) {
-          const acc p = fast_exp((x - max) * inv_t - log_sum_t);
-          const acc self_term = -(fast_log(p + eps) + p / (p + eps));
-          d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
-        }
-        out_row[k] = d;
-      }
+      grad_row<acc, kQuantize, kEntropy>(logits + n * kt, kQuantize ? grad_q + n * kt : nullptr, code_coef, kt,
+                                         stats + n * kRowStatCount, kQuantize ? row_dot[n] : acc(0), inv_t,
+                                         inv_rows, entropy_scale, out + n * kt);
     }
   });
 }
