@@ -7,8 +7,8 @@
 // Each row is swept by `#pragma omp simd` loops without early exits (max, then the first
 // index of the max, then the exp sums), calling the branch-free float exp / log of
 // ibq_cpu_math.h so that they vectorise; the row functions carry DCAE_SIMD_CLONES (AVX2 /
-// AVX-512 versions). A row of one tile (hundreds to thousands of codes) stays in L1/L2 between the
-// sweeps. The per-row sums are SIMD-lane partial sums.
+// AVX-512 versions). A row of one tile (hundreds to thousands of codes) stays in L1/L2
+// between the sweeps. The per-row sums are SIMD-lane partial sums.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
