@@ -59,7 +59,8 @@ int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
 // sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kTemp];
 // exp(row[k] - max) is stored to probs[k] when kProbs (probs may alias row).
 template <typename acc, bool kTemp, bool kProbs>
-DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum, acc& sum_t) {
+DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum,
+                               acc& sum_t) {
   acc s = 0, s_t = 0;
 #pragma omp simd reduction(+ : s, s_t)
   for (int64_t k = 0; k < kt; ++k) {
@@ -91,7 +92,8 @@ void scan_rows(const IbqScanArgs& a) {
       const acc* row = logits + n * kt;
       const acc tile_max = row_max_of(row, kt);
       const acc old_max = row_max[n];
-      if (tile_max > old_max) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);  // earlier tiles win ties
+      // strict: earlier tiles win ties
+      if (tile_max > old_max) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);
       const acc new_max = std::max(old_max, tile_max);
       acc* prob_row = probs != nullptr ? probs + n * kt : nullptr;
       if (new_max == neg_inf) {  // every logit so far is -inf: nothing to add
@@ -119,7 +121,8 @@ void scan_rows(const IbqScanArgs& a) {
 }
 
 template <typename acc, bool kProbs>
-DCAE_SIMD_CLONES void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy, acc& sq) {
+DCAE_SIMD_CLONES void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy,
+                                  acc& sq) {
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
   const acc eps = static_cast<acc>(kIbqEntropyEps);
   acc h = 0, q = 0;
@@ -163,8 +166,9 @@ void entropy_rows(const IbqEntropyArgs& a) {
 
 // One row of d(logits) (IbqGradArgs): `g_row` with kQuantize, `code_coef` with kEntropy.
 template <typename acc, bool kQuantize, bool kEntropy>
-DCAE_SIMD_CLONES void grad_row(const acc* row, const acc* g_row, const acc* code_coef, int64_t kt, const acc* st,
-                               acc dot, acc inv_t, acc inv_rows, acc entropy_scale, acc* out_row) {
+DCAE_SIMD_CLONES void grad_row(const acc* row, const acc* g_row, const acc* code_coef, int64_t kt,
+                               const acc* st, acc dot, acc inv_t, acc inv_rows, acc entropy_scale,
+                               acc* out_row) {
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
   const acc row_coef = st[kRowEntropyCoef];
   const acc eps = static_cast<acc>(kIbqEntropyEps);
@@ -196,9 +200,9 @@ void grad_rows(const IbqGradArgs& a) {
   const acc entropy_scale = kEntropy ? a.grad_entropy.item<acc>() * inv_t : acc(0);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      grad_row<acc, kQuantize, kEntropy>(logits + n * kt, kQuantize ? grad_q + n * kt : nullptr, code_coef, kt,
-                                         stats + n * kRowStatCount, kQuantize ? row_dot[n] : acc(0), inv_t,
-                                         inv_rows, entropy_scale, out + n * kt);
+      grad_row<acc, kQuantize, kEntropy>(logits + n * kt, kQuantize ? grad_q + n * kt : nullptr, code_coef,
+                                         kt, stats + n * kRowStatCount, kQuantize ? row_dot[n] : acc(0),
+                                         inv_t, inv_rows, entropy_scale, out + n * kt);
     }
   });
 }

@@ -3,7 +3,9 @@
 // Why: the epilogues evaluate several exp / log per logit (N * K of them). gcc does not vectorise
 // calls to libm's expf / logf, and at::vec::Vectorized falls back to scalar loops in an extension
 // built without ATen's CPU_CAPABILITY flags. These inline versions use only +, *, compares,
-// selects and 32-bit integer ops, so a `#pragma omp simd` loop that calls them vectorises.
+// selects and 32-bit integer ops, so a `#pragma omp simd` loop that calls them vectorises
+// (gcc if-converts the float selects only with -fno-trapping-math, set in setup.py; without it
+// the loops stay scalar, with the same results).
 // double keeps std::exp / std::log, so float64 stays exact to libm.
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, then a degree-6 minimax polynomial
@@ -61,7 +63,8 @@ DCAE_FORCE_INLINE float fast_exp(float x) {
   const float xc = x < kLo ? kLo : (x > kHi ? kHi : x);  // NaN passes through
   const float shifted = xc * kLog2e + kRound;
   const float n = shifted - kRound;
-  const uint32_t ni = static_cast<uint32_t>(float_to_bits(shifted)) - static_cast<uint32_t>(float_to_bits(kRound));
+  const uint32_t ni =  // n, read from the low mantissa bits
+      static_cast<uint32_t>(float_to_bits(shifted)) - static_cast<uint32_t>(float_to_bits(kRound));
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
