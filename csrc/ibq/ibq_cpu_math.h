@@ -5,7 +5,7 @@
 // built without ATen's CPU_CAPABILITY flags. These inline versions use only +, *, compares,
 // selects and 32-bit integer ops, so a `#pragma omp simd` loop that calls them vectorises
 // (gcc if-converts the float selects only with -fno-trapping-math, set in setup.py; without it
-// the loops stay scalar, with the same results).
+// the loops stay scalar, and correct).
 // double keeps std::exp / std::log, so float64 stays exact to libm.
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, then a degree-6 minimax polynomial
