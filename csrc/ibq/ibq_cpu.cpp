@@ -228,11 +228,11 @@ at::ScalarType compute_dtype_cpu(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Slabs of ~8 MB in all (a few hundred codes per tile at N = 2048): a slab written by the GEMM
-// is still in the last-level cache when the epilogue and the next GEMM read it; 10-15% faster
-// than 64 MB at N=2048, K=32768, D=64, while tiles stay large enough that the per-tile
-// thread-pool round trips (GEMM, epilogue, GEMM) are small next to the work.
-const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(8) << 20};
+// Slabs of ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so few thread-pool
+// round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident, ~320 codes)
+// were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete
+// for the cores, where every barrier can wait a scheduler time slice.
+const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(64) << 20};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cpu(
     const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
