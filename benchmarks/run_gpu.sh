@@ -2,7 +2,8 @@
 # A pass on a GPU machine, in two steps so each fits one call:
 #   benchmarks/run_gpu.sh build-test   build for the visible GPU, print `dcae-ext info`, run the CUDA tests
 #   benchmarks/run_gpu.sh bench        the GPU benchmarks, one suite at a time with its own time limit
-# Output goes to $OUT (default gpu_out/): build.log, info.txt, tests.log, bench-<suite>.log, <device>.jsonl
+#   benchmarks/run_gpu.sh all          both
+# Output goes to $OUT (default gpu_out/): build.log, info.txt, tests.log, bench.log, <device>.jsonl
 # and the plots. Wheels for test dependencies the machine lacks (diffusers, lpips) are installed from
 # .whl/ when that folder exists.
 set -uo pipefail
@@ -18,12 +19,11 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 elapsed() { echo "$1: $(( $(date +%s) - $2 )) s"; }
 
-case "${1:-build-test}" in
-  build-test)
+build_test() {
     start=$(date +%s)
     if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
       grep -E "error|Error" "$OUT/build.log" | head -40
-      exit 1
+      return 1
     fi
     elapsed build "$start"
     $PY -m dcae_ext.cli info | tee "$OUT/info.txt"
@@ -33,16 +33,24 @@ case "${1:-build-test}" in
       ${TEST_PATHS:-tests} > "$OUT/tests.log" 2>&1
     tail -45 "$OUT/tests.log"
     elapsed tests "$start"
-    ;;
-  bench)
+}
+
+bench() {
     for spec in ${BENCH_PLAN:-ibq:bf16,fp32:150 linear_attention:bf16,fp16,fp32:60 shortcuts:bf16,fp32:60 dcae:bf16:150}; do
       IFS=: read -r suite dtypes limit <<< "$spec"
       start=$(date +%s)
       timeout "$limit" $PY -m dcae_ext.cli bench --device cuda --ops "$suite" --dtype "$dtypes" \
-        --results-dir "$OUT" --plots-dir "$OUT" > "$OUT/bench-$suite.log" 2>&1
-      tail -25 "$OUT/bench-$suite.log"
+        --results-dir "$OUT" --plots-dir "$OUT" > "$OUT/bench-current.log" 2>&1
+      cat "$OUT/bench-current.log" >> "$OUT/bench.log"
+      tail -25 "$OUT/bench-current.log"
+      rm -f "$OUT/bench-current.log"
       elapsed "bench $suite" "$start"
     done
-    ;;
-  *) echo "usage: $0 build-test|bench" >&2; exit 2 ;;
+}
+
+case "${1:-build-test}" in
+  build-test) build_test ;;
+  bench) bench ;;
+  all) build_test && bench ;;
+  *) echo "usage: $0 build-test|bench|all" >&2; exit 2 ;;
 esac

@@ -1,7 +1,6 @@
-// CUDA kernels of the shortcut ops. One thread per output element in a grid-stride
-// loop; the linear index is decomposed in the output's own memory order (W fastest
-// for NCHW, C fastest for channels_last) so stores coalesce. Memory-bound: each input
-// element is read once (G reads per output for the mean), each output written once.
+// CUDA kernels of the shortcut ops. Memory-bound: each input element is read once (G reads
+// per output for the mean, neighbours in one cache line), each output written once, stores
+// coalesced in the output's own memory order (W fastest for NCHW, C for channels_last).
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -11,63 +10,108 @@
 namespace dcae_ext {
 namespace {
 
-struct OutIndex {
-  int64_t b, o, i, j;
-};
+// Launch shape. NCHW output: blockIdx.x walks the (b, o) output planes, blockIdx.y and the
+// threads walk the plane's pixels, so a block shares one plane's source offsets (kept in shared
+// memory) and the per-element index math is one 32-bit division. channels_last output: a block
+// per output pixel (grid-stride), threads walk the channels, which are contiguous there.
+// Either way the costly 64-bit divisions happen once per block, not per element.
+constexpr int kMaxPlaneBlocksY = 65535;
+constexpr int64_t kMaxPlaneTable = 4096;  // int64 offsets in the default 48 KB of shared memory
 
-template <bool kChannelsLast>
-__device__ __forceinline__ OutIndex decompose(int64_t idx, int64_t C, int64_t H, int64_t W) {
-  OutIndex p;
-  if (kChannelsLast) {
-    p.o = idx % C; idx /= C;
-    p.j = idx % W; idx /= W;
-    p.i = idx % H; p.b = idx / H;
-  } else {
-    p.j = idx % W; idx /= W;
-    p.i = idx % H; idx /= H;
-    p.o = idx % C; p.b = idx / C;
-  }
-  return p;
-}
-
-template <typename scalar_t, bool kChannelsLast, bool kResidual>
-__global__ void unshuffle_mean_kernel(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
-                                      scalar_t* __restrict__ y, Strides4 ys,
-                                      const scalar_t* __restrict__ res, Strides4 rs, acc_t<scalar_t> weight,
-                                      int64_t total) {
+template <typename scalar_t, bool kResidual>
+__global__ void unshuffle_mean_planes(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
+                                      scalar_t* __restrict__ y, Strides4 ys, const scalar_t* __restrict__ res,
+                                      Strides4 rs, acc_t<scalar_t> weight) {
+  extern __shared__ int64_t source_offset[];  // [G]: offset of source g of this plane's channel
   using acc = acc_t<scalar_t>;
-  const int64_t r = geo.factor, r2 = r * r, G = geo.group;
-  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
-       idx += (int64_t)gridDim.x * blockDim.x) {
-    const OutIndex p = decompose<kChannelsLast>(idx, geo.out_channels, geo.out_height, geo.out_width);
-    const scalar_t* base = x + p.b * xs.b + (p.i * r) * xs.h + (p.j * r) * xs.w;
+  const int64_t plane = blockIdx.x;
+  const int64_t o = plane % geo.out_channels, b = plane / geo.out_channels;
+  const int r = static_cast<int>(geo.factor), r2 = r * r, G = static_cast<int>(geo.group);
+  for (int g = threadIdx.x; g < G; g += blockDim.x) {
+    const int64_t src = o * G + g;
+    source_offset[g] = (src / r2) * xs.c + ((src % r2) / r) * xs.h + (src % r) * xs.w;
+  }
+  __syncthreads();
+  const int wo = static_cast<int>(geo.out_width);
+  const int pixels = static_cast<int>(geo.out_height) * wo;
+  const scalar_t* xb = x + b * xs.b;
+  for (int s = blockIdx.y * blockDim.x + threadIdx.x; s < pixels; s += gridDim.y * blockDim.x) {
+    const int i = s / wo, j = s - i * wo;
+    const scalar_t* in = xb + (int64_t)i * r * xs.h + (int64_t)j * r * xs.w;
     acc sum = 0;
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t src = p.o * G + g;
-      const int64_t c = src / r2, dy = (src % r2) / r, dx = src % r;
-      sum += static_cast<acc>(base[c * xs.c + dy * xs.h + dx * xs.w]);
-    }
+    for (int g = 0; g < G; ++g) sum += static_cast<acc>(in[source_offset[g]]);
     acc value = weight * sum;
-    if (kResidual) value += static_cast<acc>(res[p.b * rs.b + p.o * rs.c + p.i * rs.h + p.j * rs.w]);
-    y[p.b * ys.b + p.o * ys.c + p.i * ys.h + p.j * ys.w] = static_cast<scalar_t>(value);
+    if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
+    y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
   }
 }
 
-template <typename scalar_t, bool kChannelsLast, bool kResidual>
-__global__ void shuffle_repeat_kernel(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
-                                      scalar_t* __restrict__ y, Strides4 ys,
-                                      const scalar_t* __restrict__ res, Strides4 rs, acc_t<scalar_t> weight,
-                                      int64_t total) {
+template <typename scalar_t, bool kResidual>
+__global__ void shuffle_repeat_planes(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
+                                      scalar_t* __restrict__ y, Strides4 ys, const scalar_t* __restrict__ res,
+                                      Strides4 rs, acc_t<scalar_t> weight) {
+  extern __shared__ int64_t channel_offset[];  // [r*r]: source channel offset per (dy, dx)
   using acc = acc_t<scalar_t>;
-  const int64_t r = geo.factor, r2 = r * r, R = geo.group;
-  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
-       idx += (int64_t)gridDim.x * blockDim.x) {
-    const OutIndex p = decompose<kChannelsLast>(idx, geo.out_channels, geo.out_height, geo.out_width);
-    const int64_t dy = p.i % r, dx = p.j % r;
-    const int64_t c = (p.o * r2 + dy * r + dx) / R;
-    acc value = weight * static_cast<acc>(x[p.b * xs.b + c * xs.c + (p.i / r) * xs.h + (p.j / r) * xs.w]);
-    if (kResidual) value += static_cast<acc>(res[p.b * rs.b + p.o * rs.c + p.i * rs.h + p.j * rs.w]);
-    y[p.b * ys.b + p.o * ys.c + p.i * ys.h + p.j * ys.w] = static_cast<scalar_t>(value);
+  const int64_t plane = blockIdx.x;
+  const int64_t o = plane % geo.out_channels, b = plane / geo.out_channels;
+  const int r = static_cast<int>(geo.factor), r2 = r * r;
+  for (int q = threadIdx.x; q < r2; q += blockDim.x) channel_offset[q] = ((o * r2 + q) / geo.group) * xs.c;
+  __syncthreads();
+  const int wo = static_cast<int>(geo.out_width);
+  const int pixels = static_cast<int>(geo.out_height) * wo;
+  const scalar_t* xb = x + b * xs.b;
+  for (int s = blockIdx.y * blockDim.x + threadIdx.x; s < pixels; s += gridDim.y * blockDim.x) {
+    const int i = s / wo, j = s - i * wo;
+    const int h = i / r, w = j / r;
+    const int q = (i - h * r) * r + (j - w * r);
+    acc value = weight * static_cast<acc>(xb[channel_offset[q] + h * xs.h + w * xs.w]);
+    if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
+    y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+  }
+}
+
+template <typename scalar_t, bool kResidual>
+__global__ void unshuffle_mean_pixels(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
+                                      scalar_t* __restrict__ y, Strides4 ys, const scalar_t* __restrict__ res,
+                                      Strides4 rs, acc_t<scalar_t> weight, int64_t pixels) {
+  using acc = acc_t<scalar_t>;
+  const int r = static_cast<int>(geo.factor), r2 = r * r, G = static_cast<int>(geo.group);
+  const int channels = static_cast<int>(geo.out_channels);
+  for (int64_t p = blockIdx.x; p < pixels; p += gridDim.x) {
+    const int64_t j = p % geo.out_width, rest = p / geo.out_width;
+    const int64_t i = rest % geo.out_height, b = rest / geo.out_height;
+    const scalar_t* in = x + b * xs.b + i * r * xs.h + j * r * xs.w;
+    for (int o = threadIdx.x; o < channels; o += blockDim.x) {
+      acc sum = 0;
+      for (int g = 0; g < G; ++g) {
+        const int src = o * G + g;
+        const int c = src / r2, rem = src - c * r2, dy = rem / r, dx = rem - dy * r;
+        sum += static_cast<acc>(in[c * xs.c + dy * xs.h + dx * xs.w]);
+      }
+      acc value = weight * sum;
+      if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
+      y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+    }
+  }
+}
+
+template <typename scalar_t, bool kResidual>
+__global__ void shuffle_repeat_pixels(ShortcutGeometry geo, const scalar_t* __restrict__ x, Strides4 xs,
+                                      scalar_t* __restrict__ y, Strides4 ys, const scalar_t* __restrict__ res,
+                                      Strides4 rs, acc_t<scalar_t> weight, int64_t pixels) {
+  using acc = acc_t<scalar_t>;
+  const int r = static_cast<int>(geo.factor), r2 = r * r, R = static_cast<int>(geo.group);
+  const int channels = static_cast<int>(geo.out_channels);
+  for (int64_t p = blockIdx.x; p < pixels; p += gridDim.x) {
+    const int64_t j = p % geo.out_width, rest = p / geo.out_width;
+    const int64_t i = rest % geo.out_height, b = rest / geo.out_height;
+    const int q = static_cast<int>((i % r) * r + (j % r));
+    const scalar_t* in = x + b * xs.b + (i / r) * xs.h + (j / r) * xs.w;
+    for (int o = threadIdx.x; o < channels; o += blockDim.x) {
+      acc value = weight * static_cast<acc>(in[static_cast<int64_t>((o * r2 + q) / R) * xs.c]);
+      if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
+      y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+    }
   }
 }
 
@@ -77,33 +121,45 @@ at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor,
   DCAE_CHECK_DEVICE_TYPE(x, "x", c10::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = allocate_shortcut_output(geo, x);
-  const int64_t total = y.numel();
-  if (total == 0) return y;
+  if (y.numel() == 0) return y;
   const bool has_res = residual.has_value();
   const bool channels_last = layout_of(x) == at::MemoryFormat::ChannelsLast;
   const Strides4 rs = has_res ? strides_of(*residual) : Strides4{0, 0, 0, 0};
-  const unsigned int blocks = grid_for(total);
+  const bool unshuffle = kind == ShortcutKind::kUnshuffleMean;
+  const int64_t plane_pixels = geo.out_height * geo.out_width;
+  const int64_t pixels = geo.batch * plane_pixels;
+  // Per-pixel blocks need the channels in int (always, in practice); per-plane blocks need the
+  // plane's pixel count in int, one block per plane, and the plane's offset table in shared memory.
+  const int64_t plane_table = unshuffle ? geo.group : geo.factor * geo.factor;  // shared-memory entries
+  const bool by_pixels = (channels_last || plane_table > kMaxPlaneTable) && geo.out_channels <= (int64_t(1) << 30);
+  TORCH_CHECK(by_pixels || (plane_pixels < (int64_t(1) << 31) && geo.batch * geo.out_channels < (int64_t(1) << 31)),
+              "dcae_ext: shortcut output planes too large for this kernel: ", y.sizes());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   DCAE_DISPATCH_FLOATING(x.scalar_type(), "dcae_ext_shortcut_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* res = has_res ? residual->const_data_ptr<scalar_t>() : nullptr;
-    const acc weight = kind == ShortcutKind::kUnshuffleMean ? static_cast<acc>(scale / geo.group)
-                                                            : static_cast<acc>(scale);
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(geo, x.const_data_ptr<scalar_t>(), strides_of(x),
-                                                      y.mutable_data_ptr<scalar_t>(), strides_of(y), res, rs,
-                                                      weight, total);
-    };
-    if (kind == ShortcutKind::kUnshuffleMean) {
-      if (channels_last) has_res ? launch(unshuffle_mean_kernel<scalar_t, true, true>)
-                                 : launch(unshuffle_mean_kernel<scalar_t, true, false>);
-      else has_res ? launch(unshuffle_mean_kernel<scalar_t, false, true>)
-                   : launch(unshuffle_mean_kernel<scalar_t, false, false>);
+    const acc weight = unshuffle ? static_cast<acc>(scale / geo.group) : static_cast<acc>(scale);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const Strides4 xs = strides_of(x), ys = strides_of(y);
+    if (by_pixels) {
+      const int threads = static_cast<int>(std::min<int64_t>(kThreadsPerBlock, (geo.out_channels + 31) / 32 * 32));
+      const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(pixels, int64_t(1) << 20));
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, threads, 0, stream>>>(geo, xp, xs, yp, ys, res, rs, weight, pixels);
+      };
+      if (unshuffle) has_res ? launch(unshuffle_mean_pixels<scalar_t, true>) : launch(unshuffle_mean_pixels<scalar_t, false>);
+      else has_res ? launch(shuffle_repeat_pixels<scalar_t, true>) : launch(shuffle_repeat_pixels<scalar_t, false>);
     } else {
-      if (channels_last) has_res ? launch(shuffle_repeat_kernel<scalar_t, true, true>)
-                                 : launch(shuffle_repeat_kernel<scalar_t, true, false>);
-      else has_res ? launch(shuffle_repeat_kernel<scalar_t, false, true>)
-                   : launch(shuffle_repeat_kernel<scalar_t, false, false>);
+      const dim3 grid(static_cast<unsigned int>(geo.batch * geo.out_channels),
+                      static_cast<unsigned int>(std::min<int64_t>((plane_pixels + kThreadsPerBlock - 1) / kThreadsPerBlock,
+                                                                  kMaxPlaneBlocksY)));
+      const size_t shared = sizeof(int64_t) * plane_table;
+      auto launch = [&](auto kernel) {
+        kernel<<<grid, kThreadsPerBlock, shared, stream>>>(geo, xp, xs, yp, ys, res, rs, weight);
+      };
+      if (unshuffle) has_res ? launch(unshuffle_mean_planes<scalar_t, true>) : launch(unshuffle_mean_planes<scalar_t, false>);
+      else has_res ? launch(shuffle_repeat_planes<scalar_t, true>) : launch(shuffle_repeat_planes<scalar_t, false>);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -53,15 +53,38 @@ def reference_mode() -> bool:
     return _reference_mode
 
 
+_registered_ops: set[str] = set()
+
+
+def register_python_side(op_names: tuple[str, ...], register) -> None:
+    """Run `register` (fake impls, autograd) once the compiled ops `op_names` exist; otherwise
+    the public functions keep using the references."""
+    if ops_registered(*op_names):
+        register()
+        _registered_ops.update(op_names)
+
+
 def compiled_backends() -> list[str]:
     if not LOADED:
         return []
     return ["cpu", "cuda"] if WITH_CUDA else ["cpu"]
 
 
+def ops_registered(*op_names: str) -> bool:
+    """True when the compiled library registered every op named (a library built from older
+    sources lacks the newer ops: those then run their references, with a warning)."""
+    if not LOADED:
+        return False
+    missing = [name for name in op_names if not hasattr(torch.ops.dcae_ext, name)]
+    if missing:
+        _warn_once("missing-" + ",".join(missing), f"dcae_ext: the compiled library lacks {', '.join(missing)} "
+                   "(built from older sources? rebuild the package); those ops run their references")
+    return not missing
+
+
 def use_kernel(op_name: str, tensor: torch.Tensor) -> bool:
     """True when the compiled kernel of `op_name` should run on `tensor`'s device."""
-    if _reference_mode or not LOADED:
+    if _reference_mode or op_name not in _registered_ops:
         return False
     device = tensor.device.type
     if device in ("cpu", "meta"):

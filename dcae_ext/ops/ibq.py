@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from dcae_ext.ops import reference
-from dcae_ext.ops._library import LOADED, use_kernel
+from dcae_ext.ops._library import register_python_side, use_kernel
 from dcae_ext.ops._validate import check_positive_float, check_same, check_tensor
 
 
@@ -106,5 +106,4 @@ def _register():
     torch.library.register_autograd("dcae_ext::ibq_forward", _backward, setup_context=_setup)
 
 
-if LOADED:
-    _register()
+register_python_side(("ibq_forward", "_ibq_backward"), _register)

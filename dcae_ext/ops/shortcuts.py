@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dcae_ext.ops import reference
-from dcae_ext.ops._library import LOADED, use_kernel
+from dcae_ext.ops._library import register_python_side, use_kernel
 from dcae_ext.ops._validate import check_positive_int, check_same, check_shape, check_tensor
 
 
@@ -109,5 +109,4 @@ def _register():
     torch.library.register_autograd("dcae_ext::pixel_shuffle_repeat", _shuffle_backward, setup_context=_setup)
 
 
-if LOADED:
-    _register()
+register_python_side(("pixel_unshuffle_mean", "pixel_shuffle_repeat"), _register)

@@ -15,6 +15,7 @@ CASES = [
     ("pixel_unshuffle_mean", 7, 4, 28, 8, 4),    # factor 4, G = 4
     ("pixel_unshuffle_mean", 12, 1, 3, 5, 3),    # factor 1: channel averaging, G = 4
     ("pixel_unshuffle_mean", 9, 1, 9, 3, 7),     # factor 1, G = 1 (identity)
+    ("pixel_unshuffle_mean", 4100, 1, 1, 2, 3),  # G = 4100: too many sources for the CUDA plane table
     ("pixel_shuffle_repeat", 12, 2, 3, 3, 5),    # R = 1
     ("pixel_shuffle_repeat", 6, 2, 3, 2, 3),     # R = 2
     ("pixel_shuffle_repeat", 5, 2, 5, 3, 2),     # R = 4, odd channels

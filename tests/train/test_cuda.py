@@ -17,7 +17,10 @@ def test_trainer_runs_on_cuda(model, phase, precision, quick_config):
                           **overrides)
     trainer = Trainer(config)
     metrics = trainer.train()
-    assert trainer.device.type == "cuda" and trainer.skipped_steps == 0
+    assert trainer.device.type == "cuda"
+    # fp16's GradScaler starts at scale 2**16 and skips the steps whose gradients overflow while
+    # it searches down for a scale that fits; bf16 needs no scaler and must skip nothing.
+    assert trainer.skipped_steps <= (2 if precision == "fp16" else 0) < config.steps
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("loss"))
     if model == "ibq":
         assert 0 < metrics["codebook_usage"] <= 1

@@ -1,0 +1,521 @@
+// CUDA kernels of linear attention, templated on the padded head dim D in {8, 16, 32, 64}
+// (a head of d <= 64 runs the smallest D >= d with zero-filled channels; larger heads, and
+// float64, the gradcheck dtype, run the ATen composite). float32, float16 and bfloat16 inputs,
+// float32 accumulation throughout.
+//
+// Forward, two kernels per call:
+//   state_kernel   grid (B*heads, splits), 128 threads. A block owns one head and every
+//                  splits-th tile of 128 tokens of it. Per tile it loads relu(k) and v into shared
+//                  memory token-major ([token][D+4] floats, 16-byte global loads when the token
+//                  stride is 1 and the rows are aligned) and adds sum_t [v_t; 1] relu(k_t)^T to a
+//                  register state: lane j of a warp owns column j of the (D+1) x D state (two
+//                  columns for D = 64, several tokens per warp step for D < 32) and reads the v
+//                  row of each token as float4 broadcasts. At the end the warps' states are summed
+//                  in shared memory and added to a float32 workspace (B*heads, D+1, D) with atomics,
+//                  which is how the N-reduction is split across blocks.
+//   output_kernel  grid (B*heads, splits), 128 threads, one token per thread: the head's state
+//                  sits in shared memory, the thread keeps relu(q_n) in registers and writes
+//                  out_n = vk relu(q_n) / (ksum . relu(q_n) + eps), coalesced across the warp.
+// Backward (nothing saved but q, k, v): state_kernel again, then
+//   query_kernel   like state_kernel, but each tile first runs one token per thread: dq_n, plus
+//                  [G_n / den_n; dden_n] and relu(q_n) written to shared memory, whose outer
+//                  products are then accumulated into the (D+1) x D gradient of the state.
+//   key_kernel     like output_kernel: dv_m = dvk relu(k_m), dk_m = 1[k_m > 0] (dvk^T v_m + dksum).
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include "common/checks.h"
+#include "common/cuda_utils.cuh"
+#include "linear_attention/linear_attention.h"
+
+namespace dcae_ext {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+template <typename acc>
+struct TileSize {
+  static constexpr int value = 128;  // tokens per tile
+};
+
+template <int D>
+struct Padded {
+  static constexpr int kStride = D + 4;  // room for row D, float4-aligned rows
+};
+
+template <typename acc>
+struct Four {
+  acc x, y, z, w;
+};
+
+__device__ __forceinline__ Four<float> load4(const float* p) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  return {v.x, v.y, v.z, v.w};
+}
+__device__ __forceinline__ void store4(float* p, float x, float y, float z, float w) {
+  *reinterpret_cast<float4*>(p) = make_float4(x, y, z, w);
+}
+
+template <typename acc>
+__device__ __forceinline__ acc relu(acc x) {
+  return x < acc(0) ? acc(0) : x;  // NaN stays NaN, like torch.relu
+}
+
+template <typename scalar_t>
+struct VecWidth {
+  static constexpr int value = 16 / sizeof(scalar_t);  // elements per 16-byte load
+};
+
+// One head's (d, N) slice: element (c, n) at base[c * c_stride + n * n_stride].
+template <typename scalar_t>
+struct HeadView {
+  const scalar_t* base;
+  int64_t c_stride, n_stride;
+  __device__ __forceinline__ scalar_t at(int c, int64_t n) const { return base[c * c_stride + n * n_stride]; }
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ HeadView<scalar_t> head_view(const scalar_t* base, HeadStrides s, int64_t bh, int heads) {
+  return {base + (bh / heads) * s.b + (bh % heads) * s.h, s.c, s.n};
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t* head_out(scalar_t* base, HeadStrides s, int64_t bh, int heads) {
+  return base + (bh / heads) * s.b + (bh % heads) * s.h;
+}
+
+// True when every row of every head of t starts 16-byte aligned and tokens are contiguous.
+inline bool vector_loads_ok(const at::Tensor& t) {
+  const int64_t width = 16 / t.element_size();
+  return t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 &&
+         t.stride(0) % width == 0 && t.stride(1) % width == 0 && t.stride(2) % width == 0;
+}
+
+// Block-cooperative load of tokens [n0, n0 + len) of a head into tile[t * kStride + c]
+// (zero for c >= d or t >= len). Each item is kVec consecutive tokens of one channel: pairs of
+// items cover one 32-byte sector of a row, consecutive pairs walk the channels, which keeps
+// the transposing shared-memory stores nearly free of bank conflicts.
+template <typename scalar_t, typename acc, int D, bool kRelu>
+__device__ void load_tile(HeadView<scalar_t> src, bool vec_ok, int d, int64_t n0, int len, acc* tile) {
+  constexpr int kTile = TileSize<acc>::value, kVec = VecWidth<scalar_t>::value;
+  constexpr int kStride = Padded<D>::kStride, kChunks = kTile / kVec;
+  static_assert(kChunks % 2 == 0, "tile must hold an even number of 16-byte chunks");
+  for (int idx = threadIdx.x; idx < D * kChunks; idx += kThreads) {
+    const int c = (idx >> 1) % D;
+    const int t0 = (((idx >> 1) / D) * 2 + (idx & 1)) * kVec;
+    acc vals[kVec];
+    if (c < d && vec_ok && t0 + kVec <= len) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src.base + c * src.c_stride + n0 + t0));
+      const scalar_t* e = reinterpret_cast<const scalar_t*>(&raw);
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) vals[u] = static_cast<acc>(e[u]);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kVec; ++u)
+        vals[u] = (c < d && t0 + u < len) ? static_cast<acc>(src.at(c, n0 + t0 + u)) : acc(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kVec; ++u) tile[(t0 + u) * kStride + c] = kRelu ? relu(vals[u]) : vals[u];
+  }
+}
+
+// A (D+1) x D state sum_t rows_t cols_t^T held in registers across a block: lane (g, j) of each
+// warp owns columns j + l * kLanes for tokens of group g; rows_t[D] is 1 (kOnesRow) or the tile's
+// column D.
+template <typename acc, int D, bool kOnesRow>
+struct StateAccumulator {
+  static constexpr int kLanes = D < 32 ? D : 32;
+  static constexpr int kGroups = 32 / kLanes;
+  static constexpr int kCols = D / kLanes;
+  static constexpr int kStride = Padded<D>::kStride;
+  acc st[kCols][D + 1];
+
+  __device__ void zero() {
+#pragma unroll
+    for (int l = 0; l < kCols; ++l)
+#pragma unroll
+      for (int i = 0; i <= D; ++i) st[l][i] = acc(0);
+  }
+
+  __device__ void add_tile(const acc* rows, const acc* cols, int len) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j0 = lane % kLanes, group = lane / kLanes;
+    for (int t = warp * kGroups + group; t < len; t += kWarps * kGroups) {
+      acc col[kCols];
+#pragma unroll
+      for (int l = 0; l < kCols; ++l) col[l] = cols[t * kStride + j0 + l * kLanes];
+      const acc* row = rows + t * kStride;
+#pragma unroll
+      for (int i = 0; i < D; i += 4) {
+        const Four<acc> r = load4(row + i);
+#pragma unroll
+        for (int l = 0; l < kCols; ++l) {
+          st[l][i] += r.x * col[l];
+          st[l][i + 1] += r.y * col[l];
+          st[l][i + 2] += r.z * col[l];
+          st[l][i + 3] += r.w * col[l];
+        }
+      }
+      const acc last = kOnesRow ? acc(1) : row[D];
+#pragma unroll
+      for (int l = 0; l < kCols; ++l) st[l][D] += last * col[l];
+    }
+  }
+
+  // Sums the block's states and adds them to out ((D+1) x D, row-major). scratch: shared
+  // memory of >= (D+1) * D elements that no thread reads any more.
+  __device__ void flush(acc* scratch, acc* out) {
+#pragma unroll
+    for (int offset = kLanes; offset < 32; offset <<= 1)
+#pragma unroll
+      for (int l = 0; l < kCols; ++l)
+#pragma unroll
+        for (int i = 0; i <= D; ++i) st[l][i] += __shfl_xor_sync(0xffffffffu, st[l][i], offset);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) scratch[idx] = acc(0);
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    if (lane < kLanes) {
+#pragma unroll
+      for (int l = 0; l < kCols; ++l)
+#pragma unroll
+        for (int i = 0; i <= D; ++i) atomicAdd(&scratch[i * D + lane + l * kLanes], st[l][i]);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) atomicAdd(&out[idx], scratch[idx]);
+  }
+};
+
+struct Launch {
+  int heads, d;
+  int64_t tokens;
+};
+
+template <typename acc, int D>
+__device__ __forceinline__ void load_state(const acc* global_state, acc* smem) {
+  for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) smem[idx] = global_state[idx];
+  __syncthreads();
+}
+
+// dot(row[0..D), x) with row in shared memory (float4 broadcasts), x in registers.
+template <typename acc, int D>
+__device__ __forceinline__ acc dot_row(const acc* row, const acc (&x)[D]) {
+  acc sum = acc(0);
+#pragma unroll
+  for (int j = 0; j < D; j += 4) {
+    const Four<acc> r = load4(row + j);
+    sum += r.x * x[j] + r.y * x[j + 1] + r.z * x[j + 2] + r.w * x[j + 3];
+  }
+  return sum;
+}
+
+template <typename scalar_t, typename acc, int D>
+__global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
+                                                         bool k_vec, const scalar_t* __restrict__ v,
+                                                         HeadStrides vs, bool v_vec, Launch p,
+                                                         acc* __restrict__ state) {
+  constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc* k_tile = reinterpret_cast<acc*>(smem_raw);
+  acc* v_tile = k_tile + kTile * kStride;
+  const int64_t bh = blockIdx.x;
+  const HeadView<scalar_t> kh = head_view(k, ks, bh, p.heads), vh = head_view(v, vs, bh, p.heads);
+  StateAccumulator<acc, D, /*kOnesRow=*/true> sum;
+  sum.zero();
+  const int64_t tiles = (p.tokens + kTile - 1) / kTile;
+  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+    const int64_t n0 = tile * kTile;
+    const int len = static_cast<int>(p.tokens - n0 < kTile ? p.tokens - n0 : kTile);
+    load_tile<scalar_t, acc, D, true>(kh, k_vec, p.d, n0, len, k_tile);
+    load_tile<scalar_t, acc, D, false>(vh, v_vec, p.d, n0, len, v_tile);
+    __syncthreads();
+    sum.add_tile(v_tile, k_tile, len);
+    __syncthreads();
+  }
+  sum.flush(k_tile, state + bh * (D + 1) * D);
+}
+
+template <typename scalar_t, typename acc, int D>
+__global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
+                                                          scalar_t* __restrict__ out, HeadStrides os, Launch p,
+                                                          const acc* __restrict__ state, acc eps) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc* st = reinterpret_cast<acc*>(smem_raw);
+  const int64_t bh = blockIdx.x;
+  load_state<acc, D>(state + bh * (D + 1) * D, st);
+  const HeadView<scalar_t> qh = head_view(q, qs, bh, p.heads);
+  scalar_t* oh = head_out(out, os, bh, p.heads);
+  for (int64_t n = blockIdx.y * (int64_t)kThreads + threadIdx.x; n < p.tokens; n += (int64_t)gridDim.y * kThreads) {
+    acc rq[D];
+#pragma unroll
+    for (int c = 0; c < D; ++c) rq[c] = c < p.d ? relu(static_cast<acc>(qh.at(c, n))) : acc(0);
+    const acc inv_den = acc(1) / (dot_row<acc, D>(st + D * D, rq) + eps);
+#pragma unroll
+    for (int i = 0; i < D; ++i)
+      if (i < p.d) oh[i * os.c + n * os.n] = static_cast<scalar_t>(dot_row<acc, D>(st + i * D, rq) * inv_den);
+  }
+}
+
+template <typename scalar_t, typename acc, int D>
+__global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
+                                                         const scalar_t* __restrict__ grad, HeadStrides gs,
+                                                         scalar_t* __restrict__ dq, HeadStrides dqs, Launch p,
+                                                         const acc* __restrict__ state, acc eps,
+                                                         acc* __restrict__ dstate) {
+  constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc* st = reinterpret_cast<acc*>(smem_raw);  // [vk; ksum]
+  acc* dn_tile = st + (D + 1) * D;             // [G / den, dden] per token
+  acc* q_tile = dn_tile + kTile * kStride;     // relu(q) per token
+  const int64_t bh = blockIdx.x;
+  load_state<acc, D>(state + bh * (D + 1) * D, st);
+  const HeadView<scalar_t> qh = head_view(q, qs, bh, p.heads), gh = head_view(grad, gs, bh, p.heads);
+  scalar_t* dqh = head_out(dq, dqs, bh, p.heads);
+  StateAccumulator<acc, D, /*kOnesRow=*/false> sum;
+  sum.zero();
+  const int64_t tiles = (p.tokens + kTile - 1) / kTile;
+  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+    const int64_t n0 = tile * kTile;
+    const int len = static_cast<int>(p.tokens - n0 < kTile ? p.tokens - n0 : kTile);
+    const int t = threadIdx.x;
+    if (t < len) {
+      const int64_t n = n0 + t;
+      acc rq[D], w[D];
+#pragma unroll
+      for (int c = 0; c < D; ++c) {
+        rq[c] = c < p.d ? relu(static_cast<acc>(qh.at(c, n))) : acc(0);
+        w[c] = acc(0);
+      }
+      const acc inv_den = acc(1) / (dot_row<acc, D>(st + D * D, rq) + eps);
+      acc* dn_row = dn_tile + t * kStride;
+#pragma unroll
+      for (int i = 0; i < D; i += 4) {
+        acc g[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          g[u] = i + u < p.d ? static_cast<acc>(gh.at(i + u, n)) : acc(0);
+#pragma unroll
+          for (int j = 0; j < D; j += 4) {  // w += g_i vk[i, :], i.e. w = vk^T G
+            const Four<acc> r = load4(st + (i + u) * D + j);
+            w[j] += g[u] * r.x;
+            w[j + 1] += g[u] * r.y;
+            w[j + 2] += g[u] * r.z;
+            w[j + 3] += g[u] * r.w;
+          }
+        }
+        store4(dn_row + i, g[0] * inv_den, g[1] * inv_den, g[2] * inv_den, g[3] * inv_den);
+      }
+      acc s = acc(0);
+#pragma unroll
+      for (int c = 0; c < D; ++c) s += w[c] * rq[c];
+      const acc dden = -(s * inv_den) * inv_den;
+      dn_row[D] = dden;
+#pragma unroll
+      for (int c = 0; c < D; ++c) {
+        if (c < p.d) {
+          const acc value = w[c] * inv_den + st[D * D + c] * dden;
+          dqh[c * dqs.c + n * dqs.n] = static_cast<scalar_t>(rq[c] > acc(0) ? value : acc(0));
+        }
+      }
+      acc* q_row = q_tile + t * kStride;
+#pragma unroll
+      for (int c = 0; c < D; c += 4) store4(q_row + c, rq[c], rq[c + 1], rq[c + 2], rq[c + 3]);
+    }
+    __syncthreads();
+    sum.add_tile(dn_tile, q_tile, len);
+    __syncthreads();
+  }
+  sum.flush(dn_tile, dstate + bh * (D + 1) * D);
+}
+
+template <typename scalar_t, typename acc, int D>
+__global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
+                                                       const scalar_t* __restrict__ v, HeadStrides vs,
+                                                       scalar_t* __restrict__ dk, HeadStrides dks,
+                                                       scalar_t* __restrict__ dv, HeadStrides dvs, Launch p,
+                                                       const acc* __restrict__ dstate) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc* dst = reinterpret_cast<acc*>(smem_raw);  // [dvk; dksum]
+  const int64_t bh = blockIdx.x;
+  load_state<acc, D>(dstate + bh * (D + 1) * D, dst);
+  const HeadView<scalar_t> kh = head_view(k, ks, bh, p.heads), vh = head_view(v, vs, bh, p.heads);
+  scalar_t* dkh = head_out(dk, dks, bh, p.heads);
+  scalar_t* dvh = head_out(dv, dvs, bh, p.heads);
+  for (int64_t m = blockIdx.y * (int64_t)kThreads + threadIdx.x; m < p.tokens; m += (int64_t)gridDim.y * kThreads) {
+    acc rk[D], g[D];
+#pragma unroll
+    for (int c = 0; c < D; ++c) {
+      rk[c] = c < p.d ? relu(static_cast<acc>(kh.at(c, m))) : acc(0);
+      g[c] = dst[D * D + c];  // dksum
+    }
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+      if (i < p.d) {
+        dvh[i * dvs.c + m * dvs.n] = static_cast<scalar_t>(dot_row<acc, D>(dst + i * D, rk));
+        const acc vi = static_cast<acc>(vh.at(i, m));
+#pragma unroll
+        for (int j = 0; j < D; j += 4) {  // g += v_i dvk[i, :], i.e. dvk^T v
+          const Four<acc> r = load4(dst + i * D + j);
+          g[j] += vi * r.x;
+          g[j + 1] += vi * r.y;
+          g[j + 2] += vi * r.z;
+          g[j + 3] += vi * r.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < D; ++c)
+      if (c < p.d) dkh[c * dks.c + m * dks.n] = static_cast<scalar_t>(rk[c] > acc(0) ? g[c] : acc(0));
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+// Calls fn(scalar_t{}) for the fused dtypes; float64 never gets here (composite).
+template <typename Fn>
+void dispatch_fused_dtype(at::ScalarType type, Fn fn) {
+  switch (type) {
+    case at::kFloat: fn(float{}); break;
+    case at::kHalf: fn(c10::Half{}); break;
+    case at::kBFloat16: fn(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, "dcae_ext linear_attention CUDA: no fused kernel for ", type);
+  }
+}
+
+bool use_composite(const at::Tensor& q, const AttentionGeometry& geo) {
+  return geo.dim > kMaxFusedCudaHeadDim || q.scalar_type() == at::kDouble;
+}
+
+// Calls fn(std::integral_constant<int, D>) with the smallest supported D >= d.
+template <typename Fn>
+void with_padded_dim(int64_t d, Fn fn) {
+  if (d <= 8) fn(std::integral_constant<int, 8>());
+  else if (d <= 16) fn(std::integral_constant<int, 16>());
+  else if (d <= 32) fn(std::integral_constant<int, 32>());
+  else fn(std::integral_constant<int, 64>());
+}
+
+// Blocks per head along the tokens: enough blocks in all to fill the GPU a few times over.
+int64_t splits_for(const AttentionGeometry& geo, int64_t tile) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t tiles = (geo.tokens + tile - 1) / tile;
+  const int64_t wanted = (sms * 8 + geo.heads_total() - 1) / geo.heads_total();
+  return std::max<int64_t>(1, std::min<int64_t>({tiles, wanted, 65535}));
+}
+
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+
+template <typename scalar_t, typename acc, int D>
+at::Tensor compute_state(const at::Tensor& k, const at::Tensor& v, const AttentionGeometry& geo, Launch p,
+                         cudaStream_t stream) {
+  constexpr int kTile = TileSize<acc>::value;
+  at::Tensor state = at::zeros({geo.heads_total(), D + 1, D}, k.options().dtype(c10::CppTypeToScalarType<acc>::value));
+  const size_t smem = 2 * kTile * Padded<D>::kStride * sizeof(acc);
+  auto kernel = state_kernel<scalar_t, acc, D>;
+  allow_shared_memory(kernel, smem);
+  const dim3 grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(splits_for(geo, kTile)));
+  kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), head_strides_of(k), vector_loads_ok(k),
+                                           v.const_data_ptr<scalar_t>(), head_strides_of(v), vector_loads_ok(v), p,
+                                           state.mutable_data_ptr<acc>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return state;
+}
+
+void check_grid(const AttentionGeometry& geo) {
+  DCAE_CHECK_ARG(geo.heads_total() <= std::numeric_limits<int32_t>::max(), "q",
+                 "batch * heads = ", geo.heads_total(), " exceeds the CUDA grid limit");
+}
+
+at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
+  const AttentionGeometry geo = check_linear_attention_args(q, k, v, eps);
+  DCAE_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(q.device());
+  if (use_composite(q, geo)) return linear_attention_composite(q, k, v, eps);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  if (out.numel() == 0) return out;
+  check_grid(geo);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    using acc = acc_t<scalar_t>;
+    with_padded_dim(geo.dim, [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+      const size_t smem = (D + 1) * D * sizeof(acc);
+      const dim3 grid(static_cast<unsigned int>(geo.heads_total()),
+                      static_cast<unsigned int>(splits_for(geo, kThreads)));
+      output_kernel<scalar_t, acc, D><<<grid, kThreads, smem, stream>>>(
+          q.const_data_ptr<scalar_t>(), head_strides_of(q), out.mutable_data_ptr<scalar_t>(), head_strides_of(out),
+          p, state.const_data_ptr<acc>(), static_cast<acc>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(const at::Tensor& grad_out,
+                                                                              const at::Tensor& q,
+                                                                              const at::Tensor& k,
+                                                                              const at::Tensor& v, double eps) {
+  const AttentionGeometry geo = check_linear_attention_args(q, k, v, eps, grad_out);
+  DCAE_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(q.device());
+  if (use_composite(q, geo)) return linear_attention_backward_composite(grad_out, q, k, v, eps);
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(q.sizes(), q.options());
+  at::Tensor dv = at::empty(q.sizes(), q.options());
+  if (dq.numel() == 0) return {dq, dk, dv};
+  check_grid(geo);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    using acc = acc_t<scalar_t>;
+    with_padded_dim(geo.dim, [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      constexpr int kTile = TileSize<acc>::value;
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+      at::Tensor dstate = at::zeros_like(state);
+
+      const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
+      auto query = query_kernel<scalar_t, acc, D>;
+      allow_shared_memory(query, query_smem);
+      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()),
+                            static_cast<unsigned int>(splits_for(geo, kTile)));
+      query<<<query_grid, kThreads, query_smem, stream>>>(
+          q.const_data_ptr<scalar_t>(), head_strides_of(q), grad_out.const_data_ptr<scalar_t>(),
+          head_strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), head_strides_of(dq), p,
+          state.const_data_ptr<acc>(), static_cast<acc>(eps), dstate.mutable_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+      const size_t key_smem = (D + 1) * D * sizeof(acc);
+      const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
+                          static_cast<unsigned int>(splits_for(geo, kThreads)));
+      key_kernel<scalar_t, acc, D><<<key_grid, kThreads, key_smem, stream>>>(
+          k.const_data_ptr<scalar_t>(), head_strides_of(k), v.const_data_ptr<scalar_t>(), head_strides_of(v),
+          dk.mutable_data_ptr<scalar_t>(), head_strides_of(dk), dv.mutable_data_ptr<scalar_t>(), head_strides_of(dv),
+          p, dstate.const_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcae_ext, CUDA, m) {
+  m.impl("linear_attention", &linear_attention_cuda);
+  m.impl("_linear_attention_backward", &linear_attention_backward_cuda);
+}
+
+}  // namespace dcae_ext
