@@ -103,7 +103,9 @@ def build_extension():
 
     with_cuda = want_cuda(toolkit)
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
-    cxx_flags = ["-O3", "-fopenmp" if os.name != "nt" else "/openmp"]
+    # -fno-trapping-math (as torch's own build): lets gcc if-convert float selects, so the
+    # branch-free exp / log loops of the CPU kernels vectorise.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"] if os.name != "nt" else ["-O3", "/openmp"]
     macros = []
     arch_list = ""
     if with_cuda:

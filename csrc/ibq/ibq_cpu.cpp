@@ -3,24 +3,75 @@
 // the driver's (BLAS). On CPU the GEMM operands are the accumulation dtype (bf16/fp16 inputs
 // are upcast once, O((N + K) D)), so `probs` / `out` are accumulation-dtype slabs that may
 // alias the logits slab: every loop reads an element before it writes the same element.
+//
+// Each row is swept by `#pragma omp simd` loops without early exits (max, then the first
+// index of the max, then the exp sums), calling the branch-free float exp / log of
+// ibq_cpu_math.h so that they vectorise; the row functions carry DCAE_SIMD_CLONES (AVX2 /
+// AVX-512 versions). A row of one tile (hundreds to thousands of codes) stays in L1/L2
+// between the sweeps. The per-row sums are SIMD-lane partial sums.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "common/checks.h"
 #include "ibq/ibq.h"
+#include "ibq/ibq_cpu_math.h"
 
 namespace dcae_ext {
 namespace {
 
 constexpr int64_t kRowsPerTask = 8;
+constexpr int64_t kArgmaxChunk = 64;  // codes tested together for the first maximum
 
 template <typename acc>
 acc* optional_ptr(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc>() : nullptr;
+}
+
+// max_k row[k], ignoring NaN (-inf for an empty or all-NaN row).
+template <typename acc>
+DCAE_SIMD_CLONES acc row_max_of(const acc* __restrict row, int64_t kt) {
+  acc m = -std::numeric_limits<acc>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t k = 0; k < kt; ++k) m = row[k] > m ? row[k] : m;
+  return m;
+}
+
+// First k with row[k] == value (0 if none): the argmax with ties to the lowest code.
+template <typename acc>
+int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
+  for (int64_t k0 = 0; k0 < kt; k0 += kArgmaxChunk) {
+    const int64_t k1 = std::min(kt, k0 + kArgmaxChunk);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t k = k0; k < k1; ++k) hit |= row[k] == value;
+    if (hit)
+      for (int64_t k = k0; k < k1; ++k)
+        if (row[k] == value) return k;
+  }
+  return 0;
+}
+
+// sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kTemp];
+// exp(row[k] - max) is stored to probs[k] when kProbs (probs may alias row).
+template <typename acc, bool kTemp, bool kProbs>
+DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum,
+                               acc& sum_t) {
+  acc s = 0, s_t = 0;
+#pragma omp simd reduction(+ : s, s_t)
+  for (int64_t k = 0; k < kt; ++k) {
+    const acc shifted = row[k] - max;
+    const acc e = fast_exp(shifted);
+    s += e;
+    if (kTemp) s_t += fast_exp(shifted * inv_t);
+    if (kProbs) probs[k] = e;
+  }
+  sum = s;
+  sum_t = s_t;
 }
 
 template <typename acc>
@@ -39,16 +90,10 @@ void scan_rows(const IbqScanArgs& a) {
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const acc* row = logits + n * kt;
-      acc tile_max = neg_inf;
-      int64_t tile_arg = 0;
-      for (int64_t k = 0; k < kt; ++k) {
-        if (row[k] > tile_max) {  // strict: the first maximum wins ties
-          tile_max = row[k];
-          tile_arg = k;
-        }
-      }
+      const acc tile_max = row_max_of(row, kt);
       const acc old_max = row_max[n];
-      if (tile_max > old_max) idx[n] = a.code_offset + tile_arg;  // earlier tiles win ties
+      // strict: earlier tiles win ties
+      if (tile_max > old_max) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);
       const acc new_max = std::max(old_max, tile_max);
       acc* prob_row = probs != nullptr ? probs + n * kt : nullptr;
       if (new_max == neg_inf) {  // every logit so far is -inf: nothing to add
@@ -56,12 +101,14 @@ void scan_rows(const IbqScanArgs& a) {
         continue;
       }
       acc sum = 0, sum_t = 0;
-      for (int64_t k = 0; k < kt; ++k) {
-        const acc shifted = row[k] - new_max;
-        const acc e = std::exp(shifted);
-        sum += e;
-        if (sum_exp_t != nullptr) sum_t += std::exp(shifted * inv_t);
-        if (prob_row != nullptr) prob_row[k] = e;
+      if (sum_exp_t != nullptr && prob_row != nullptr) {
+        exp_sums<acc, true, true>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
+      } else if (sum_exp_t != nullptr) {
+        exp_sums<acc, true, false>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
+      } else if (prob_row != nullptr) {
+        exp_sums<acc, false, true>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
+      } else {
+        exp_sums<acc, false, false>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
       }
       const acc scale = std::exp(old_max - new_max);
       sum_exp[n] = sum_exp[n] * scale + sum;
@@ -73,6 +120,25 @@ void scan_rows(const IbqScanArgs& a) {
   });
 }
 
+template <typename acc, bool kProbs>
+DCAE_SIMD_CLONES void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy,
+                                  acc& sq) {
+  const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
+  const acc eps = static_cast<acc>(kIbqEntropyEps);
+  acc h = 0, q = 0;
+#pragma omp simd reduction(+ : h, q)
+  for (int64_t k = 0; k < kt; ++k) {
+    const acc x = row[k];
+    const acc p = fast_exp((x - max) * inv_t - log_sum_t);
+    if (kProbs) soft_row[k] = fast_exp(x - lse);
+    h -= p * fast_log(p + eps);
+    q += p * p / (p + eps);
+    row[k] = p;
+  }
+  entropy = h;
+  sq = q;
+}
+
 template <typename acc>
 void entropy_rows(const IbqEntropyArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
@@ -82,26 +148,42 @@ void entropy_rows(const IbqEntropyArgs& a) {
   acc* row_sq = a.row_sq.data_ptr<acc>();
   acc* probs = optional_ptr<acc>(a.probs);
   const acc inv_t = static_cast<acc>(a.inv_temperature);
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       acc* row = logits + n * kt;
       const acc* st = stats + n * kRowStatCount;
-      const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
-      acc* soft_row = probs != nullptr ? probs + n * kt : nullptr;
       acc entropy = 0, sq = 0;
-      for (int64_t k = 0; k < kt; ++k) {
-        const acc x = row[k];
-        const acc p = std::exp((x - max) * inv_t - log_sum_t);
-        if (soft_row != nullptr) soft_row[k] = std::exp(x - lse);
-        entropy -= p * std::log(p + eps);
-        sq += p * p / (p + eps);
-        row[k] = p;
+      if (probs != nullptr) {
+        entropy_row<acc, true>(row, kt, st, inv_t, probs + n * kt, entropy, sq);
+      } else {
+        entropy_row<acc, false>(row, kt, st, inv_t, nullptr, entropy, sq);
       }
       row_entropy[n] += entropy;
       row_sq[n] += sq;
     }
   });
+}
+
+// One row of d(logits) (IbqGradArgs): `g_row` with kQuantize, `code_coef` with kEntropy.
+template <typename acc, bool kQuantize, bool kEntropy>
+DCAE_SIMD_CLONES void grad_row(const acc* row, const acc* g_row, const acc* code_coef, int64_t kt,
+                               const acc* st, acc dot, acc inv_t, acc inv_rows, acc entropy_scale,
+                               acc* out_row) {
+  const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
+  const acc row_coef = st[kRowEntropyCoef];
+  const acc eps = static_cast<acc>(kIbqEntropyEps);
+#pragma omp simd
+  for (int64_t k = 0; k < kt; ++k) {
+    const acc x = row[k];
+    acc d = 0;
+    if (kQuantize) d = fast_exp(x - lse) * (g_row[k] - dot);
+    if (kEntropy) {
+      const acc p = fast_exp((x - max) * inv_t - log_sum_t);
+      const acc self_term = -(fast_log(p + eps) + p / (p + eps));
+      d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
+    }
+    out_row[k] = d;
+  }
 }
 
 template <typename acc, bool kQuantize, bool kEntropy>
@@ -115,27 +197,12 @@ void grad_rows(const IbqGradArgs& a) {
   acc* out = a.out.data_ptr<acc>();
   const acc inv_t = static_cast<acc>(a.inv_temperature);
   const acc inv_rows = acc(1) / static_cast<acc>(a.rows_total);
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
   const acc entropy_scale = kEntropy ? a.grad_entropy.item<acc>() * inv_t : acc(0);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const acc* row = logits + n * kt;
-      const acc* st = stats + n * kRowStatCount;
-      const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
-      const acc row_coef = st[kRowEntropyCoef];
-      const acc dot = kQuantize ? row_dot[n] : acc(0);
-      acc* out_row = out + n * kt;
-      for (int64_t k = 0; k < kt; ++k) {
-        const acc x = row[k];
-        acc d = 0;
-        if (kQuantize) d = std::exp(x - lse) * (grad_q[n * kt + k] - dot);
-        if (kEntropy) {
-          const acc p = std::exp((x - max) * inv_t - log_sum_t);
-          const acc self_term = -(std::log(p + eps) + p / (p + eps));
-          d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
-        }
-        out_row[k] = d;
-      }
+      grad_row<acc, kQuantize, kEntropy>(logits + n * kt, kQuantize ? grad_q + n * kt : nullptr, code_coef,
+                                         kt, stats + n * kRowStatCount, kQuantize ? row_dot[n] : acc(0),
+                                         inv_t, inv_rows, entropy_scale, out + n * kt);
     }
   });
 }
@@ -161,8 +228,10 @@ at::ScalarType compute_dtype_cpu(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Slabs of ~64 MB in all: few enough tiles that the per-tile thread-pool round trips (GEMM,
-// epilogue, GEMM) stay small next to the work, with the workspace still bounded.
+// Slabs of ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so few thread-pool
+// round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident, ~320 codes)
+// were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete
+// for the cores, where every barrier can wait a scheduler time slice.
 const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(64) << 20};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cpu(
