@@ -101,10 +101,7 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
         for axis, key in ((time_axis, timed_key), (memory_axis, "peak_mem_mb")):
             ok = [(k, r[key]) for k, r in points if not r.get("oom") and r.get(key) is not None]
             if ok:
-                line, = axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
-                color = line.get_color()
-            else:
-                color = "firebrick"
+                axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
             failed = [k for k, r in points if r.get("oom")]
             if failed:
                 top = max([v for _, v in ok], default=1.0)

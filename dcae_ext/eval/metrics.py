@@ -13,8 +13,9 @@ import os
 import torch
 from torch import nn
 
+from dcae_ext.models.perceptual import LPIPS_WEIGHTS_ENV
+
 INCEPTION_WEIGHTS_ENV = "DCAE_EXT_INCEPTION_WEIGHTS"
-LPIPS_WEIGHTS_ENV = "DCAE_EXT_LPIPS_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -73,7 +74,7 @@ def load_lpips(weights: str | None = None, net: str = "vgg") -> nn.Module:
         raise MetricUnavailable(
             f"LPIPS unavailable: no {net} trunk weights given (--lpips-weights PATH or env {LPIPS_WEIGHTS_ENV}); "
             "a random trunk would give a meaningless number")
-    from dcae_ext.train.losses import PerceptualLoss  # the one local-weights LPIPS loader
+    from dcae_ext.models.perceptual import PerceptualLoss
 
     return PerceptualLoss(net=net, weights=path)
 

@@ -2,7 +2,7 @@
 embedded sample images, each writing reconstruction grids, metrics and a loss curve.
 
 Sized for a 2-core CPU (about 3-4 minutes per model): 64x64 crops, batch 8, LPIPS with the
-cheap AlexNet trunk (random unless local weights are given; see losses.PerceptualLoss).
+cheap AlexNet trunk (random unless local weights are given; see dcae_ext.models.perceptual).
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ from dcae_ext.train.config import TrainConfig, save_config, to_dict
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
-from dcae_ext.train.losses import (LeCAM, PerceptualLoss, adaptive_gan_weight, hinge_discriminator_loss,
+from dcae_ext.models.perceptual import PerceptualLoss
+from dcae_ext.train.losses import (LeCAM, adaptive_gan_weight, hinge_discriminator_loss,
                                    hinge_generator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
 

@@ -7,7 +7,8 @@ import torchvision
 
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
-from dcae_ext.train.losses import (LeCAM, PerceptualLoss, hinge_discriminator_loss, hinge_generator_loss,
+from dcae_ext.models.perceptual import PerceptualLoss
+from dcae_ext.train.losses import (LeCAM, hinge_discriminator_loss, hinge_generator_loss,
                                    reconstruction_loss)
 
 

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dcae_ext.models.config import DCAEConfig
-from dcae_ext.models.dcae import DCAE
 
 
 class SmoothImages(Dataset):
