@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections import defaultdict
@@ -234,7 +235,7 @@ class Trainer:
             metrics.update(d_terms, disc_grad_norm=d_norm)
         self.scaler.update()
         with warnings.catch_warnings():  # skipped steps and a late-starting discriminator are intended
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
             if self.disc_scheduler is not None:
                 self.disc_scheduler.step()
