@@ -1,4 +1,5 @@
-// CUDA helpers written once: launch geometry, launch checks.
+// CUDA helpers written once: the block size and the CUDA headers every kernel file needs
+// (context, guard, launch checks).
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -8,13 +9,5 @@
 namespace dcae_ext {
 
 constexpr int kThreadsPerBlock = 256;
-
-// Grid for a grid-stride loop over `n` items: enough blocks to fill the GPU, no more.
-inline unsigned int grid_for(int64_t n, int threads = kThreadsPerBlock) {
-  const int64_t wanted = (n + threads - 1) / threads;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t cap = sms * 32;
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, cap)));
-}
 
 }  // namespace dcae_ext

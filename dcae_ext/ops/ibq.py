@@ -69,17 +69,13 @@ def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperatu
     return _run(z, codebook, temperature, True, True)
 
 
-def _accumulation_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _register():
     backward_op = torch.ops.dcae_ext._ibq_backward
 
     @torch.library.register_fake("dcae_ext::ibq_forward")
     def _forward_fake(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
         n, d = z.shape
-        acc = _accumulation_dtype(z.dtype)
+        acc = reference._accumulation_dtype(z)
         return (z.new_empty((n, d)), z.new_empty((n,), dtype=torch.int64), z.new_empty(()),
                 z.new_empty((n, 4), dtype=acc), z.new_empty((n if quantize else 0, d), dtype=acc),
                 z.new_empty((codebook.shape[0] if entropy else 0,), dtype=acc))
