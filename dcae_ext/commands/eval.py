@@ -32,6 +32,8 @@ def add_parser(subparsers):
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
+    parser.add_argument("--strict-data", action="store_true",
+                        help="stop at the first unreadable image (default: skip it with a warning and count it)")
     return parser
 
 
@@ -73,7 +75,7 @@ class _PadToFactor(torch.nn.Module):
 
 
 def image_paths(data: str | None, limit: int | None) -> list[str]:
-    from dcae_ext.train.data import embedded_image_paths, list_images
+    from dcae_ext.data.images import embedded_image_paths, list_images
 
     paths = embedded_image_paths() if data is None else list_images(data)
     return paths[:limit] if limit else paths
@@ -87,6 +89,8 @@ def run(args) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from dcae_ext.data.images import UnreadableImageError
+    from dcae_ext.data.loading import ReadableBatches, collate_readable, skip_message
     from dcae_ext.eval.evaluate import evaluate, num_codes_of, write_results
     from dcae_ext.eval.images import EvalImages
     from dcae_ext.eval.metrics import MetricUnavailable, build_fid, load_lpips
@@ -126,18 +130,26 @@ def run(args) -> int:
         _note(f"note: {message}")
 
     dataset = EvalImages(image_paths(args.data, args.limit), resolution)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        pin_memory=args.device == "cuda")
+    loader = ReadableBatches(
+        DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                   pin_memory=args.device == "cuda", collate_fn=collate_readable),
+        strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
     started = time.perf_counter()
-    result = evaluate(model, loader, device=args.device, autocast_dtype=DTYPES[args.dtype], lpips=lpips, fid=fid,
-                      num_codes=num_codes_of(model), names=dataset.name, keep=keep,
-                      progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
+    try:
+        result = evaluate(model, loader, device=args.device, autocast_dtype=DTYPES[args.dtype], lpips=lpips,
+                          fid=fid, num_codes=num_codes_of(model), names=dataset.name, keep=keep,
+                          progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
+    except UnreadableImageError as error:
+        raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")
     seconds = time.perf_counter() - started
+    if loader.skipped:
+        _note(f"warning: skipped {len(loader.skipped)} unreadable image(s); see 'skipped' in eval.json")
     info = {"model": args.model, "model_kind": kind, "pretrained": pretrained,
             "data": args.data or "embedded sample images (scikit-image)", "resolution": resolution,
             "batch_size": args.batch_size, "tile": args.tile, "device": args.device, "dtype": args.dtype,
-            "seconds": round(seconds, 3), "notes": notes}
+            "seconds": round(seconds, 3), "notes": notes,
+            "skipped": [{"path": failure.path, "reason": failure.reason} for failure in loader.skipped]}
     paths = write_results(result, args.out, info, grid_title=f"{args.model}: worst and best reconstructions (PSNR)")
     _print_summary(result["metrics"], notes)
     print(f"wrote {paths['json']} and {paths['grid']}")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+import sys
 
 import torch
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -22,18 +21,40 @@ def add_parser(subparsers):
     parser.add_argument("--tile", type=int, default=None, help="tiled encode/decode with tiles of N pixels")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--strict-data", action="store_true",
+                        help="refuse to start if an input image is unreadable (default: skip it with a warning)")
     return parser
 
 
-def list_images(path: Path) -> list[Path]:
-    if path.is_file():
+def list_inputs(path: str) -> list[str]:
+    from dcae_ext.data.images import IMAGE_EXTENSIONS, list_images
+
+    if os.path.isfile(path):
         return [path]
-    if not path.is_dir():
+    if not os.path.isdir(path):
         raise SystemExit(f"--input: {path} does not exist")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise SystemExit(f"--input: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-    return images
+    try:
+        return list_images(path, recursive=False)
+    except ValueError:
+        raise SystemExit(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}") from None
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """One distinct PNG name per input: the stem, or stem_ext where stems collide (a.png, a.jpg)."""
+    stems = [os.path.splitext(os.path.basename(p)) for p in paths]
+    counts: dict[str, int] = {}
+    for stem, _ in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names, taken = [], set()
+    for stem, ext in stems:
+        base = stem if counts[stem] == 1 else f"{stem}_{ext.lstrip('.').lower()}"
+        name, number = f"{base}.png", 1
+        while name.lower() in taken:  # a_png.png given as an input too, or a case-insensitive file system
+            number += 1
+            name = f"{base}_{number}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def load_model(name_or_path: str, config: str | None):
@@ -48,14 +69,6 @@ def load_model(name_or_path: str, config: str | None):
     raise SystemExit(f"--model: {name_or_path} is neither a local path nor a preset ({', '.join(preset_names())})")
 
 
-def to_tensor(image) -> torch.Tensor:
-    """PIL image -> (1, 3, H, W) float32 in [-1, 1], the DC-AE input range."""
-    import numpy as np
-
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
-
-
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
     return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
@@ -66,35 +79,65 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def run(args) -> int:
-    from PIL import Image
-    from tqdm import tqdm
+def _prepare(args):
+    """Everything that can be wrong with the arguments is found here, before any output is written."""
+    from dcae_ext.data.images import UnreadableImageError, open_rgb
 
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    if os.path.isfile(args.out):
+        raise SystemExit(f"--out: {args.out} is a file, expected a folder")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    images = list_images(Path(args.input))
+    paths = list_inputs(args.input)
     model = load_model(args.model, args.config).to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if args.tile:
+    if args.tile is not None:
         try:
             model.enable_tiling(args.tile)
         except ValueError as error:
-            raise SystemExit(f"--tile: {error}")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores = []
-    for path in tqdm(images, desc="reconstruct", unit="img"):
-        original = to_tensor(Image.open(path))
-        x = original.to(device)
+            raise SystemExit(f"--tile: {error}") from None
+    if args.strict_data:
+        for path in paths:
+            try:
+                open_rgb(path)
+            except UnreadableImageError as error:
+                raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped)") from None
+    return device, dtype, paths, model
+
+
+def run(args) -> int:
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from dcae_ext.data.images import UnreadableImageError, open_rgb
+
+    device, dtype, paths, model = _prepare(args)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    os.makedirs(args.out, exist_ok=True)
+    scores, skipped = [], []
+    for path, name in tqdm(list(zip(paths, output_names(paths))), desc="reconstruct", unit="img"):
+        try:
+            pixels = torch.from_numpy(np.asarray(open_rgb(path), dtype=np.uint8).copy())
+        except UnreadableImageError as error:
+            skipped.append(path)
+            tqdm.write(f"skipped: {error} ({len(skipped)} unreadable so far)", file=sys.stderr)
+            continue
+        x = (pixels.permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             reconstruction = model(x, pad=True)
         result = to_uint8(reconstruction)
-        Image.fromarray(result.numpy()).save(out_dir / f"{path.stem}.png")
-        score = psnr(result, to_uint8(original))
+        Image.fromarray(result.numpy()).save(os.path.join(args.out, name))
+        score = psnr(result, pixels)
         scores.append(score)
-        tqdm.write(f"{path.name}: PSNR {score:.2f} dB")
+        tqdm.write(f"{os.path.basename(path)}: PSNR {score:.2f} dB -> {name}")
     finite = [s for s in scores if math.isfinite(s)]
     if finite:
-        print(f"mean PSNR over {len(scores)} images: {sum(finite) / len(finite):.2f} dB -> {out_dir}")
+        print(f"mean PSNR over {len(scores)} images: {sum(finite) / len(finite):.2f} dB -> {args.out}")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}", file=sys.stderr)
     return 0

@@ -28,6 +28,8 @@ def add_parser(subparsers):
     parser.add_argument("--out", help="output folder (checkpoint, metrics.jsonl, images, weights)")
     parser.add_argument("--data", help="image folder (ImageFolder tree or flat) or list file; "
                                        "default: scikit-image's bundled sample images")
+    parser.add_argument("--strict-data", action="store_true", default=None,
+                        help="stop at the first unreadable image (default: skip it with a warning)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig options")
     parser.add_argument("--init-weights", help="start from these weights (a save_pretrained folder)")
@@ -46,7 +48,7 @@ def add_parser(subparsers):
     return parser
 
 
-OVERRIDES = ("preset", "phase", "steps", "batch_size", "resolution", "out", "data", "init_weights", "lr",
+OVERRIDES = ("preset", "phase", "steps", "batch_size", "resolution", "out", "data", "strict_data", "init_weights", "lr",
              "device", "precision", "grad_accum", "grad_checkpointing", "lpips_weights", "lpips_net",
              "num_workers", "seed", "log_every", "checkpoint_every", "image_every")
 

@@ -1,47 +1,26 @@
-"""Evaluation images: a deterministic resize + centre crop per file, and the worst/best grid."""
+"""Evaluation images: a deterministic resize + centre crop per file (unreadable files are reported,
+not fatal), and the worst/best grid."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
+
+from dcae_ext.data.images import load_image
+from dcae_ext.data.loading import ImageSamples
+
+__all__ = ["EvalImages", "load_image", "save_worst_best_grid"]
 
 
-def load_image(path: str, resolution: int | None) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]: shorter side resized to `resolution` (bicubic, antialiased),
-    then the centre `resolution` x `resolution` crop; None keeps the file's own size."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if resolution is not None:
-            width, height = image.size
-            scale = resolution / min(width, height)
-            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-            if size != image.size:
-                image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
-            left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-            image = image.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(image, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
-
-
-class EvalImages(Dataset):
-    """(index, image) pairs of the files in `paths`, each loaded by `load_image`."""
+class EvalImages(ImageSamples):
+    """(index, image) pairs of the files in `paths`, each loaded by `load_image`; a `LoadFailure`
+    in place of an unreadable file (batch with `dcae_ext.data.loading.collate_readable`)."""
 
     def __init__(self, paths: list[str], resolution: int | None):
         if not paths:
             raise ValueError("argument 'paths': no images to evaluate")
-        if resolution is not None and resolution < 1:
-            raise ValueError(f"argument 'resolution': expected a positive size, got {resolution}")
-        self.paths = list(paths)
-        self.resolution = resolution
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        return index, load_image(self.paths[index], self.resolution)
+        super().__init__(paths, resolution)
 
     def name(self, index: int) -> str:
         return os.path.basename(self.paths[index])

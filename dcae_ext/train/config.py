@@ -29,6 +29,7 @@ class TrainConfig:
     resolution: int = 256
     out: str = "runs/train"
     data: str | None = None           # folder / list file; None: embedded sample images
+    strict_data: bool = False         # stop at an unreadable image (default: warn, a readable one stands in)
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
     init_weights: str | None = None   # start from these weights (save_pretrained folder or checkpoint)

@@ -5,56 +5,25 @@ Augmentation (random crop to the training resolution, horizontal flip) is drawn 
 seeded by (seed, sample key), where the key the sampler yields is epoch * len + index: a sample's
 crop depends on nothing else, so results do not change with the number of workers or ranks, and
 a resumed run sees exactly the images an uninterrupted run would.
+
+An unreadable file is skipped with a warning (once per process) and the next readable file in the
+list stands in for it: the stand-in depends only on the key and the files, so the order of the
+samples, and a resumed run, are unchanged. `strict=True` raises UnreadableImageError instead.
 """
 from __future__ import annotations
 
-import os
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from dcae_ext.data.images import (EMBEDDED_FILES, IMAGE_EXTENSIONS, UnreadableImageError, UnreadableImageWarning,
+                                  embedded_image_paths, list_images, open_rgb)
 
-# Files that ship inside the scikit-image wheel (skimage/data/*); anything fetched by pooch is left out.
-EMBEDDED_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
-                  "ihc.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "color.png",
-                  "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png")
-
-
-def list_images(source: str) -> list[str]:
-    """All images under a folder (recursively: a flat folder or an ImageFolder class tree), or the
-    paths listed one per line in a text file (relative paths are relative to that file)."""
-    if os.path.isdir(source):
-        found = []
-        for root, _, files in os.walk(source, followlinks=True):
-            found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        found.sort()
-    elif os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source) as stream:
-            found = [os.path.join(base, line.strip()) for line in stream if line.strip()]
-    else:
-        raise FileNotFoundError(f"argument 'data': {source} is neither a folder nor a list file")
-    if not found:
-        raise ValueError(f"argument 'data': no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
-    return found
-
-
-def embedded_image_paths() -> list[str]:
-    import skimage.data
-
-    folder = os.path.dirname(skimage.data.__file__)
-    paths = [os.path.join(folder, name) for name in EMBEDDED_FILES if os.path.isfile(os.path.join(folder, name))]
-    if not paths:
-        raise RuntimeError(f"no sample images found in {folder}: is scikit-image installed completely?")
-    return paths
-
-
-def _load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+__all__ = ["EMBEDDED_FILES", "IMAGE_EXTENSIONS", "CropDataset", "ResumableSampler", "build_dataset",
+           "embedded_image_paths", "list_images", "random_crop_flip"]
 
 
 def random_crop_flip(image: Image.Image, resolution: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,14 +48,19 @@ class CropDataset(Dataset):
     (epoch * len(self) + index, see `ResumableSampler`); plain indices < len work as epoch 0."""
 
     def __init__(self, paths: list[str], resolution: int, seed: int = 0, samples_per_image: int = 1,
-                 cache: bool = False):
+                 cache: bool = False, strict: bool = False):
         if resolution < 1:
             raise ValueError(f"argument 'resolution': expected >= 1, got {resolution}")
         self.paths = list(paths)
         self.resolution = resolution
         self.seed = seed
         self.samples_per_image = samples_per_image
-        self._cache = {i: _load_rgb(p) for i, p in enumerate(self.paths)} if cache else None
+        self.strict = strict
+        self._unreadable: set[int] = set()  # indices found unreadable by this process
+        self._cache = None
+        if cache:
+            images = {index: self._read(index) for index in range(len(self.paths))}
+            self._cache = {index: image for index, image in images.items() if image is not None}
 
     def __len__(self) -> int:
         return len(self.paths) * self.samples_per_image
@@ -95,15 +69,38 @@ class CropDataset(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(key))
         image_index = int(key) % len(self)
         image_index %= len(self.paths)
-        image = self._cache[image_index] if self._cache is not None else _load_rgb(self.paths[image_index])
-        return random_crop_flip(image, self.resolution, generator)
+        return random_crop_flip(self._image(image_index), self.resolution, generator)
+
+    def _read(self, index: int) -> Image.Image | None:
+        """The image, or None (after a warning) when the file is unreadable and not strict."""
+        if index in self._unreadable:
+            return None
+        if self._cache is not None:
+            return self._cache.get(index)
+        try:
+            return open_rgb(self.paths[index])
+        except UnreadableImageError as error:
+            if self.strict:
+                raise
+            self._unreadable.add(index)
+            warnings.warn(f"skipped: {error} ({len(self._unreadable)} unreadable so far in this process); the "
+                          "next readable image in the list stands in for it", UnreadableImageWarning)
+            return None
+
+    def _image(self, index: int) -> Image.Image:
+        for step in range(len(self.paths)):
+            image = self._read((index + step) % len(self.paths))
+            if image is not None:
+                return image
+        raise UnreadableImageError(f"none of the {len(self.paths)} images can be read")
 
 
-def build_dataset(data: str | None, resolution: int, seed: int = 0) -> CropDataset:
-    """`data` None: the embedded sample images, 64 crops of each per epoch (kept in memory)."""
+def build_dataset(data: str | None, resolution: int, seed: int = 0, strict: bool = False) -> CropDataset:
+    """`data` None: the embedded sample images, 64 crops of each per epoch (kept in memory).
+    `strict`: an unreadable image raises UnreadableImageError instead of being skipped."""
     if data is None:
-        return CropDataset(embedded_image_paths(), resolution, seed, samples_per_image=64, cache=True)
-    return CropDataset(list_images(data), resolution, seed)
+        return CropDataset(embedded_image_paths(), resolution, seed, samples_per_image=64, cache=True, strict=strict)
+    return CropDataset(list_images(data), resolution, seed, strict=strict)
 
 
 class ResumableSampler(DistributedSampler):

@@ -84,7 +84,9 @@ class Trainer:
         self._wrap_ddp()
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self._setup_optimisers()
-        self.dataset = dataset if dataset is not None else build_dataset(config.data, config.resolution, config.seed)
+        if dataset is None:
+            dataset = build_dataset(config.data, config.resolution, config.seed, strict=config.strict_data)
+        self.dataset = dataset
         self.sampler = ResumableSampler(self.dataset, self.context.world_size, self.context.rank, config.seed)
         count = min(8, len(self.dataset))
         self.preview = torch.stack([self.dataset[i] for i in range(count)])

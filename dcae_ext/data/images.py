@@ -1,0 +1,102 @@
+"""Image files: listing a folder or list file, the embedded sample photos, and decoding one image
+with a clear error (`UnreadableImageError`) when the file cannot be read."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# Files that ship inside the scikit-image wheel (skimage/data/*); anything fetched by pooch is left out.
+EMBEDDED_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
+                  "ihc.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "color.png",
+                  "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png")
+
+_WORKER_TRACEBACK = "\nOriginal Traceback"
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded (truncated, not an image, unsupported format...).
+
+    Raised in a DataLoader worker, it is re-raised in the main process with the worker's traceback
+    as its message; the message is cut back to its last line (the path and the reason), and the
+    traceback is kept in `worker_traceback`, so a command can print one line."""
+
+    def __init__(self, message: str):
+        self.worker_traceback = None
+        if _WORKER_TRACEBACK in message:
+            self.worker_traceback = message
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+class UnreadableImageWarning(UserWarning):
+    """An unreadable image was skipped (or stood in for) instead of stopping the run."""
+
+
+def list_images(source: str, recursive: bool = True) -> list[str]:
+    """All images under a folder (sorted; recursively: a flat folder or an ImageFolder class tree),
+    or the paths listed one per line in a text file (relative paths are relative to that file)."""
+    if os.path.isdir(source):
+        if recursive:
+            found = []
+            for root, _, files in os.walk(source, followlinks=True):
+                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            found = [os.path.join(source, f) for f in os.listdir(source)
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(source, f))]
+        found.sort()
+    elif os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+        with open(source) as stream:
+            found = [os.path.join(base, line.strip()) for line in stream if line.strip()]
+    else:
+        raise FileNotFoundError(f"argument 'data': {source} is neither a folder nor a list file")
+    if not found:
+        raise ValueError(f"argument 'data': no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
+    return found
+
+
+def embedded_image_paths() -> list[str]:
+    """The sample photographs bundled with scikit-image (no download)."""
+    import skimage.data
+
+    folder = os.path.dirname(skimage.data.__file__)
+    paths = [os.path.join(folder, name) for name in EMBEDDED_FILES if os.path.isfile(os.path.join(folder, name))]
+    if not paths:
+        raise RuntimeError(f"no sample images found in {folder}: is scikit-image installed completely?")
+    return paths
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The fully decoded image as RGB; UnreadableImageError naming the path when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # convert() decodes the whole file: truncation shows up here
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        reason = str(error) or type(error).__name__
+        raise UnreadableImageError(f"cannot read image {path}: {reason}") from None
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Shorter side resized to `resolution` (bicubic, antialiased), then the centre square crop."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def load_image(path: str, resolution: int | None) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]: `resize_center_crop` to `resolution`, or the file's own size for None."""
+    image = open_rgb(path)
+    if resolution is not None:
+        image = resize_center_crop(image, resolution)
+    array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
