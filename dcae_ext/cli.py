@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["info", "demo", "bench", "reconstruct", "train", "eval"]
+COMMANDS = ["info", "demo", "bench", "reconstruct", "train", "eval", "encode", "tokenize", "decode"]
 
 
 def build_parser() -> argparse.ArgumentParser:

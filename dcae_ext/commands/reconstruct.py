@@ -39,24 +39,6 @@ def list_inputs(path: str) -> list[str]:
         raise SystemExit(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}") from None
 
 
-def output_names(paths: list[str]) -> list[str]:
-    """One distinct PNG name per input: the stem, or stem_ext where stems collide (a.png, a.jpg)."""
-    stems = [os.path.splitext(os.path.basename(p)) for p in paths]
-    counts: dict[str, int] = {}
-    for stem, _ in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    names, taken = [], set()
-    for stem, ext in stems:
-        base = stem if counts[stem] == 1 else f"{stem}_{ext.lstrip('.').lower()}"
-        name, number = f"{base}.png", 1
-        while name.lower() in taken:  # a_png.png given as an input too, or a case-insensitive file system
-            number += 1
-            name = f"{base}_{number}.png"
-        taken.add(name.lower())
-        names.append(name)
-    return names
-
-
 def load_model(name_or_path: str, config: str | None):
     from dcae_ext.models import DCAE, preset_names
 
@@ -113,14 +95,14 @@ def run(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from dcae_ext.data.images import UnreadableImageError, open_rgb
+    from dcae_ext.data.images import UnreadableImageError, distinct_png_names, open_rgb
 
     device, dtype, paths, model = _prepare(args)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     os.makedirs(args.out, exist_ok=True)
     scores, skipped = [], []
-    for path, name in tqdm(list(zip(paths, output_names(paths))), desc="reconstruct", unit="img"):
+    for path, name in tqdm(list(zip(paths, distinct_png_names(paths))), desc="reconstruct", unit="img"):
         try:
             pixels = torch.from_numpy(np.asarray(open_rgb(path), dtype=np.uint8).copy())
         except UnreadableImageError as error:

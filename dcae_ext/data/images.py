@@ -72,6 +72,24 @@ def embedded_image_paths() -> list[str]:
     return paths
 
 
+def distinct_png_names(paths: list[str]) -> list[str]:
+    """One distinct PNG name per input: the stem, or stem_ext where stems collide (a.png, a.jpg)."""
+    stems = [os.path.splitext(os.path.basename(p)) for p in paths]
+    counts: dict[str, int] = {}
+    for stem, _ in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names, taken = [], set()
+    for stem, ext in stems:
+        base = stem if counts[stem] == 1 else f"{stem}_{ext.lstrip('.').lower()}"
+        name, number = f"{base}.png", 1
+        while name.lower() in taken:  # a_png.png given as an input too, or a case-insensitive file system
+            number += 1
+            name = f"{base}_{number}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
 def open_rgb(path: str) -> Image.Image:
     """The fully decoded image as RGB; UnreadableImageError naming the path when it cannot be read."""
     try:

@@ -1,0 +1,161 @@
+"""`dcae-ext encode`: a folder (or list) of images -> DC-AE latents in safetensors shards, with an
+index and metadata, for latent diffusion training (`dcae_ext.data.LatentDataset` reads it back).
+Resumable (run the same command again), and under torchrun each rank takes a share of the shards."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KINDS = {"latents": ("encode", "DC-AE", "LatentDataset"), "tokens": ("tokenize", "IBQ tokenizer", "TokenDataset")}
+
+
+def add_arguments(parser, kind: str) -> None:
+    command, model_kind, _ = KINDS[kind]
+    parser.add_argument("--model", required=True,
+                        help=f"a local {model_kind} folder (or checkpoint), or a preset name (random weights)"
+                             + ("; ibq-<preset> for a preset tokenizer" if kind == "tokens" else ""))
+    parser.add_argument("--data", required=True, help="image folder (searched recursively) or a list file")
+    parser.add_argument("--out", required=True, help="output folder (shards/, index.jsonl, metadata.json); "
+                                                     "an interrupted run there is continued")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=int, default=256,
+                      help="resize the shorter side to R, then centre-crop R x R (default: 256)")
+    size.add_argument("--keep-size", action="store_true",
+                      help="encode each image at its own size (padded to a multiple of the model's factor)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="model (and stored latent) dtype; auto: bf16 on CUDA, fp32 on CPU")
+    if kind == "latents":
+        parser.add_argument("--tile", type=int, default=None,
+                            help="encode images larger than N pixels in overlapping tiles (a multiple of the factor)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default: 1000)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader processes decoding and resizing images (default: min(8, CPUs))")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
+                                                       "under torchrun each rank its LOCAL_RANK GPU)")
+    parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start afresh")
+    parser.add_argument("--strict-data", action="store_true",
+                        help="stop at the first unreadable image (default: skip it, count it, list it in "
+                             "skipped.jsonl)")
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("encode", help="encode an image dataset to DC-AE latents (safetensors shards)",
+                                   description=__doc__)
+    add_arguments(parser, "latents")
+    return parser
+
+
+def _device(name: str | None, local_rank: int) -> torch.device:
+    if name is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device: {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA GPU is visible")
+    return device
+
+
+def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None):
+    """The model behind `name_or_path` wrapped for `kind`, on `device` in `dtype`."""
+    from dcae_ext.commands.eval import load_model
+    from dcae_ext.encode.codecs import CODECS
+
+    command, model_kind, _ = KINDS[kind]
+    model, loaded_kind, pretrained = load_model(name_or_path)
+    if loaded_kind != model_kind:
+        other = "tokenize" if command == "encode" else "encode"
+        raise SystemExit(f"--model: {name_or_path} is a {loaded_kind}; {command} takes a {model_kind} "
+                         f"(use dcae-ext {other})")
+    if not pretrained:
+        print(f"note: --model {name_or_path} is a preset with RANDOM weights: the codes test the pipeline only",
+              file=sys.stderr)
+    if tile is not None:
+        try:
+            model.enable_tiling(tile)
+        except ValueError as error:
+            raise SystemExit(f"--tile: {error}") from None
+    return CODECS[kind](model.to(device), dtype)
+
+
+def run_encoding(args, kind: str) -> int:
+    from tqdm import tqdm
+
+    from dcae_ext.data.images import UnreadableImageError, list_images
+    from dcae_ext.data.loading import skip_message
+    from dcae_ext.encode import ranks as rank_group
+    from dcae_ext.encode.plan import PlanMismatch, make_plan
+    from dcae_ext.encode.run import encode_dataset
+
+    command, _, reader = KINDS[kind]
+    for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size),
+                        ("--resolution", args.resolution)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag}: expected a positive number, got {value}")
+    if args.workers < 0:
+        raise SystemExit(f"--workers: expected >= 0, got {args.workers}")
+    try:
+        sources = list_images(args.data)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--data: {str(error).split(': ', 1)[-1]}") from None
+    ranks = rank_group.join()
+    try:
+        device = _device(args.device, ranks.local_rank)
+        dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        tile = getattr(args, "tile", None)
+        model_name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
+        codec = load_codec(kind, model_name, DTYPES[dtype_name], device, tile)
+        resolution = None if args.keep_size else args.resolution
+        if resolution is not None and resolution % codec.factor:
+            lower, upper = resolution // codec.factor * codec.factor, -(-resolution // codec.factor) * codec.factor
+            raise SystemExit(f"--resolution: {resolution} is not a multiple of the model's factor {codec.factor} "
+                             f"(try {lower or upper} or {upper}, or --keep-size to pad each image)")
+        plan = make_plan(kind, model_name, sources, resolution, dtype_name, tile, args.shard_size, args.batch_size)
+        bar = tqdm(desc=command, unit="img", file=sys.stderr, disable=not ranks.is_main, dynamic_ncols=True)
+
+        def on_start(count: int) -> None:
+            bar.reset(total=count)
+
+        def on_images(count: int, stats) -> None:
+            bar.update(count)
+
+        def on_skip(failure, count: int) -> None:
+            bar.write(f"rank {ranks.rank}: " * (ranks.world_size > 1) + skip_message(failure, count), sys.stderr)
+
+        try:
+            summary = encode_dataset(codec, plan, sources, args.out, ranks=ranks, overwrite=args.overwrite,
+                                     workers=args.workers, strict=args.strict_data,
+                                     command=shlex.join(["dcae-ext", *sys.argv[1:]]), on_start=on_start,
+                                     on_images=on_images, on_skip=on_skip)
+        except PlanMismatch as error:
+            raise SystemExit(f"--out: {error}") from None
+        except UnreadableImageError as error:
+            raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)") from None
+        finally:
+            bar.close()
+        if ranks.is_main:
+            _print_summary(summary, args.out, kind, reader, dtype_name, device, ranks.world_size)
+    finally:
+        rank_group.leave(ranks)
+    return 0
+
+
+def _print_summary(summary, out: str, kind: str, reader: str, dtype: str, device, world_size: int) -> None:
+    verb = "encoded" if kind == "latents" else "tokenized"
+    where = f"{dtype}, {device.type}" + (f", {world_size} processes" if world_size > 1 else "")
+    resumed = " (continuing an interrupted run)" if summary.resumed else ""
+    print(f"{verb} {summary.images} images in {summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s "
+          f"({where}){resumed}")
+    skipped = f", {summary.total_skipped} unreadable skipped (listed in {os.path.join(out, 'skipped.jsonl')})" \
+        if summary.total_skipped else ""
+    print(f"{out}: {summary.total_images} {kind}{skipped}; read with dcae_ext.data.{reader}({out!r})")
+
+
+def run(args) -> int:
+    return run_encoding(args, "latents")

@@ -1,0 +1,78 @@
+"""`decode`: shards back to images (PNG), with the PSNR of each against its source image prepared
+as the encoder saw it (the same resize and crop), as `dcae-ext eval` computes it."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dcae_ext.data.datasets import open_encoded
+from dcae_ext.data.images import UnreadableImageError, distinct_png_names, load_image
+from dcae_ext.encode.codecs import Codec
+
+
+@dataclass
+class DecodeSummary:
+    images: int = 0
+    psnr: list = field(default_factory=list)   # per image with a readable source, dB
+    missing_sources: int = 0
+
+    @property
+    def mean_psnr(self) -> float | None:
+        return sum(self.psnr) / len(self.psnr) if self.psnr else None
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of two (3, H, W) images in [0, 1] (data range 1)."""
+    mse = float((reconstruction.float() - target.float()).square().mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _runs(dataset, count: int, batch_size: int):
+    """Consecutive items of equal shape, at most batch_size each: (first, stop) pairs."""
+    first = 0
+    while first < count:
+        stop = first + 1
+        shape = dataset.records[first]["shape"]
+        while stop < count and stop - first < batch_size and dataset.records[stop]["shape"] == shape:
+            stop += 1
+        yield first, stop
+        first = stop
+
+
+def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, limit: int | None = None,
+                   compare: bool = True, on_image: Callable[[str, float | None], None] | None = None) -> DecodeSummary:
+    """Decode the first `limit` items of the encoded dataset in `root` to PNGs in `out`."""
+    dataset = open_encoded(root)
+    if dataset.kind != codec.kind:
+        raise ValueError(f"argument 'codec': {root} holds {dataset.kind}, the model makes {codec.kind}")
+    resolution = dataset.metadata["plan"]["resolution"]
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    names = distinct_png_names([record["path"] for record in dataset.records])
+    os.makedirs(out, exist_ok=True)
+    summary = DecodeSummary()
+    for first, stop in _runs(dataset, count, batch_size):
+        codes = torch.stack([dataset.stored(i) for i in range(first, stop)]).to(codec.device)
+        images = ((codec.decode(codes) + 1) / 2).clamp(0, 1).cpu()
+        for offset, image in enumerate(images):
+            record = dataset.records[first + offset]
+            height, width = record["size"]
+            image = image[:, :height, :width]
+            pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(np.ascontiguousarray(pixels)).save(os.path.join(out, names[first + offset]))
+            score = None
+            if compare:
+                try:
+                    score = psnr(image, load_image(record["path"], resolution))
+                    summary.psnr.append(score)
+                except (UnreadableImageError, FileNotFoundError):
+                    summary.missing_sources += 1
+            summary.images += 1
+            if on_image:
+                on_image(names[first + offset], score)
+    return summary

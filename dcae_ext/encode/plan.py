@@ -1,0 +1,100 @@
+"""An encoding run's plan: the settings that decide the output bits and the image list, fixed when
+the run starts (plan.json + sources.txt) so that a resumed run, or another rank, does exactly the
+same work; and the split of the list into shards and of the shards between ranks."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
+                                  atomic_write, read_json, remove_stale_temporaries)
+
+PLAN_VERSION = 1
+
+
+class PlanMismatch(ValueError):
+    """The output folder holds a run with other settings."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str                 # "latents" | "tokens"
+    model: str                # as given on the command line
+    resolution: int | None    # None: each image at its own size (padded to the model's factor)
+    dtype: str                # fp32 | bf16 | fp16
+    tile: int | None
+    shard_size: int
+    batch_size: int
+    num_sources: int
+    sources_sha256: str
+    version: int = PLAN_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_sources // self.shard_size)
+
+    def shard_range(self, number: int) -> range:
+        return range(number * self.shard_size, min((number + 1) * self.shard_size, self.num_sources))
+
+    def shards_of_rank(self, rank: int, world_size: int) -> list[int]:
+        """Round robin: neighbouring shards (similar images in a sorted folder) go to different ranks."""
+        return list(range(rank, self.num_shards, world_size))
+
+    def differences(self, other: "Plan") -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def sources_digest(sources: list[str]) -> str:
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()
+
+
+def make_plan(kind: str, model: str, sources: list[str], resolution: int | None, dtype: str, tile: int | None,
+              shard_size: int, batch_size: int) -> Plan:
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"argument '{name}': expected >= 1, got {value}")
+    if not sources:
+        raise ValueError("argument 'sources': no images to encode")
+    return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources))
+
+
+def existing_plan(root: str) -> Plan | None:
+    values = read_json(root, PLAN_FILE)
+    return None if values is None else Plan(**values)
+
+
+def check_resumable(root: str, plan: Plan) -> bool:
+    """True when `root` holds a run of this plan (continue it); False when there is nothing there.
+    PlanMismatch when it holds another run or other files."""
+    existing = existing_plan(root)
+    if existing is None:
+        if os.path.isdir(root) and os.listdir(root):
+            raise PlanMismatch(f"{root} is not empty and holds no encoding run ({PLAN_FILE}): choose an empty or new "
+                               "folder")
+        return False
+    changed = existing.differences(plan)
+    if changed:
+        detail = ", ".join(f"{name} {getattr(existing, name)!r} -> {getattr(plan, name)!r}" for name in changed)
+        raise PlanMismatch(f"{root} holds a run with other settings ({detail}); run it with its own settings to "
+                           "complete it, or pass --overwrite to start afresh")
+    return True
+
+
+def start(root: str, plan: Plan, sources: list[str], overwrite: bool) -> None:
+    """Prepare `root` for `plan` (main rank only): clear it when overwriting, write the plan and the
+    list when new, drop the temporaries a killed run left."""
+    if overwrite:
+        for name in (PLAN_FILE, SOURCES_FILE, INDEX_FILE, SKIPPED_FILE, METADATA_FILE):
+            if os.path.exists(os.path.join(root, name)):
+                os.unlink(os.path.join(root, name))
+        shutil.rmtree(os.path.join(root, SHARD_DIR), ignore_errors=True)
+    os.makedirs(os.path.join(root, SHARD_DIR), exist_ok=True)
+    remove_stale_temporaries(root)
+    if existing_plan(root) is None:
+        atomic_write(os.path.join(root, SOURCES_FILE), "".join(path + "\n" for path in sources))
+        # the plan last: its presence says the folder is an encoding run
+        atomic_write(os.path.join(root, PLAN_FILE), json.dumps(dataclasses.asdict(plan), indent=2))
