@@ -50,6 +50,16 @@ def add_parser(subparsers):
     return parser
 
 
+def command_line(command: str, args) -> str:
+    """The command with every setting spelled out (defaults included), for metadata.json."""
+    words = ["dcae-ext", command]
+    for name, value in vars(args).items():
+        if name in ("command", "handler") or value is None or value is False:
+            continue
+        words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
+
+
 def _device(name: str | None, local_rank: int) -> torch.device:
     if name is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -131,7 +141,7 @@ def run_encoding(args, kind: str) -> int:
         try:
             summary = encode_dataset(codec, plan, sources, args.out, ranks=ranks, overwrite=args.overwrite,
                                      workers=args.workers, strict=args.strict_data,
-                                     command=shlex.join(["dcae-ext", *sys.argv[1:]]), on_start=on_start,
+                                     command=command_line(command, args), on_start=on_start,
                                      on_images=on_images, on_skip=on_skip)
         except PlanMismatch as error:
             raise SystemExit(f"--out: {error}") from None

@@ -1,0 +1,178 @@
+"""`dcae-ext encode / tokenize / decode` in one process: round trips, readers, layouts, resume
+bookkeeping, bad arguments. (Separate processes: SIGKILL + resume and torchrun, in test_encode_processes.py.)"""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dcae_ext.cli import main
+from dcae_ext.data import LatentDataset, TokenDataset
+from dcae_ext.data.images import embedded_image_paths
+from dcae_ext.data.shards import completed_shards
+from dcae_ext.models import DCAE, IBQTokenizer
+
+from conftest import BAD, write_image
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """The embedded sample photographs, copied into a folder as a user's dataset would be."""
+    folder = tmp_path_factory.mktemp("samples")
+    for path in embedded_image_paths():
+        shutil.copy(path, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    DCAE.from_config("tiny").save_pretrained(root / "dcae")
+    IBQTokenizer.from_config("tiny").save_pretrained(root / "ibq")
+    return {"latents": str(root / "dcae"), "tokens": str(root / "ibq")}
+
+
+def _eval_psnr(model, data, resolution, out):
+    assert main(["eval", "--model", model, "--data", str(data), "--resolution", str(resolution), "--device", "cpu",
+                 "--out", str(out)]) == 0
+    return json.loads((out / "eval.json").read_text())["metrics"]["psnr"]
+
+
+def _decoded_psnr(capsys, latents, out):
+    capsys.readouterr()
+    assert main(["decode", "--input", str(latents), "--out", str(out), "--device", "cpu"]) == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PSNR")][0]
+    return float(line.split()[1])
+
+
+@pytest.mark.parametrize("kind", ["latents", "tokens"])
+def test_encode_decode_psnr_equals_eval(kind, samples, tiny_models, tmp_path, capsys):
+    command = "encode" if kind == "latents" else "tokenize"
+    out = tmp_path / kind
+    assert main([command, "--model", tiny_models[kind], "--data", str(samples), "--out", str(out),
+                 "--resolution", "32", "--shard-size", "5", "--batch-size", "3", "--workers", "2",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    count = len(embedded_image_paths())
+    assert f"{count} images in" in printed and "images/s" in printed
+    decoded = _decoded_psnr(capsys, out, tmp_path / "decoded")
+    assert len(os.listdir(tmp_path / "decoded")) == count
+    expected = _eval_psnr(tiny_models[kind], samples, 32, tmp_path / "eval")
+    assert decoded == pytest.approx(expected, abs=2e-3)
+
+    reader = LatentDataset(out) if kind == "latents" else TokenDataset(out)
+    assert len(reader) == count and reader.path(0).endswith(sorted(os.listdir(samples))[0])
+    loader = torch.utils.data.DataLoader(reader, batch_size=4, num_workers=2)
+    batch = next(iter(loader))
+    if kind == "latents":
+        assert batch.shape == (4, 4, 4, 4) and batch.dtype == torch.float32
+    else:
+        assert batch.shape == (4, 8, 8) and batch.dtype == torch.int64 and int(batch.max()) < reader.num_codes
+
+
+def test_latents_are_unscaled_in_the_model_dtype_with_the_factor_beside(tmp_path, capsys):
+    model = DCAE.from_config("tiny")
+    model.scaling_factor = 0.25
+    model.config.scaling_factor = 0.25
+    model.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(20, 30), (20, 30), (17, 9)]):
+        write_image(folder / f"{i}.png", h, w, i)
+    out = tmp_path / "bf16"
+    assert main(["encode", "--model", str(tmp_path / "model"), "--data", str(folder), "--out", str(out),
+                 "--keep-size", "--dtype", "bf16", "--workers", "0", "--device", "cpu"]) == 0
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["size"] for r in index] == [[20, 30], [20, 30], [17, 9]]
+    assert [r["shape"] for r in index] == [[4, 3, 4], [4, 3, 4], [4, 3, 2]]  # padded up to the factor 8
+    with safe_open(str(out / index[2]["shard"]), "pt") as shard:
+        assert shard.metadata() == {"scaling_factor": "0.25"}
+        stored = shard.get_tensor(str(index[2]["offset"]))
+    assert stored.dtype == torch.bfloat16
+    model.eval()
+    with torch.no_grad():
+        from dcae_ext.data.images import load_image
+        from dcae_ext.encode.codecs import pad_to_multiple
+        x = pad_to_multiple(load_image(str(folder / "2.png"), None)[None] * 2 - 1, 8)
+        expected = model.to(torch.bfloat16).encode(x.to(torch.bfloat16))[0]
+    assert torch.equal(stored, expected)
+    latents = LatentDataset(out)
+    assert torch.equal(latents[2], stored.float() * 0.25)
+    assert torch.equal(LatentDataset(out, scaled=False, dtype=None)[2], stored)
+    assert main(["decode", "--input", str(out), "--out", str(tmp_path / "decoded"), "--device", "cpu"]) == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "decoded" / "2.png").size == (9, 17)  # cropped back to the source size
+
+
+def test_unreadable_images_are_skipped_and_listed(corrupt_folder, tiny_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["encode", "--model", tiny_models["latents"], "--data", str(corrupt_folder), "--out", str(out),
+            "--resolution", "16", "--shard-size", "2", "--workers", "2", "--device", "cpu"]
+    assert main(args) == 0
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(os.path.basename(s["path"]) for s in skipped) == sorted(BAD)
+    assert len(LatentDataset(out)) == 3
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["num_images"] == 3 and metadata["num_skipped"] == 2 and "encode --model" in metadata["command"]
+    captured = capsys.readouterr()
+    assert "2 unreadable skipped" in captured.out and "half.png" in captured.err
+    with pytest.raises(SystemExit, match="--strict-data: cannot read image"):
+        main(args[:6] + [str(tmp_path / "strict")] + args[7:] + ["--strict-data"])
+
+
+def test_resume_writes_only_missing_shards_and_cleans_up(samples, tiny_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["encode", "--model", tiny_models["latents"], "--data", str(samples), "--out", str(out),
+            "--resolution", "16", "--shard-size", "3", "--workers", "0", "--device", "cpu"]
+    assert main(args) == 0
+    original = {name: (out / "shards" / name).read_bytes() for name in os.listdir(out / "shards")}
+    index = (out / "index.jsonl").read_text()
+    # as a kill would leave it: shard 2 written without its marker, shard 4 not at all, a temporary
+    os.unlink(out / "shards" / "000002.json")
+    (out / "shards" / "000002.safetensors").write_bytes(b"torn")
+    os.unlink(out / "shards" / "000004.json")
+    os.unlink(out / "shards" / "000004.safetensors")
+    (out / "shards" / ".000005.safetensors.x.tmp").write_bytes(b"half")
+    (out / "index.jsonl").unlink()
+    before = {n: os.stat(out / "shards" / n).st_mtime_ns for n in ("000000.safetensors", "000003.safetensors")}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "continuing an interrupted run" in capsys.readouterr().out
+    assert {name: (out / "shards" / name).read_bytes() for name in os.listdir(out / "shards")} == original
+    assert (out / "index.jsonl").read_text() == index
+    assert before == {n: os.stat(out / "shards" / n).st_mtime_ns for n in before}  # finished shards untouched
+    assert completed_shards(str(out)) == set(range(6))
+
+
+def test_bad_arguments_stop_before_any_output(samples, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    base = ["--data", str(samples), "--out", str(out), "--device", "cpu", "--workers", "0"]
+    cases = [(["encode", "--model", tiny_models["tokens"]], "--model: .* IBQ tokenizer.*dcae-ext tokenize"),
+             (["tokenize", "--model", tiny_models["latents"]], "--model: .* DC-AE.*dcae-ext encode"),
+             (["encode", "--model", tiny_models["latents"], "--resolution", "30"], "--resolution: 30 .* 24 or 32"),
+             (["encode", "--model", tiny_models["latents"], "--tile", "12"], "--tile"),
+             (["encode", "--model", tiny_models["latents"], "--batch-size", "0"], "--batch-size"),
+             (["encode", "--model", tiny_models["latents"], "--device", "cdua"], "--device"),
+             (["encode", "--model", tiny_models["latents"], "--data", str(tmp_path / "none")], "--data")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            main(argv[:1] + base + argv[1:])  # a flag in argv comes last, so it wins
+        assert not out.exists()
+
+
+def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    args = ["encode", "--model", tiny_models["latents"], "--data", str(samples), "--out", str(out),
+            "--resolution", "16", "--workers", "0", "--device", "cpu"]
+    assert main(args) == 0
+    with pytest.raises(SystemExit, match="--out: .*resolution 16 -> 24.*--overwrite"):
+        main(args[:-6] + ["--resolution", "24", "--workers", "0", "--device", "cpu"])
+    assert main(args[:-6] + ["--resolution", "24", "--workers", "0", "--device", "cpu", "--overwrite"]) == 0
+    assert LatentDataset(out)[0].shape == (4, 3, 3)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty"):
+        main(args[:6] + [str(tmp_path / "other")] + args[7:])
