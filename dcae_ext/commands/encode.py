@@ -127,16 +127,19 @@ def run_encoding(args, kind: str) -> int:
             raise SystemExit(f"--resolution: {resolution} is not a multiple of the model's factor {codec.factor} "
                              f"(try {lower or upper} or {upper}, or --keep-size to pad each image)")
         plan = make_plan(kind, model_name, sources, resolution, dtype_name, tile, args.shard_size, args.batch_size)
-        bar = tqdm(desc=command, unit="img", file=sys.stderr, disable=not ranks.is_main, dynamic_ncols=True)
+        bar = tqdm(disable=True)  # replaced once this rank knows how many images it will encode
 
         def on_start(count: int) -> None:
-            bar.reset(total=count)
+            nonlocal bar
+            bar = tqdm(total=count, desc=command, unit="img", file=sys.stderr, disable=not ranks.is_main,
+                       dynamic_ncols=True)
 
         def on_images(count: int, stats) -> None:
             bar.update(count)
 
         def on_skip(failure, count: int) -> None:
-            bar.write(f"rank {ranks.rank}: " * (ranks.world_size > 1) + skip_message(failure, count), sys.stderr)
+            prefix = f"rank {ranks.rank}: " if ranks.world_size > 1 else ""
+            bar.write(prefix + skip_message(failure, count), sys.stderr)
 
         try:
             summary = encode_dataset(codec, plan, sources, args.out, ranks=ranks, overwrite=args.overwrite,
