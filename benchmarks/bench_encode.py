@@ -10,9 +10,8 @@ The folder holds the embedded sample photographs (scikit-image), cycled to --ima
 the preset's random initialisation (seed 0), saved in diffusers format and loaded by both sides.
 After one untimed batch through each model, each side runs --repeats times, alternating; a record
 gives the median images/s, min and max, the spread ((max - min) / median) and a flag when the
-spread exceeds 10 %. Model loading is not timed;
-worker start-up is (a user waits for it). One JSON line per side and one comparison line are
-appended to benchmarks/results/<device>-encode.jsonl.
+spread exceeds 10 %. Model loading is not timed; worker start-up is (a user waits for it). One
+JSON line per side and one comparison line are appended to benchmarks/results/<device>-encode.jsonl.
 """
 from __future__ import annotations
 
