@@ -111,7 +111,7 @@ def run(args) -> int:
             continue
         x = (pixels.permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            reconstruction = model(x, pad=True)
+            reconstruction = model(x, pad=True).reconstruction
         result = to_uint8(reconstruction)
         Image.fromarray(result.numpy()).save(os.path.join(args.out, name))
         score = psnr(result, pixels)
