@@ -14,7 +14,7 @@ from dcae_ext.data.images import embedded_image_paths
 from dcae_ext.data.shards import completed_shards
 from dcae_ext.models import DCAE, IBQTokenizer
 
-from conftest import BAD, write_image
+from data_helpers import BAD, write_image
 
 
 @pytest.fixture(scope="module")

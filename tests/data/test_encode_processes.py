@@ -12,7 +12,7 @@ import torch
 
 from dcae_ext.models import DCAE
 
-from conftest import write_image
+from data_helpers import write_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

@@ -16,7 +16,7 @@ from dcae_ext.train.config import make_config
 from dcae_ext.train.data import CropDataset
 from dcae_ext.train.trainer import Trainer
 
-from conftest import BAD
+from data_helpers import BAD
 
 
 def test_open_rgb_names_the_file_and_the_reason(corrupt_folder):
