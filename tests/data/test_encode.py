@@ -71,6 +71,7 @@ def test_encode_decode_psnr_equals_eval(kind, samples, tiny_models, tmp_path, ca
         assert batch.shape == (4, 4, 4, 4) and batch.dtype == torch.float32
     else:
         assert batch.shape == (4, 8, 8) and batch.dtype == torch.int64 and int(batch.max()) < reader.num_codes
+        assert reader.stored(0).dtype == torch.int32
 
 
 def test_latents_are_unscaled_in_the_model_dtype_with_the_factor_beside(tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_two_torchrun_processes_equal_one(setup, uninterrupted):
                              "-m", "dcae_ext.cli", *_args(setup, out)], env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 processes" in result.stdout
+    assert f"encoded {NUM_IMAGES} images in" in result.stdout and "2 processes" in result.stdout  # no image twice
     two = _files(out)
     assert two.keys() == uninterrupted.keys()
     assert [name for name in two if two[name] != uninterrupted[name]] == []
