@@ -117,6 +117,8 @@ def run_encoding(args, kind: str) -> int:
     ranks = rank_group.join()
     try:
         device = _device(args.device, ranks.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # pinned-memory buffers and caches go to this rank's GPU, not GPU 0
         dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         tile = getattr(args, "tile", None)
         model_name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model

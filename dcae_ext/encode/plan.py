@@ -78,7 +78,12 @@ def check_resumable(root: str, plan: Plan) -> bool:
         return False
     changed = existing.differences(plan)
     if changed:
-        detail = ", ".join(f"{name} {getattr(existing, name)!r} -> {getattr(plan, name)!r}" for name in changed)
+        details = [f"{name} {getattr(existing, name)!r} -> {getattr(plan, name)!r}" for name in changed
+                   if name not in ("num_sources", "sources_sha256")]
+        if "sources_sha256" in changed:
+            details.append(f"the image list changed ({existing.num_sources} -> {plan.num_sources} images; the run "
+                           f"started with {os.path.join(root, SOURCES_FILE)})")
+        detail = ", ".join(details)
         raise PlanMismatch(f"{root} holds a run with other settings ({detail}); run it with its own settings to "
                            "complete it, or pass --overwrite to start afresh")
     return True

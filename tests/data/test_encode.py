@@ -173,6 +173,12 @@ def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_p
         main(args[:-6] + ["--resolution", "24", "--workers", "0", "--device", "cpu"])
     assert main(args[:-6] + ["--resolution", "24", "--workers", "0", "--device", "cpu", "--overwrite"]) == 0
     assert LatentDataset(out)[0].shape == (4, 3, 3)
+    write_image(samples / "zz_new.png", 20, 20, 0)  # the folder grew: resuming would drop the new image
+    try:
+        with pytest.raises(SystemExit, match=r"image list changed \(\d+ -> \d+ images"):
+            main(args)
+    finally:
+        os.unlink(samples / "zz_new.png")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):
