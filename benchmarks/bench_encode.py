@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--results", default=None, help="JSONL file (default: benchmarks/results/<device>-encode.jsonl)")
+    parser.add_argument("--results", default=None,
+                        help="JSONL file (default: benchmarks/results/<device>-encode.jsonl)")
     args = parser.parse_args()
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch.utils.data import DataLoader, Sampler
 
 from dcae_ext.data.images import UnreadableImageError
