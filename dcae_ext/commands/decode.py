@@ -39,7 +39,8 @@ def run(args) -> int:
     kind = metadata["kind"]
     device = _device(args.device, 0)
     dtype = args.dtype or metadata["plan"]["dtype"]
-    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device)
+    tile = metadata["plan"]["tile"] if kind == "latents" else None  # DC-AE decodes in tiles as it encoded
+    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     with tqdm(total=count, desc="decode", unit="img", file=sys.stderr) as bar:
         summary = decode_dataset(codec, args.input, args.out, batch_size=args.batch_size, limit=args.limit,

@@ -29,9 +29,8 @@ def add_arguments(parser, kind: str) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="model (and stored latent) dtype; auto: bf16 on CUDA, fp32 on CPU")
-    if kind == "latents":
-        parser.add_argument("--tile", type=int, default=None,
-                            help="encode images larger than N pixels in overlapping tiles (a multiple of the factor)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="encode images larger than N pixels in overlapping tiles (a multiple of the factor)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default: 1000)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader processes decoding and resizing images (default: min(8, CPUs))")
@@ -86,12 +85,10 @@ def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.d
     if not pretrained:
         print(f"note: --model {name_or_path} is a preset with RANDOM weights: the codes test the pipeline only",
               file=sys.stderr)
-    if tile is not None:
-        try:
-            model.enable_tiling(tile)
-        except ValueError as error:
-            raise SystemExit(f"--tile: {error}") from None
-    return CODECS[kind](model.to(device), dtype)
+    try:
+        return CODECS[kind](model.to(device), dtype, tile)
+    except ValueError as error:
+        raise SystemExit(f"--tile: {error}") from None
 
 
 def run_encoding(args, kind: str) -> int:
@@ -120,7 +117,7 @@ def run_encoding(args, kind: str) -> int:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # pinned-memory buffers and caches go to this rank's GPU, not GPU 0
         dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        tile = getattr(args, "tile", None)
+        tile = args.tile
         model_name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
         codec = load_codec(kind, model_name, DTYPES[dtype_name], device, tile)
         resolution = None if args.keep_size else args.resolution

@@ -183,3 +183,21 @@ def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_p
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):
         main(args[:6] + [str(tmp_path / "other")] + args[7:])
+
+
+def test_tiled_tokenize_sees_only_tiles_and_agrees_with_whole_images():
+    from dcae_ext.encode.codecs import TokenCodec
+
+    torch.manual_seed(0)
+    model = IBQTokenizer.from_config("tiny")
+    images = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8), size=(128, 96), mode="bilinear")
+    whole = TokenCodec(model, torch.float32).encode(images)
+    assert torch.equal(TokenCodec(model, torch.float32, tile=128).encode(images), whole)  # fits in one tile
+    sizes = []
+    hook = model.encoder.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
+    tiled = TokenCodec(model, torch.float32, tile=64).encode(images)
+    hook.remove()
+    assert set(sizes) == {(64, 64)} and tiled.shape == whole.shape == (2, 32, 24) and tiled.dtype == torch.int32
+    assert (tiled == whole).float().mean() > 0.9
+    with pytest.raises(ValueError, match="'tile'"):
+        TokenCodec(model, torch.float32, tile=6)
