@@ -162,8 +162,11 @@ def _print_summary(summary, out: str, kind: str, reader: str, dtype: str, device
     verb = "encoded" if kind == "latents" else "tokenized"
     where = f"{dtype}, {device.type}" + (f", {world_size} processes" if world_size > 1 else "")
     resumed = " (continuing an interrupted run)" if summary.resumed else ""
-    print(f"{verb} {summary.images} images in {summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s "
-          f"({where}){resumed}")
+    if summary.resumed and summary.shards == 0:
+        print(f"nothing left to do: every shard in {out} was already complete")
+    else:
+        print(f"{verb} {summary.images} images in {summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s "
+              f"({where}){resumed}")
     skipped = f", {summary.total_skipped} unreadable skipped (listed in {os.path.join(out, 'skipped.jsonl')})" \
         if summary.total_skipped else ""
     print(f"{out}: {summary.total_images} {kind}{skipped}; read with dcae_ext.data.{reader}({out!r})")

@@ -64,6 +64,8 @@ def test_encode_decode_psnr_equals_eval(kind, samples, tiny_models, tmp_path, ca
     assert decoded == pytest.approx(expected, abs=2e-3)
 
     reader = LatentDataset(out) if kind == "latents" else TokenDataset(out)
+    with pytest.raises(ValueError, match="TokenDataset" if kind == "latents" else "LatentDataset"):
+        (TokenDataset if kind == "latents" else LatentDataset)(out)
     assert len(reader) == count and reader.path(0).endswith(sorted(os.listdir(samples))[0])
     loader = torch.utils.data.DataLoader(reader, batch_size=4, num_workers=2)
     batch = next(iter(loader))
@@ -146,6 +148,7 @@ def test_resume_writes_only_missing_shards_and_cleans_up(samples, tiny_models, t
     assert (out / "index.jsonl").read_text() == index
     assert before == {n: os.stat(out / "shards" / n).st_mtime_ns for n in before}  # finished shards untouched
     assert completed_shards(str(out)) == set(range(6))
+    assert main(args) == 0 and "nothing left to do" in capsys.readouterr().out
 
 
 def test_bad_arguments_stop_before_any_output(samples, tiny_models, tmp_path):
@@ -162,6 +165,9 @@ def test_bad_arguments_stop_before_any_output(samples, tiny_models, tmp_path):
         with pytest.raises(SystemExit, match=message):
             main(argv[:1] + base + argv[1:])  # a flag in argv comes last, so it wins
         assert not out.exists()
+    with pytest.raises(SystemExit, match="--input: .* no metadata.json"):
+        main(["decode", "--input", str(samples), "--out", str(out)])
+    assert not out.exists()
 
 
 def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_path):
