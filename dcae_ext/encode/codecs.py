@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcae_ext.models import DCAE, IBQTokenizer
+from dcae_ext.models.tiling import tiled_map
 
 
 def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -46,12 +47,15 @@ class Codec:
 class LatentCodec(Codec):
     kind = "latents"
 
-    def __init__(self, model: DCAE, dtype: torch.dtype):
+    def __init__(self, model: DCAE, dtype: torch.dtype, tile: int | None = None):
+        """`tile`: images larger than `tile` pixels are encoded in overlapping tiles (DC-AE's tiling)."""
         if not isinstance(model, DCAE):
             raise ValueError(f"argument 'model': encode takes a DC-AE, got {type(model).__name__} "
                              "(an IBQ tokenizer goes through tokenize)")
         super().__init__(model, dtype)
         self.stored_dtype = dtype
+        if tile is not None:
+            model.enable_tiling(tile)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -74,16 +78,29 @@ class TokenCodec(Codec):
     kind = "tokens"
     stored_dtype = torch.int32
 
-    def __init__(self, model: IBQTokenizer, dtype: torch.dtype):
+    def __init__(self, model: IBQTokenizer, dtype: torch.dtype, tile: int | None = None):
+        """`tile`: images larger than `tile` pixels go through the encoder in overlapping tiles whose
+        continuous outputs are blended, then quantized whole (so no code is split between tiles)."""
         if not isinstance(model, IBQTokenizer):
             raise ValueError(f"argument 'model': tokenize takes an IBQ tokenizer, got {type(model).__name__} "
                              "(a DC-AE goes through encode)")
         super().__init__(model, dtype)
+        self.tile = tile
+        if tile is not None:
+            self.overlap = max(self.factor, tile // 4 // self.factor * self.factor)
+            if tile % self.factor or tile <= self.overlap:
+                raise ValueError(f"argument 'tile': {tile} must be a multiple of the spatial factor {self.factor} "
+                                 f"above {self.overlap} (the overlap)")
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Code indices (B, ceil(H/f), ceil(W/f)) as int32."""
-        return self.model.encode(self._input(images)).to(torch.int32)
+        x = self._input(images)
+        if self.tile is None or max(x.shape[-2:]) <= self.tile:
+            return self.model.encode(x).to(torch.int32)
+        latent = tiled_map(lambda part: self.model.quant_conv(self.model.encoder(part)), x, self.tile, self.overlap,
+                           up=1, down=self.factor)
+        return self.model.quantizer(latent).indices.to(torch.int32)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

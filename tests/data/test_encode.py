@@ -64,7 +64,7 @@ def test_encode_decode_psnr_equals_eval(kind, samples, tiny_models, tmp_path, ca
     assert decoded == pytest.approx(expected, abs=2e-3)
 
     reader = LatentDataset(out) if kind == "latents" else TokenDataset(out)
-    with pytest.raises(ValueError, match="TokenDataset" if kind == "latents" else "LatentDataset"):
+    with pytest.raises(ValueError, match=f"holds .{kind}.*use {type(reader).__name__}"):
         (TokenDataset if kind == "latents" else LatentDataset)(out)
     assert len(reader) == count and reader.path(0).endswith(sorted(os.listdir(samples))[0])
     loader = torch.utils.data.DataLoader(reader, batch_size=4, num_workers=2)
