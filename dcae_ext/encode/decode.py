@@ -70,7 +70,7 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
                 try:
                     score = psnr(image, load_image(record["path"], resolution))
                     summary.psnr.append(score)
-                except (UnreadableImageError, FileNotFoundError):
+                except UnreadableImageError:  # moved or deleted since it was encoded
                     summary.missing_sources += 1
             summary.images += 1
             if on_image:
