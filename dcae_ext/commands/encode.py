@@ -15,9 +15,8 @@ KINDS = {"latents": ("encode", "DC-AE", "LatentDataset"), "tokens": ("tokenize",
 
 def add_arguments(parser, kind: str) -> None:
     command, model_kind, _ = KINDS[kind]
-    parser.add_argument("--model", required=True,
-                        help=f"a local {model_kind} folder (or checkpoint), or a preset name (random weights)"
-                             + ("; ibq-<preset> for a preset tokenizer" if kind == "tokens" else ""))
+    presets = "ibq-<preset> (random weights)" if kind == "tokens" else "a preset name (random weights)"
+    parser.add_argument("--model", required=True, help=f"a local {model_kind} folder or file, or {presets}")
     parser.add_argument("--data", required=True, help="image folder (searched recursively) or a list file")
     parser.add_argument("--out", required=True, help="output folder (shards/, index.jsonl, metadata.json); "
                                                      "an interrupted run there is continued")
@@ -28,7 +27,8 @@ def add_arguments(parser, kind: str) -> None:
                       help="encode each image at its own size (padded to a multiple of the model's factor)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="model (and stored latent) dtype; auto: bf16 on CUDA, fp32 on CPU")
+                        help="model dtype" + (", also of the stored latents" if kind == "latents" else "")
+                             + "; auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--tile", type=int, default=None,
                         help="encode images larger than N pixels in overlapping tiles (a multiple of the factor)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default: 1000)")
