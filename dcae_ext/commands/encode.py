@@ -37,6 +37,9 @@ def add_arguments(parser, kind: str) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
                                                        "under torchrun each rank its LOCAL_RANK GPU)")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start afresh")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic GPU kernels (torch.use_deterministic_algorithms), so that a resumed or "
+                             "multi-GPU run writes the same bytes as one uninterrupted run; on a CPU they always are")
     parser.add_argument("--strict-data", action="store_true",
                         help="stop at the first unreadable image (default: skip it, count it, list it in "
                              "skipped.jsonl)")
@@ -111,6 +114,10 @@ def run_encoding(args, kind: str) -> int:
         sources = list_images(args.data)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"--data: {str(error).split(': ', 1)[-1]}") from None
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it when first used
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     ranks = rank_group.join()
     try:
         device = _device(args.device, ranks.local_rank)

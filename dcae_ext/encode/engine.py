@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from dcae_ext.data.images import UnreadableImageError
@@ -94,7 +95,7 @@ def encode_shards(codec: Codec, plan: Plan, sources: list[str], root: str, shard
             codes = codec.encode(images.to(device, non_blocking=True)).cpu()
             for index, code in zip(indices.tolist(), codes):
                 offset = index - current.start
-                current.tensors[str(offset)] = code.clone()
+                current.tensors[str(offset)] = code.clone(memory_format=torch.contiguous_format)
                 current.records.append({"path": sources[index], "shape": list(code.shape),
                                         "shard": shard_file(number), "offset": offset,
                                         "size": list(images.shape[-2:])})

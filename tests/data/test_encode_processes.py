@@ -90,9 +90,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(setup, uninterrupted):
 
 def test_two_torchrun_processes_equal_one(setup, uninterrupted):
     out = setup / "ranks"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "dcae_ext.cli", *_args(setup, out)], env=ENV, capture_output=True, text=True,
-                            timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "dcae_ext.cli", *_args(setup, out), "--deterministic"]  # the GPU setting works on CPU too
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"encoded {NUM_IMAGES} images in" in result.stdout and "2 processes" in result.stdout  # no image twice
     two = _files(out)
