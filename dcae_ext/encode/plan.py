@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 
 from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
-                                  atomic_write, read_json, remove_stale_temporaries)
+                                  atomic_write, completed_shards, read_json, remove_stale_temporaries)
 
 PLAN_VERSION = 1
 
@@ -72,7 +72,10 @@ def check_resumable(root: str, plan: Plan) -> bool:
     PlanMismatch when it holds another run or other files."""
     existing = existing_plan(root)
     if existing is None:
-        if os.path.isdir(root) and os.listdir(root):
+        # a run killed before its plan was written leaves at most the list and an empty shards folder
+        leftovers = {SOURCES_FILE, SHARD_DIR} | {name for name in os.listdir(root) if name.endswith(".tmp")} \
+            if os.path.isdir(root) else set()
+        if os.path.isdir(root) and (set(os.listdir(root)) - leftovers or completed_shards(root)):
             raise PlanMismatch(f"{root} is not empty and holds no encoding run ({PLAN_FILE}): choose an empty or new "
                                "folder")
         return False

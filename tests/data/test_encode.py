@@ -185,6 +185,10 @@ def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_p
             main(args)
     finally:
         os.unlink(samples / "zz_new.png")
+    (tmp_path / "early").mkdir()  # killed before its plan was written: a fresh start, no --overwrite needed
+    (tmp_path / "early" / "shards").mkdir()
+    (tmp_path / "early" / "sources.txt").write_text("half a list")
+    assert main(args[:6] + [str(tmp_path / "early")] + args[7:]) == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):
