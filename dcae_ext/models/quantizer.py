@@ -58,7 +58,7 @@ class IBQuantizer(nn.Module):
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, entropy_weight: float = 0.05,
-                 entropy_temperature: float = 0.01, beta_on_codebook_term: bool = True):
+                 entropy_temperature: float = 0.01, beta_on_codebook_term: bool = True, init_std: float = 1.0):
         super().__init__()
         if num_codes < 1:
             raise ValueError(f"argument 'num_codes': expected >= 1, got {num_codes}")
@@ -72,7 +72,9 @@ class IBQuantizer(nn.Module):
         self.entropy_weight = float(entropy_weight)
         self.entropy_temperature = float(entropy_temperature)
         self.beta_on_codebook_term = bool(beta_on_codebook_term)
-        self.codebook = nn.Parameter(torch.randn(num_codes, dim))
+        if init_std <= 0:
+            raise ValueError(f"argument 'init_std': expected > 0, got {init_std}")
+        self.codebook = nn.Parameter(torch.randn(num_codes, dim) * init_std)
 
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, "
