@@ -3,10 +3,11 @@ from dcae_ext.models.blocks import EfficientViTBlock, GLUMBConv, LiteMLA, ResBlo
 from dcae_ext.models.config import DCAEConfig, get_config, preset_names, tiny_config
 from dcae_ext.models.dcae import DCAE, Decoder, Encoder
 from dcae_ext.models.quantizer import IBQuantizer, QuantizerOutput
-from dcae_ext.models.tokenizer import IBQConfig, IBQTokenizer, TokenizerOutput
+from dcae_ext.models.output import AutoencoderOutput
+from dcae_ext.models.tokenizer import IBQConfig, IBQTokenizer
 
 __all__ = [
     "DCAE", "DCAEConfig", "Encoder", "Decoder", "get_config", "preset_names", "tiny_config",
     "ResBlock", "EfficientViTBlock", "LiteMLA", "GLUMBConv", "RMSNorm2d",
-    "IBQuantizer", "QuantizerOutput", "IBQConfig", "IBQTokenizer", "TokenizerOutput",
+    "IBQuantizer", "QuantizerOutput", "IBQConfig", "IBQTokenizer", "AutoencoderOutput",
 ]

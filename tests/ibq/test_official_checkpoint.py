@@ -51,7 +51,7 @@ def _assert_same(tokenizer, reference, images):
     indices, reconstruction = _official_outputs(reference, images)
     with torch.no_grad():
         ours = tokenizer(images)
-    assert torch.equal(ours.quantizer.indices, indices)
+    assert torch.equal(ours.indices, indices)
     assert _relative_error(ours.reconstruction, reconstruction) <= 1e-5
     assert _relative_error(tokenizer.decode_indices(indices), reconstruction) <= 1e-5
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dcae_ext.models import IBQTokenizer
-from dcae_ext.models.tokenizer import get_ibq_config
+from dcae_ext.models.tokenizer import IBQConfig, get_ibq_config
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +16,17 @@ def test_tiny_forward_encode_decode_agree(tiny):
     out = tiny(x)
     f = tiny.spatial_compression
     assert f == 4 and out.reconstruction.shape == x.shape
-    assert out.quantizer.indices.shape == (2, 32 // f, 32 // f)
+    assert out.indices.shape == (2, 32 // f, 32 // f)
     indices = tiny.encode(x)
-    assert torch.equal(indices, out.quantizer.indices)
+    assert torch.equal(indices, out.indices)
     torch.testing.assert_close(tiny.decode_indices(indices), out.reconstruction)
-    assert out.quantizer.loss.ndim == 0 and 0 < float(out.quantizer.usage) <= 1
+    assert out.losses["quantizer"].ndim == 0 and 0 < float(out.stats["codebook_usage"]) <= 1
 
 
 def test_gradients_reach_encoder_codebook_and_decoder(tiny):
     model = IBQTokenizer("tiny")
     out = model(torch.rand(1, 3, 16, 16))
-    (out.reconstruction.abs().mean() + out.quantizer.loss).backward()
+    (out.reconstruction.abs().mean() + out.losses["quantizer"]).backward()
     for name in ("encoder.conv_in.weight", "quant_conv.weight", "quantizer.codebook", "decoder.conv_out.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
@@ -40,13 +40,24 @@ def test_save_and_load_roundtrip(tiny, tmp_path):
     torch.testing.assert_close(loaded(x).reconstruction, tiny(x).reconstruction)
 
 
-def test_paper_presets():
-    for name, codes in (("ibq-f16-16384", 2 ** 14), ("ibq-f16-262144", 2 ** 18)):
+def test_dcae_backbone_presets():
+    for name, codes in (("ibq-dcae-f16-16384", 2 ** 14), ("ibq-dcae-f16-262144", 2 ** 18)):
         config = get_ibq_config(name)
         assert config.spatial_compression == 16 and config.dim == 256 and config.num_codes == codes
         assert set(config.backbone.encoder_block_types) == {"ResBlock"}  # convolution only
     with pytest.raises(ValueError, match="'name'"):
         get_ibq_config("ibq-huge")
+
+
+def test_config_round_trip_and_old_configs():
+    """A saved config reads back equal, for both backbones; a config saved before the VQGAN backbone
+    existed (no backbone type) still reads as a DC-AE backbone."""
+    for name in ("tiny", "ibq-f16-16384"):
+        config = get_ibq_config(name)
+        assert IBQConfig.from_dict(config.to_dict()) == config
+    old = get_ibq_config("tiny").to_dict()
+    del old["backbone"]["type"], old["codebook_init_std"]
+    assert IBQConfig.from_dict(old).backbone == get_ibq_config("tiny").backbone
 
 
 def test_bad_inputs_raise(tiny):
