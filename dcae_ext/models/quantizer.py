@@ -53,8 +53,8 @@ def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor
 class IBQuantizer(nn.Module):
     """z (B, D, H, W) (channels at `channel_dim`, 1 by default for 4-D) or (..., D) -> QuantizerOutput.
 
-    The quantizer always computes in float32 (autocast is switched off inside), as
-    nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
+    The quantizer computes in float32 (float64 for float64 input; autocast is switched off inside),
+    as nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, entropy_weight: float = 0.05,
@@ -96,8 +96,9 @@ class IBQuantizer(nn.Module):
         channel_dim = self._channel_dim(z, channel_dim)
         input_dtype = z.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
-            rows = z.float().movedim(channel_dim, -1)
-            codebook = self.codebook.float()
+            compute = torch.promote_types(z.dtype, torch.float32)
+            rows = z.to(compute).movedim(channel_dim, -1)
+            codebook = self.codebook.to(compute)
             if self.entropy_weight != 0:
                 z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature)
             else:

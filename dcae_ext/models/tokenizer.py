@@ -99,8 +99,12 @@ def _paper(num_codes: int, name: str, backbone=None) -> IBQConfig:
 
 
 PRESETS = {
-    # CPU-sized: 4x downsampling, widths 16-32-64, 512 codes of dim 16.
-    "tiny": lambda: IBQConfig(_conv_backbone((16, 32, 64), 1, 1, 32), num_codes=512, dim=16, name="tiny"),
+    # CPU-sized: 4x downsampling, widths 16-32-64, 512 codes of dim 16. Its codebook starts at N(0, 0.1^2),
+    # not the paper's N(0, 1): a run of a few hundred steps must move the codes across their own scale
+    # (Adam moves a coordinate by at most ~lr a step) and keep the top logits within a few entropy
+    # temperatures of each other; with N(0, 1) the demo collapses onto a few codes (docs/ibq_training.md).
+    "tiny": lambda: IBQConfig(_conv_backbone((16, 32, 64), 1, 1, 32), num_codes=512, dim=16,
+                              codebook_init_std=0.1, name="tiny"),
     # The paper's tokenizers (VQGAN backbone, 16x downsampling, code dim 256), as released.
     "ibq-f16-1024": lambda: _paper(2 ** 10, "ibq-f16-1024"),
     "ibq-f16-8192": lambda: _paper(2 ** 13, "ibq-f16-8192"),

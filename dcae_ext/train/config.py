@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 
 MODELS = ("dcae", "ibq")
+LR_SCHEDULES = ("cosine", "constant")
+GAN_GENERATOR_LOSSES = ("hinge", "non_saturating")
 
 # Which parameters train, as fnmatch patterns over `named_parameters()` names (DC-AE paper 3.3).
 PHASE_TRAINABLE = {
@@ -38,7 +40,12 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_schedule: str = field(default="cosine", metadata={"help": "after the warm-up: cosine (to lr * min_lr_ratio at "
+                                                                  "`steps`) or constant"})
     min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio
+    lr_drop_steps: list = field(default_factory=list, metadata={
+        "help": "steps from which the lr (generator and discriminator) is multiplied by lr_drop_rate once more"})
+    lr_drop_rate: float = field(default=0.1, metadata={"help": "factor of each lr drop"})
     grad_clip: float = 1.0            # 0 disables
     grad_accum: int = 1
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
@@ -59,6 +66,12 @@ class TrainConfig:
     gan_weight: float = 0.0           # 0: no discriminator
     adaptive_gan_weight: bool = False # VQGAN gradient balancing at the decoder's last layer
     disc_start: int = 0
+    gan_generator_loss: str = field(default="hinge", metadata={
+        "help": "generator GAN loss: hinge (-mean of the patch logits) or non_saturating (softplus(-l) of each "
+                "image's mean patch logit l, as IBQ's official code)"})
+    disc_first: bool = field(default=False, metadata={
+        "help": "update the discriminator before the generator in each step (IBQ's official order; costs one "
+                "extra generator forward without gradient)"})
     disc_lr: float | None = None      # None: same as lr
     disc_betas: tuple = (0.5, 0.9)
     disc_weight_decay: float = 0.0
@@ -89,6 +102,14 @@ class TrainConfig:
             raise ValueError(f"config 'precision': expected auto|bf16|fp16|fp32, got {self.precision!r}")
         if self.reconstruction not in ("l1", "l2"):
             raise ValueError(f"config 'reconstruction': expected l1 or l2, got {self.reconstruction!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"config 'lr_schedule': expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if any(int(step) < 0 for step in self.lr_drop_steps) or not 0 < self.lr_drop_rate <= 1:
+            raise ValueError(f"config 'lr_drop_steps'/'lr_drop_rate': expected steps >= 0 and 0 < rate <= 1, got "
+                             f"{self.lr_drop_steps!r} / {self.lr_drop_rate!r}")
+        if self.gan_generator_loss not in GAN_GENERATOR_LOSSES:
+            raise ValueError(f"config 'gan_generator_loss': expected one of {GAN_GENERATOR_LOSSES}, "
+                             f"got {self.gan_generator_loss!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"config 'ema_decay': expected 0 <= decay < 1, got {self.ema_decay!r}")
         return self
@@ -103,17 +124,37 @@ def defaults(model: str = "dcae", phase: int = 1) -> dict:
     if model == "ibq" and phase != 1:
         raise ValueError("config 'phase': the IBQ trainer has a single phase (1)")
     if model == "ibq":
-        # SEED-Voken IBQ: Adam lr 1e-4 betas (0.5, 0.9), EMA 0.999, fixed GAN weight 0.1, LeCAM 0.05.
+        # SEED-Voken IBQ (configs/IBQ/gpu/imagenet_ibqgan_*.yaml, models/ibqgan.py): Adam lr 1e-4 betas
+        # (0.5, 0.9) for both networks, constant lr, no clipping, discriminator updated first, hinge
+        # discriminator loss, non-saturating generator loss at a fixed weight 0.1, LeCAM 0.05, EMA 0.999.
         return dict(model="ibq", phase=1, lr=1e-4, weight_decay=0.0, betas=(0.5, 0.9), lpips_weight=1.0,
+                    lr_schedule="constant", grad_clip=0.0, disc_first=True, gan_generator_loss="non_saturating",
                     gan_weight=0.1, adaptive_gan_weight=False, disc_start=0, lecam_weight=0.05,
-                    trainable=["*"], ema_decay=0.999)
+                    disc_betas=(0.5, 0.9), trainable=["*"], ema_decay=0.999)
     common = dict(model="dcae", phase=phase, lr=6.4e-5, weight_decay=0.1, trainable=PHASE_TRAINABLE[phase])
     if phase == 3:  # GAN on the decoder head, discriminator weight 0.5, L1 + LPIPS kept
         return dict(common, gan_weight=0.5, lpips_weight=1.0)
     return dict(common, gan_weight=0.0, lpips_weight=1.0)
 
 
+# Named `--config` recipes. SEED-Voken configs/IBQ/gpu/imagenet_ibqgan_{16384,262144}.yaml on ImageNet-1k
+# (1,281,167 images): 8 nodes x 8 GPUs x 4 images = 256 a step (run under torchrun with 64 processes, or
+# set grad_accum to 64 / processes), 5005 steps an epoch, 330 epochs, lr x0.1 after epochs 250 and 300,
+# fp16 mixed precision, 256x256 crops; the loss and optimiser settings are defaults("ibq").
+_IBQ_EPOCH = 5005
+_IBQ_PAPER = dict(model="ibq", resolution=256, batch_size=4, grad_accum=1, steps=330 * _IBQ_EPOCH,
+                  lr_drop_steps=[250 * _IBQ_EPOCH, 300 * _IBQ_EPOCH], lr_drop_rate=0.1, precision="fp16",
+                  lpips_net="vgg", disc_channels=64, disc_layers=3, disc_norm="batch")
+RECIPES = {
+    "ibq-paper-16384": dict(_IBQ_PAPER, preset="ibq-f16-16384"),
+    "ibq-paper-262144": dict(_IBQ_PAPER, preset="ibq-f16-262144"),
+}
+
+
 def read_config_file(path: str) -> dict:
+    """The options of a .yaml/.yml/.json file, or of a named recipe (RECIPES)."""
+    if path in RECIPES and not os.path.exists(path):
+        return dict(RECIPES[path])
     with open(path) as stream:
         if path.endswith((".yaml", ".yml")):
             import yaml
@@ -121,7 +162,8 @@ def read_config_file(path: str) -> dict:
         elif path.endswith(".json"):
             values = json.load(stream)
         else:
-            raise ValueError(f"argument 'config': expected a .yaml, .yml or .json file, got {path}")
+            raise ValueError(f"argument 'config': expected a .yaml, .yml or .json file or a recipe name "
+                             f"({', '.join(RECIPES)}), got {path}")
     if not isinstance(values, dict):
         raise ValueError(f"argument 'config': {path} must hold a mapping of option names to values")
     return values

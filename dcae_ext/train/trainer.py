@@ -1,8 +1,10 @@
 """One trainer for DC-AE (phases 1-3) and the IBQ tokenizer; the phase is configuration.
 
-A step: `grad_accum` micro-batches through the generator (reconstruction + LPIPS [+ quantizer]
-[+ GAN]), clip, skip the update if the loss or gradient norm is not finite (counted), EMA; then,
-when the GAN is on, the same micro-batches through the discriminator (hinge [+ LeCAM]).
+A step: `grad_accum` micro-batches through the generator (reconstruction + LPIPS [+ the model's
+own losses] [+ GAN]), clip, skip the update if the loss or gradient norm is not finite (counted),
+EMA; then, when the GAN is on, the same micro-batches through the discriminator (hinge [+ LeCAM]).
+With `disc_first` (IBQ's official order) the discriminator step comes first, on reconstructions of
+a gradient-free generator pass, and the generator's GAN loss then sees the updated discriminator.
 Everything a resume needs (weights, EMA, optimisers, schedulers, scaler, RNG, step) goes into an
 atomic checkpoint; the data position is the step itself (see data.ResumableSampler).
 
@@ -33,8 +35,8 @@ from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
 from dcae_ext.models.perceptual import PerceptualLoss
-from dcae_ext.train.losses import (LeCAM, adaptive_gan_weight, hinge_discriminator_loss,
-                                   hinge_generator_loss, reconstruction_loss)
+from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight, at_least_float32,
+                                   hinge_discriminator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -52,12 +54,17 @@ class DiscriminatorLoss(nn.Module):
         return self.net(real), self.net(fake)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine",
+              drops: tuple = (), drop_rate: float = 0.1) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps or constant; times
+    `drop_rate` for each of the `drops` steps already reached."""
+    decay = drop_rate ** sum(1 for drop in drops if step >= int(drop))
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return decay * (step + 1) / warmup
+    if schedule == "constant":
+        return decay
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return decay * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class Trainer:
@@ -127,7 +134,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
-        factor = lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)  # noqa: E731
+        factor = lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio,  # noqa: E731
+                                        config.lr_schedule, tuple(config.lr_drop_steps), config.lr_drop_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.disc_optimizer = self.disc_scheduler = None
         if self.discriminator is not None:
@@ -150,7 +158,7 @@ class Trainer:
         nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
         terms[f"loss_{config.reconstruction}"] = nll.detach()
         if self.perceptual is not None:
-            perceptual = self.perceptual(reconstruction, images).float()
+            perceptual = at_least_float32(self.perceptual(reconstruction, images))
             terms["loss_lpips"] = perceptual.detach()
             nll = nll + config.lpips_weight * perceptual
         total = nll
@@ -160,7 +168,7 @@ class Trainer:
         terms.update(output.stats)
         if self._gan_active():
             self.discriminator.requires_grad_(False)
-            generator_gan = hinge_generator_loss(self.discriminator.net(reconstruction))
+            generator_gan = GENERATOR_LOSSES[config.gan_generator_loss](self.discriminator.net(reconstruction))
             self.discriminator.requires_grad_(True)
             weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
                       if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
@@ -172,8 +180,8 @@ class Trainer:
     def discriminator_losses(self, images: torch.Tensor, reconstruction: torch.Tensor):
         logits_real, logits_fake = self.discriminator_ddp(images, reconstruction.detach())
         loss = hinge_discriminator_loss(logits_real, logits_fake)
-        terms = {"loss_disc": loss.detach(), "logits_real": logits_real.detach().float().mean(),
-                 "logits_fake": logits_fake.detach().float().mean()}
+        terms = {"loss_disc": loss.detach(), "logits_real": at_least_float32(logits_real.detach()).mean(),
+                 "logits_fake": at_least_float32(logits_fake.detach()).mean()}
         lecam = self.discriminator.lecam
         if lecam is not None:
             lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
@@ -212,6 +220,12 @@ class Trainer:
         self.model.train()
         set_frozen_modules_to_eval(self.model)
         gan_active = self._gan_active()
+        metrics = {}
+        if gan_active and self.config.disc_first:
+            # The reconstructions of the weights before this step, as the generator pass below makes them.
+            with torch.no_grad(), self._autocast():
+                reconstructions = [self.model_ddp(x).reconstruction for x in micro_batches]
+            metrics.update(self._discriminator_step(micro_batches, reconstructions))
         finite, grad_norm, terms, reconstructions = self._backward_all(
             self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
         if finite:
@@ -220,17 +234,9 @@ class Trainer:
                 self.ema.update(self.model)
         else:
             self.skipped_steps += 1
-        metrics = dict(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
-        if gan_active:
-            self.discriminator.train()
-            pairs = list(zip(micro_batches, reconstructions))
-            d_finite, d_norm, d_terms, _ = self._backward_all(
-                self.discriminator_ddp, pairs, self._disc_loss_fn, self.disc_optimizer)
-            if d_finite:
-                self.scaler.step(self.disc_optimizer)
-            else:
-                self.skipped_disc_steps += 1
-            metrics.update(d_terms, disc_grad_norm=d_norm)
+        metrics.update(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        if gan_active and not self.config.disc_first:
+            metrics.update(self._discriminator_step(micro_batches, reconstructions))
         self.scaler.update()
         with warnings.catch_warnings():  # skipped steps and a late-starting discriminator are intended
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -240,6 +246,16 @@ class Trainer:
         self.step += 1
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics
+
+    def _discriminator_step(self, micro_batches, reconstructions) -> dict:
+        self.discriminator.train()
+        d_finite, d_norm, d_terms, _ = self._backward_all(
+            self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn, self.disc_optimizer)
+        if d_finite:
+            self.scaler.step(self.disc_optimizer)
+        else:
+            self.skipped_disc_steps += 1
+        return dict(d_terms, disc_grad_norm=d_norm)
 
     def _generator_loss_fn(self, images):
         total, reconstruction, terms = self.generator_losses(images)
