@@ -29,7 +29,8 @@ def add_parser(subparsers):
     parser.add_argument("--data", help="image folder (ImageFolder tree or flat) or list file; "
                                        "default: scikit-image's bundled sample images")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig options")
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig options, or a named recipe: "
+                                         "ibq-paper-16384, ibq-paper-262144 (the official IBQ ImageNet runs)")
     parser.add_argument("--init-weights", help="start from these weights (a save_pretrained folder)")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -140,11 +140,12 @@ def defaults(model: str = "dcae", phase: int = 1) -> dict:
 # Named `--config` recipes. SEED-Voken configs/IBQ/gpu/imagenet_ibqgan_{16384,262144}.yaml on ImageNet-1k
 # (1,281,167 images): 8 nodes x 8 GPUs x 4 images = 256 a step (run under torchrun with 64 processes, or
 # set grad_accum to 64 / processes), 5005 steps an epoch, 330 epochs, lr x0.1 after epochs 250 and 300,
-# fp16 mixed precision, 256x256 crops; the loss and optimiser settings are defaults("ibq").
+# fp16 mixed precision, 256x256 crops, BatchNorm statistics per process (Lightning does not sync them);
+# the loss and optimiser settings are defaults("ibq").
 _IBQ_EPOCH = 5005
 _IBQ_PAPER = dict(model="ibq", resolution=256, batch_size=4, grad_accum=1, steps=330 * _IBQ_EPOCH,
                   lr_drop_steps=[250 * _IBQ_EPOCH, 300 * _IBQ_EPOCH], lr_drop_rate=0.1, precision="fp16",
-                  lpips_net="vgg", disc_channels=64, disc_layers=3, disc_norm="batch")
+                  lpips_net="vgg", disc_channels=64, disc_layers=3, disc_norm="batch", sync_batchnorm=False)
 RECIPES = {
     "ibq-paper-16384": dict(_IBQ_PAPER, preset="ibq-f16-16384"),
     "ibq-paper-262144": dict(_IBQ_PAPER, preset="ibq-f16-262144"),

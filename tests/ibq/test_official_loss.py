@@ -126,6 +126,7 @@ def test_paper_recipe_is_the_official_config():
     assert (config.gan_weight, config.lecam_weight, config.adaptive_gan_weight, config.disc_start) == \
         (0.1, 0.05, False, 0)
     assert (config.steps, config.lr_drop_steps) == (330 * epoch, [250 * epoch, 300 * epoch])
+    assert not config.sync_batchnorm  # Lightning leaves the discriminator's BatchNorm per process
     factors = [lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio, config.lr_schedule,
                          config.lr_drop_steps, config.lr_drop_rate) for step in (0, 250 * epoch - 1, 250 * epoch,
                                                                                  300 * epoch, config.steps - 1)]
