@@ -222,7 +222,8 @@ class Trainer:
         gan_active = self._gan_active()
         metrics = {}
         if gan_active and self.config.disc_first:
-            # The reconstructions of the weights before this step, as the generator pass below makes them.
+            # The reconstructions of the weights before this step, as the generator pass below makes them
+            # (a BatchNorm in the generator, none in the IBQ backbones, would count both passes).
             with torch.no_grad(), self._autocast():
                 reconstructions = [self.model_ddp(x).reconstruction for x in micro_batches]
             metrics.update(self._discriminator_step(micro_batches, reconstructions))

@@ -65,3 +65,21 @@ def test_bad_inputs_raise(tiny):
         tiny(torch.rand(1, 3, 18, 16))
     with pytest.raises(ValueError, match="'indices'"):
         tiny.decode_indices(torch.zeros(4, 4, dtype=torch.long))
+
+
+def test_vqgan_gradient_checkpointing_gives_the_same_gradients():
+    from dcae_ext.models.vqgan import VQGANConfig
+
+    config = IBQConfig(VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16,
+                                   z_channels=32), num_codes=32, dim=8)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = IBQTokenizer(config)
+        model.set_gradient_checkpointing(checkpointing)
+        output = model(x)
+        (output.reconstruction.abs().mean() + output.losses["quantizer"]).backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
