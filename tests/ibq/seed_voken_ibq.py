@@ -395,6 +395,17 @@ class _RunsCodeWhenUnpickled:
         return os.system, (f"touch {self.marker}",)
 
 
+class AttributeDict(dict):
+    """Like Lightning's hyper-parameter container: a dict subclass (pickled with SETITEMS) with attributes."""
+
+
+class Namespace:
+    """Like argparse/jsonargparse namespaces saved with a run: an object rebuilt with BUILD."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
 def lightning_checkpoint(model, path, loss=None, ema_shift=None, hostile_marker=None):
     """Write `model` as SEED-Voken's Lightning ModelCheckpoint would: state_dict with the model keys,
     loss.* keys, LitEma's model_ema.* shadow weights (the weights + `ema_shift`, when given), and
@@ -412,7 +423,9 @@ def lightning_checkpoint(model, path, loss=None, ema_shift=None, hostile_marker=
                   "callbacks": {"ModelCheckpoint{'monitor': 'train/perceptual_loss'}": {
                       "best_model_score": torch.tensor(0.25), "dirpath": "../../checkpoints/vqgan/test"}},
                   "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.5, 0.9)}]}],
-                  "lr_schedulers": [], "math_pi": math.pi}
+                  "lr_schedulers": [], "math_pi": math.pi,
+                  "hyper_parameters": AttributeDict(n_embed=64, ddconfig=Namespace(ch=32, ch_mult=[1, 2])),
+                  "hparams_type": [AttributeDict, Namespace]}
     if hostile_marker is not None:
         checkpoint["callbacks"]["Hostile"] = _RunsCodeWhenUnpickled(hostile_marker)
     torch.save(checkpoint, path)
