@@ -4,6 +4,7 @@ Precedence: defaults of (model, phase) < a YAML/JSON file < explicit overrides (
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -155,7 +156,7 @@ RECIPES = {
 def read_config_file(path: str) -> dict:
     """The options of a .yaml/.yml/.json file, or of a named recipe (RECIPES)."""
     if path in RECIPES and not os.path.exists(path):
-        return dict(RECIPES[path])
+        return copy.deepcopy(RECIPES[path])
     with open(path) as stream:
         if path.endswith((".yaml", ".yml")):
             import yaml
