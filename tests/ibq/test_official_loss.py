@@ -20,6 +20,9 @@ DDCONFIG = dict(z_channels=32, resolution=16, in_channels=3, out_ch=3, ch=32, ch
 
 
 class Images(Dataset):
+    """16 px: the 2-layer discriminator's patch map is 2x2, so averaging the logits per image (the
+    official generator loss) differs from averaging over all patches."""
+
     def __init__(self, count=4, size=16):
         self.images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(3)) * 2 - 1
 
