@@ -2,7 +2,6 @@
 report PSNR, SSIM, LPIPS, rFID (and codebook usage / perplexity for an IBQ tokenizer)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,6 +16,10 @@ def add_parser(subparsers):
     parser.add_argument("--model", required=True,
                         help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
                              "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
+    parser.add_argument("--config", default=None,
+                        help="DC-AE preset name for efficientvit weights whose folder and path name none")
+    parser.add_argument("--ema", action="store_true",
+                        help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
     parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -35,28 +38,28 @@ def add_parser(subparsers):
     return parser
 
 
-def load_model(name_or_path: str):
-    """(model, description, pretrained?) for a folder path, a DC-AE preset name or ibq-<preset>."""
+def load_model(name_or_path: str, config: str | None = None, ema: bool = False):
+    """(model, description, pretrained?) for a local path (see models.load_model_from_path), a DC-AE
+    preset name or ibq-<preset>."""
     from dcae_ext import models
 
     if os.path.exists(name_or_path):
-        config_file = os.path.join(name_or_path, "config.json")
-        if os.path.isfile(config_file):
-            with open(config_file) as stream:
-                if json.load(stream).get("_class_name") == "IBQTokenizer":
-                    return models.IBQTokenizer.from_pretrained(name_or_path), "IBQ tokenizer", True
-        return models.DCAE.from_pretrained(name_or_path), "DC-AE", True
+        model = models.load_model_from_path(name_or_path, config=config, ema=ema)
+        kind = "IBQ tokenizer" if isinstance(model, models.IBQTokenizer) else "DC-AE"
+        return model, kind, True
+    if ema:
+        raise SystemExit("--ema: only a training run or checkpoint holds EMA weights")
     torch.manual_seed(0)  # a preset's random weights: the same numbers on every run
     if name_or_path.startswith("ibq-"):
         errors = []
         for preset in (name_or_path, name_or_path[len("ibq-"):]):  # "ibq-f16-16384" or "ibq-tiny" -> "tiny"
             try:
-                return models.IBQTokenizer.from_config(preset), "IBQ tokenizer", False
+                return models.IBQTokenizer.from_config(preset).eval(), "IBQ tokenizer", False
             except ValueError as error:
                 errors.append(str(error))
         raise SystemExit(f"--model: {errors[-1]}")
     if name_or_path in models.preset_names():
-        return models.DCAE.from_config(name_or_path), "DC-AE", False
+        return models.DCAE.from_config(name_or_path).eval(), "DC-AE", False
     raise SystemExit(f"--model: {name_or_path!r} is neither an existing path nor a preset; DC-AE presets: "
                      f"{', '.join(models.preset_names())}; IBQ: ibq-<preset>")
 
@@ -96,7 +99,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     resolution = args.resolution or None
-    model, kind, pretrained = load_model(args.model)
+    model, kind, pretrained = load_model(args.model, args.config, args.ema)
     factor = model.spatial_compression
     if resolution is not None and resolution % factor:
         raise SystemExit(f"--resolution: {resolution} must be a multiple of the model's spatial factor {factor}")

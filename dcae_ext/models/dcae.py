@@ -135,13 +135,21 @@ class DCAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: DCAEConfig | str | None = None,
-                        strict: bool = True) -> "DCAE":
+                        strict: bool = True, *, subfolder: str | None = None,
+                        torch_dtype: torch.dtype | None = None) -> "DCAE":
         """Load a local diffusers-format dir (config.json + diffusion_pytorch_model.safetensors) or an
         efficientvit-format dir / file (model.safetensors or .pt; config by `config`, by a config.json
-        holding `model_name`, or by a preset name in the path)."""
+        holding `model_name`, or by a preset name in the path). As in diffusers, the model comes back
+        in eval mode (BatchNorm uses its running statistics), in `torch_dtype` if given, read from
+        `path/subfolder` if given."""
         from dcae_ext.models.weights import load_pretrained
 
-        return load_pretrained(cls, path, config=config, strict=strict)
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        model = load_pretrained(cls, path, config=config, strict=strict)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model.eval()
 
     def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
         """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""

@@ -262,7 +262,8 @@ class Trainer:
                  "skipped_disc_steps": self.skipped_disc_steps, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
-                 "world_size": self.context.world_size}
+                 "world_size": self.context.world_size, "model_class": type(self.model).__name__,
+                 "model_config": self.model.config.to_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.discriminator is not None:
