@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
-from dcae_ext.models.config import DCAEConfig, find_preset_in, get_config
+from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
 from dcae_ext.models.torch_files import safe_torch_load
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -254,8 +254,9 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
     else:
         state, weights_name = to_efficientvit(model), EFFICIENTVIT_WEIGHTS
         meta = {"dcae_ext_config": config.to_dict()}
-        if config.name and find_preset_in(config.name) == config.name:
-            meta["model_name"] = config.name
+        model_name = efficientvit_model_name(config)
+        if model_name is not None:
+            meta["model_name"] = model_name
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     _atomic_write(directory / weights_name, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_FILE, lambda f: f.write_text(json.dumps(meta, indent=2) + "\n"))
