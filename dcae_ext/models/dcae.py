@@ -162,12 +162,16 @@ class DCAE(nn.Module):
     def enable_tiling(self, tile: int = 512, overlap: int | None = None) -> None:
         """Encode/decode images larger than `tile` pixels in overlapping tiles. `tile` and `overlap`
         are in image pixels and must be multiples of the spatial factor f; overlap defaults to the
-        largest multiple of f not above tile / 4."""
+        largest multiple of f not above tile / 4, and to at least f (one latent pixel), so tiles
+        always blend across a seam."""
         f = self.spatial_compression
-        if overlap is None:
-            overlap = (tile // 4) // f * f
         if tile <= 0 or tile % f:
             raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {f}")
+        if overlap is None:
+            if tile < 2 * f:
+                raise ValueError(f"argument 'tile': {tile} pixels is one latent pixel at spatial factor {f}, too "
+                                 f"small for tiles to overlap; use tile >= {2 * f} (e.g. {max(4 * f, 512)})")
+            overlap = max(f, (tile // 4) // f * f)
         if overlap < 0 or overlap % f or overlap >= tile:
             raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {f} "
                              f"in [0, tile={tile})")
