@@ -88,7 +88,7 @@ def run(args) -> int:
         original = to_tensor(Image.open(path))
         x = original.to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            reconstruction = model(x, pad=True)
+            reconstruction = model(x, pad=True).reconstruction
         result = to_uint8(reconstruction)
         Image.fromarray(result.numpy()).save(out_dir / f"{path.stem}.png")
         score = psnr(result, to_uint8(original))

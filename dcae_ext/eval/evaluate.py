@@ -18,13 +18,9 @@ from dcae_ext.eval.metrics import CodebookUsage, psnr_per_image, ssim_per_image
 def reconstruct(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images (B, 3, H, W) in [-1, 1] -> (reconstruction in [-1, 1] float32, code indices or None).
 
-    A DC-AE returns the reconstruction; an IBQ tokenizer returns an output with `.reconstruction`
-    and `.quantizer.indices`."""
+    Every model returns an `AutoencoderOutput`; `indices` is set by tokenizers only."""
     output = model(images)
-    if isinstance(output, torch.Tensor):
-        return output.float(), None
-    indices = getattr(getattr(output, "quantizer", None), "indices", None)
-    return output.reconstruction.float(), indices
+    return output.reconstruction.float(), output.indices
 
 
 def num_codes_of(model: nn.Module) -> int | None:

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from dcae_ext import ops
 from dcae_ext.models.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
 from dcae_ext.models.config import DCAEConfig, get_config
+from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.tiling import tiled_map
 
 
@@ -240,7 +241,8 @@ class DCAE(nn.Module):
             raise ValueError(f"argument 'z': expected (B, {self.config.latent_channels}, h, w), got {tuple(z.shape)}")
         return self._sliced(self._decode_one, z)
 
-    def forward(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
-        """Reconstruction of x; with pad=True any H, W works (padded to a multiple of f, then cropped)."""
+    def forward(self, x: torch.Tensor, pad: bool = False) -> AutoencoderOutput:
+        """Reconstruction of x (`.reconstruction`); with pad=True any H, W works (padded to a multiple
+        of f, then cropped)."""
         height, width = x.shape[-2:]
-        return self.decode(self.encode(x, pad=pad))[..., :height, :width]
+        return AutoencoderOutput(self.decode(self.encode(x, pad=pad))[..., :height, :width])

@@ -16,6 +16,7 @@ from torch import nn
 
 from dcae_ext.models.config import DCAEConfig
 from dcae_ext.models.dcae import Decoder, Encoder
+from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.quantizer import IBQuantizer, QuantizerOutput
 
 CONFIG_NAME = "config.json"
@@ -83,16 +84,10 @@ def get_ibq_config(name: str) -> IBQConfig:
     return PRESETS[name]()
 
 
-@dataclass
-class TokenizerOutput:
-    reconstruction: torch.Tensor
-    quantizer: QuantizerOutput
-
-
 class IBQTokenizer(nn.Module):
     """Images (B, 3, H, W) in [-1, 1], H and W multiples of the spatial factor f.
 
-    encode -> indices (B, H/f, W/f); decode_indices -> images; forward -> TokenizerOutput.
+    encode -> indices (B, H/f, W/f); decode_indices -> images; forward -> AutoencoderOutput.
     """
 
     def __init__(self, config: IBQConfig | str = "tiny"):
@@ -144,9 +139,17 @@ class IBQTokenizer(nn.Module):
         codes = self.quantizer.lookup(indices).to(self.post_quant_conv.weight.dtype)
         return self.decode_codes(codes)
 
-    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        """Reconstruction, the quantizer's loss (`losses["quantizer"]`, entropy term weighted in), its
+        terms and code statistics (`stats`), and the code indices."""
         quantized = self.quantize(x)
-        return TokenizerOutput(self.decode_codes(quantized.quantized.to(x.dtype)), quantized)
+        stats = {"loss_entropy": quantized.entropy_loss, "loss_commitment": quantized.commitment_loss,
+                 "loss_codebook": quantized.codebook_loss, "codebook_usage": quantized.usage,
+                 "perplexity": quantized.perplexity}
+        return AutoencoderOutput(self.decode_codes(quantized.quantized.to(x.dtype)),
+                                 losses={"quantizer": quantized.loss},
+                                 stats={name: value.detach() for name, value in stats.items()},
+                                 indices=quantized.indices)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """config.json + model.safetensors in folder `path`."""

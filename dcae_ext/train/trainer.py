@@ -72,7 +72,8 @@ class Trainer:
         self.trainable_names = apply_trainable(self.model, config.trainable, config.frozen)
         if hasattr(self.model, "set_gradient_checkpointing"):
             self.model.set_gradient_checkpointing(config.grad_checkpointing)
-        self.is_ibq = config.model == "ibq"
+        # The model's own losses (AutoencoderOutput.losses) by name; unnamed ones count with weight 1.
+        self.aux_loss_weights = {"quantizer": config.quantizer_weight}
         self._setup_precision()
         self.perceptual = (PerceptualLoss(config.lpips_net, config.lpips_weights).to(self.device)
                            if config.lpips_weight > 0 else None)
@@ -145,7 +146,7 @@ class Trainer:
         config = self.config
         terms = {}
         output = self.model_ddp(images)
-        reconstruction = output.reconstruction if self.is_ibq else output
+        reconstruction = output.reconstruction
         nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
         terms[f"loss_{config.reconstruction}"] = nll.detach()
         if self.perceptual is not None:
@@ -153,13 +154,10 @@ class Trainer:
             terms["loss_lpips"] = perceptual.detach()
             nll = nll + config.lpips_weight * perceptual
         total = nll
-        if self.is_ibq:
-            quantizer = output.quantizer
-            total = total + config.quantizer_weight * quantizer.loss
-            terms.update(loss_quantizer=quantizer.loss.detach(), loss_entropy=quantizer.entropy_loss.detach(),
-                         loss_commitment=quantizer.commitment_loss.detach(),
-                         loss_codebook=quantizer.codebook_loss.detach(),
-                         codebook_usage=quantizer.usage, perplexity=quantizer.perplexity)
+        for name, loss in output.losses.items():
+            total = total + self.aux_loss_weights.get(name, 1.0) * loss
+            terms[f"loss_{name}"] = loss.detach()
+        terms.update(output.stats)
         if self._gan_active():
             self.discriminator.requires_grad_(False)
             generator_gan = hinge_generator_loss(self.discriminator.net(reconstruction))
@@ -344,8 +342,7 @@ class Trainer:
         self.model.eval()
         images = self.preview.to(self.device)
         with self._autocast():
-            output = self.model(images)
-        reconstruction = output.reconstruction if self.is_ibq else output
+            reconstruction = self.model(images).reconstruction
         path = os.path.join(self.config.out, "images", name or f"reconstruction_{self.step:07d}.png")
         save_reconstruction_grid(images, reconstruction, path)
         self.callback("image", {"path": path, "step": self.step})

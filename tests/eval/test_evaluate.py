@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from dcae_ext.eval.evaluate import evaluate, write_results
 from dcae_ext.eval.images import EvalImages, load_image
 from dcae_ext.eval.metrics import build_fid, psnr_per_image
+from dcae_ext.models.output import AutoencoderOutput
 
 
 def _write_images(folder, count=6, size=(40, 48)):
@@ -36,18 +37,18 @@ class NoisyCopy(torch.nn.Module):
         generator = torch.Generator().manual_seed(0)
         strength = torch.arange(self.calls, self.calls + x.shape[0]).float().add(1).div(20).view(-1, 1, 1, 1)
         self.calls += x.shape[0]
-        return x + strength * torch.randn(x.shape, generator=generator)
+        return AutoencoderOutput(x + strength * torch.randn(x.shape, generator=generator))
 
 
 class StandInTokenizer(torch.nn.Module):
-    """Stand-in IBQ tokenizer: returns (reconstruction, quantizer.indices) like TokenizerOutput."""
+    """Stand-in IBQ tokenizer: the input back, with code indices."""
 
     quantizer = SimpleNamespace(num_codes=8)
 
     def forward(self, x):
         indices = torch.zeros(x.shape[0], 2, 2, dtype=torch.int64)
         indices[:, 0, 0] = 1
-        return SimpleNamespace(reconstruction=x, quantizer=SimpleNamespace(indices=indices))
+        return AutoencoderOutput(x, indices=indices)
 
 
 def test_load_image_resizes_and_centre_crops(tmp_path):
@@ -98,7 +99,7 @@ def test_evaluate_rejects_non_finite_reconstructions(tmp_path):
 
     class Broken(torch.nn.Module):
         def forward(self, x):
-            return x * float("nan")
+            return AutoencoderOutput(x * float("nan"))
 
     with pytest.raises(FloatingPointError):
         evaluate(Broken(), DataLoader(dataset, batch_size=1))

@@ -18,7 +18,7 @@ def test_tiny_shapes_and_attributes(model):
         z = model.encode(x)
         assert z.shape == (2, 4, 8, 6)
         assert model.decode(z).shape == x.shape
-        assert model(x).shape == x.shape
+        assert model(x).reconstruction.shape == x.shape
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 60, 64), (1, 3, 64, 30)])
@@ -40,19 +40,19 @@ def test_pad_reconstructs_any_size(model):
     x = torch.randn(1, 3, 37, 50)
     with torch.no_grad():
         assert model.encode(x, pad=True).shape == (1, 4, 5, 7)
-        assert model(x, pad=True).shape == x.shape
+        assert model(x, pad=True).reconstruction.shape == x.shape
         tiny = torch.randn(1, 3, 3, 5)  # smaller than the padding: replicate instead of reflect
-        assert model(tiny, pad=True).shape == tiny.shape
+        assert model(tiny, pad=True).reconstruction.shape == tiny.shape
 
 
 def test_slicing_matches_batched(model):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        expected_z, expected = model.encode(x), model(x)
+        expected_z, expected = model.encode(x), model(x).reconstruction
         model.enable_slicing()
         try:
             torch.testing.assert_close(model.encode(x), expected_z, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model(x).reconstruction, expected, rtol=1e-5, atol=1e-5)
         finally:
             model.disable_slicing()
 
@@ -64,7 +64,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     def grads():
         model.zero_grad()
-        model(x).square().mean().backward()
+        model(x).reconstruction.square().mean().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     plain = grads()
@@ -78,20 +78,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_channels_last_matches_contiguous(model):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        expected = model(x)
+        expected = model(x).reconstruction
         cl = DCAE.from_config("tiny").eval()
         cl.load_state_dict(model.state_dict())
         cl = cl.to(memory_format=torch.channels_last)
-        out = cl(x.to(memory_format=torch.channels_last))
+        out = cl(x.to(memory_format=torch.channels_last)).reconstruction
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_autocast_is_close_to_float32(model):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        expected = model(x)
+        expected = model(x).reconstruction
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
+            out = model(x).reconstruction
     assert torch.isfinite(out).all()
     assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
 
@@ -102,9 +102,9 @@ def test_bf16_weights_run(layout):
     model = DCAE.from_config("tiny").eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        expected = model(x)
+        expected = model(x).reconstruction
         model = model.to(torch.bfloat16).to(memory_format=layout)
-        out = model(x.bfloat16().to(memory_format=layout))
+        out = model(x.bfloat16().to(memory_format=layout)).reconstruction
     assert out.dtype == torch.bfloat16
     assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
 

@@ -54,7 +54,7 @@ def test_encode_decode_match_diffusers(saved_pair, reference_ops):
         latent = reference.encode(x).latent
         _assert_rel_close(ours.encode(x), latent)
         _assert_rel_close(ours.decode(latent), reference.decode(latent).sample)
-        _assert_rel_close(ours(x), reference(x).sample)
+        _assert_rel_close(ours(x).reconstruction, reference(x).sample)
 
 
 def test_spatial_compression_matches_diffusers(saved_pair):
@@ -79,13 +79,13 @@ def test_cuda_float32_and_bf16_channels_last_match_diffusers(saved_pair):
         x = torch.randn(2, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
         with torch.no_grad():
             expected = reference(x).sample
-            _assert_rel_close(ours(x), expected)
+            _assert_rel_close(ours(x).reconstruction, expected)
             fast = ours.to(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = fast(x.to(memory_format=torch.channels_last))
+                out = fast(x.to(memory_format=torch.channels_last)).reconstruction
             assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
             half = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 weights: the fused NHWC RMSNorm path
-            out = half(x.to(torch.bfloat16, memory_format=torch.channels_last))
+            out = half(x.to(torch.bfloat16, memory_format=torch.channels_last)).reconstruction
         assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
     finally:
         torch.backends.cudnn.allow_tf32 = previous

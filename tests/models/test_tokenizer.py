@@ -16,17 +16,17 @@ def test_tiny_forward_encode_decode_agree(tiny):
     out = tiny(x)
     f = tiny.spatial_compression
     assert f == 4 and out.reconstruction.shape == x.shape
-    assert out.quantizer.indices.shape == (2, 32 // f, 32 // f)
+    assert out.indices.shape == (2, 32 // f, 32 // f)
     indices = tiny.encode(x)
-    assert torch.equal(indices, out.quantizer.indices)
+    assert torch.equal(indices, out.indices)
     torch.testing.assert_close(tiny.decode_indices(indices), out.reconstruction)
-    assert out.quantizer.loss.ndim == 0 and 0 < float(out.quantizer.usage) <= 1
+    assert out.losses["quantizer"].ndim == 0 and 0 < float(out.stats["codebook_usage"]) <= 1
 
 
 def test_gradients_reach_encoder_codebook_and_decoder(tiny):
     model = IBQTokenizer("tiny")
     out = model(torch.rand(1, 3, 16, 16))
-    (out.reconstruction.abs().mean() + out.quantizer.loss).backward()
+    (out.reconstruction.abs().mean() + out.losses["quantizer"]).backward()
     for name in ("encoder.conv_in.weight", "quant_conv.weight", "quantizer.codebook", "decoder.conv_out.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
