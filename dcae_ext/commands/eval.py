@@ -22,17 +22,18 @@ def add_parser(subparsers):
                         help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
     parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE; default: no tiling)")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
                              "without it rFID is reported unavailable")
     parser.add_argument("--lpips-weights", default=None,
                         help="LPIPS trunk weights (LPIPS or torchvision state dict); without it LPIPS is unavailable")
-    parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"], help="LPIPS trunk")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                        help="where the model runs (default: cuda when visible, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast dtype of the model")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
     return parser
