@@ -368,7 +368,7 @@ class Trainer:
         with self._autocast():
             reconstruction = self.model(images).reconstruction
         path = os.path.join(self.config.out, "images", name or f"reconstruction_{self.step:07d}.png")
-        save_reconstruction_grid(images, reconstruction, path)
+        save_reconstruction_grid(images, reconstruction, path, step=self.step)
         self.callback("image", {"path": path, "step": self.step})
         return path
 
