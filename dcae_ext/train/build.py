@@ -22,8 +22,8 @@ def build_model(config: TrainConfig) -> nn.Module:
             raise ConfigError("init_weights", f"{config.init_weights} does not exist")
         model = load_model_from_path(config.init_weights)
         if not isinstance(model, cls):
-            raise ConfigError("init_weights", f"{config.init_weights} holds a {type(model).__name__}, "
-                                              f"not a {cls.__name__} to train as {config.model}")
+            raise ConfigError("init_weights", f"{config.init_weights} holds a {type(model).__name__}; "
+                                              f"training {config.model} needs a {cls.__name__}")
         return model
     if config.model == "dcae" and config.preset.endswith(".json"):
         if not os.path.isfile(config.preset):

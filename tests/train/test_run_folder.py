@@ -4,7 +4,9 @@ import json
 import os
 
 import pytest
+import torch
 
+from dcae_ext.train.config import ConfigError
 from dcae_ext.train.run_folder import RunExistsError
 from dcae_ext.train.trainer import Trainer
 
@@ -81,3 +83,14 @@ def test_a_broken_metrics_line_before_the_last_is_an_error_naming_it(micro_dcae,
     open(path, "w").write("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="metrics.jsonl: line 2 is not JSON"):
         _trainer(quick_config, micro_dcae, steps=5).train(resume=True)
+
+
+def test_init_weights_takes_a_run_folder_and_refuses_another_model(micro_dcae, micro_ibq, quick_config, tmp_path):
+    first = _trainer(quick_config, micro_dcae, steps=2)
+    first.train()
+    second = Trainer(quick_config(steps=1, out=str(tmp_path / "next"), init_weights=first.config.out),
+                     dataset=SmoothImages())
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="holds a DCAE; training ibq needs a IBQTokenizer"):
+        Trainer(quick_config("ibq", out=str(tmp_path / "ibq"), init_weights=first.config.out), dataset=SmoothImages())
