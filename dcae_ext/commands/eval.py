@@ -100,16 +100,24 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     resolution = args.resolution or None
+    if resolution is None and args.batch_size != 1:
+        raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
+    try:
+        paths = image_paths(args.data, args.limit)
+    except (FileNotFoundError, ValueError) as error:
+        detail = str(error).replace("argument 'data': ", "")
+        raise SystemExit(f"--data {args.data}: {detail}")
     model, kind, pretrained = load_model(args.model, args.config, args.ema)
     factor = model.spatial_compression
     if resolution is not None and resolution % factor:
         raise SystemExit(f"--resolution: {resolution} must be a multiple of the model's spatial factor {factor}")
-    if resolution is None and args.batch_size != 1:
-        raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
     if args.tile is not None:
         if not hasattr(model, "enable_tiling"):
             raise SystemExit(f"--tile: a {kind} has no tiled encode/decode")
-        model.enable_tiling(args.tile)
+        try:
+            model.enable_tiling(args.tile)
+        except ValueError as error:
+            raise SystemExit(f"--tile {args.tile}: {str(error).split(': ', 1)[-1]}")
     if not pretrained:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
@@ -129,7 +137,7 @@ def run(args) -> int:
     for message in notes.values():
         _note(f"note: {message}")
 
-    dataset = EvalImages(image_paths(args.data, args.limit), resolution)
+    dataset = EvalImages(paths, resolution)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         pin_memory=args.device == "cuda")
     keep = max(1, min(4, len(dataset) // 2))

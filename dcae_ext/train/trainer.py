@@ -77,6 +77,8 @@ class Trainer:
         # The model's own losses (AutoencoderOutput.losses) by name; unnamed ones count with weight 1.
         self.aux_loss_weights = {"quantizer": config.quantizer_weight}
         self._setup_precision()
+        if config.lpips_weight > 0 and config.lpips_weights and not os.path.isfile(config.lpips_weights):
+            raise ConfigError("lpips_weights", f"{config.lpips_weights} does not exist")
         self.perceptual = (PerceptualLoss(config.lpips_net, config.lpips_weights).to(self.device)
                            if config.lpips_weight > 0 else None)
         self.discriminator = DiscriminatorLoss(config).to(self.device) if config.gan_weight > 0 else None

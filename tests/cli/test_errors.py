@@ -27,6 +27,8 @@ def _fails(capsys, argv, *expected, status=None):
             main(argv)
         code = caught.value.code
     err = capsys.readouterr().err
+    if isinstance(code, str):  # SystemExit("message"): the interpreter prints it and exits with 1
+        err, code = code, 1
     lines = [line for line in err.splitlines() if line.strip()]
     assert code not in (0, None), err
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -114,3 +116,11 @@ def test_cuda_without_a_gpu_is_one_line(capsys):
     _fails(capsys, ["train", "dcae", "--device", "cuda"], "--device cuda", "no CUDA GPU")
     _fails(capsys, ["reconstruct", "--model", "tiny", "--input", ".", "--out", "o", "--device", "cuda"],
            "--device cuda", "no CUDA GPU")
+
+
+def test_eval_checks_data_and_tile_flags_by_name(tmp_path, capsys, settings):
+    _fails(capsys, ["eval", "--model", "tiny", "--data", str(tmp_path / "none")], "--data", "neither a folder",
+           status=1)
+    _fails(capsys, ["eval", "--model", "tiny", "--tile", "8"], "--tile 8", "use tile >= 16", status=1)
+    _fails(capsys, ["train", "dcae", "--config", settings, "--out", str(tmp_path / "r"), "--lpips-weight", "1",
+                    "--lpips-weights", str(tmp_path / "absent.pth")], "--lpips-weights", "does not exist")
