@@ -130,6 +130,7 @@ def test_eval_command_rejects_a_resolution_off_the_factor(tmp_path):
     pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
     from dcae_ext.cli import main
 
+    _write_images(tmp_path, count=1)
     with pytest.raises(SystemExit, match="multiple"):
         main(["eval", "--model", "tiny", "--data", str(tmp_path), "--resolution", "30"])
 
