@@ -37,7 +37,10 @@ def build_model(config: TrainConfig) -> nn.Module:
     return cls.from_config(config.preset)
 
 
-def check_resolution(config: TrainConfig, model: nn.Module) -> None:
+def check_inputs(config: TrainConfig, model: nn.Module) -> None:
+    """What the config alone cannot tell: the resolution fits the model, given files exist."""
+    if config.lpips_weight > 0 and config.lpips_weights and not os.path.isfile(config.lpips_weights):
+        raise ConfigError("lpips_weights", f"{config.lpips_weights} does not exist")
     factor = model.spatial_compression
     if config.resolution % factor:
         lower = max(factor, config.resolution // factor * factor)

@@ -266,6 +266,12 @@ def make_config(model: str | None = None, phase: int | None = None, file: str | 
         raise
 
 
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """'name old -> new' for every option whose value differs between two to_dict() results."""
+    return [f"{name} {saved[name]!r} -> {value!r}" for name, value in current.items()
+            if name in saved and saved[name] != value]
+
+
 def to_dict(config: TrainConfig) -> dict:
     values = dataclasses.asdict(config)
     values["betas"], values["disc_betas"] = list(config.betas), list(config.disc_betas)

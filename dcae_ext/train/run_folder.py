@@ -53,6 +53,25 @@ def clear_run(out: str) -> list[str]:
     return removed
 
 
+def tidy_out(out: str, overwrite: bool, resumed_step: int | None) -> list[str]:
+    """Before a run starts: delete the earlier run (overwrite), or, for a run resumed at
+    `resumed_step`, remove what a kill left behind. Returns notes saying what was done."""
+    notes = []
+    if overwrite:
+        removed = clear_run(out)
+        if removed:
+            notes.append(f"--overwrite: deleted {', '.join(removed)} from {out}")
+    if resumed_step is not None:
+        stale = remove_stale_temporaries(out)
+        if stale:
+            notes.append(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
+                         f"{', '.join(stale)}")
+        torn = trim_metrics(out, resumed_step)
+        if torn:
+            notes.append(torn)
+    return notes
+
+
 def remove_stale_temporaries(out: str) -> list[str]:
     """Delete the temporary files of checkpoint writes that were killed midway."""
     paths = stale_temporary_files(os.path.join(out, CHECKPOINT_NAME))

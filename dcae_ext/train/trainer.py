@@ -26,10 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dcae_ext.train import distributed
-from dcae_ext.train.build import (apply_trainable, build_model, check_resolution, last_decoder_weight,
+from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
                                   set_frozen_modules_to_eval)
 from dcae_ext.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
-from dcae_ext.train.config import ConfigError, TrainConfig, save_config, to_dict
+from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, save_config, to_dict
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
@@ -37,8 +37,7 @@ from dcae_ext.models.perceptual import PerceptualLoss
 from dcae_ext.train.losses import (LeCAM, adaptive_gan_weight, hinge_discriminator_loss,
                                    hinge_generator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
-from dcae_ext.train.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_out, clear_run,
-                                       remove_stale_temporaries, trim_metrics)
+from dcae_ext.train.run_folder import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_out, tidy_out
 
 
 class DiscriminatorLoss(nn.Module):
@@ -70,15 +69,13 @@ class Trainer:
         self.device = self.context.device
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = (model if model is not None else build_model(config)).to(self.device)
-        check_resolution(config, self.model)
+        check_inputs(config, self.model)
         self.trainable_names = apply_trainable(self.model, config.trainable, config.frozen)
         if hasattr(self.model, "set_gradient_checkpointing"):
             self.model.set_gradient_checkpointing(config.grad_checkpointing)
         # The model's own losses (AutoencoderOutput.losses) by name; unnamed ones count with weight 1.
         self.aux_loss_weights = {"quantizer": config.quantizer_weight}
         self._setup_precision()
-        if config.lpips_weight > 0 and config.lpips_weights and not os.path.isfile(config.lpips_weights):
-            raise ConfigError("lpips_weights", f"{config.lpips_weights} does not exist")
         self.perceptual = (PerceptualLoss(config.lpips_net, config.lpips_weights).to(self.device)
                            if config.lpips_weight > 0 else None)
         self.discriminator = DiscriminatorLoss(config).to(self.device) if config.gan_weight > 0 else None
@@ -313,8 +310,7 @@ class Trainer:
             self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
             return False
         state = load_checkpoint(path, map_location=self.device)
-        changed = [f"{name} {state['config'][name]!r} -> {value!r}" for name, value in to_dict(self.config).items()
-                   if name in state["config"] and state["config"][name] != value]
+        changed = changed_settings(state["config"], to_dict(self.config))
         if changed:
             self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})
         if state.get("world_size", 1) * state["config"]["batch_size"] != \
@@ -342,23 +338,11 @@ class Trainer:
 
     def _prepare_out(self, resume: bool, overwrite: bool) -> None:
         """Refuse to mix a new run into an earlier one; clear it (overwrite) or tidy it for a resume."""
-        out = self.config.out
-        check_out(out, resume, overwrite, flags=False)
+        check_out(self.config.out, resume, overwrite, flags=False)
         if resume:
             self.resume()
-        if not self.context.is_main:
-            return
-        if overwrite:
-            removed = clear_run(out)
-            if removed:
-                self.callback("warning", {"message": f"--overwrite: deleted {', '.join(removed)} from {out}"})
-        if resume:
-            stale = remove_stale_temporaries(out)
-            if stale:
-                self.callback("warning", {"message": f"removed {len(stale)} temporary file(s) of an interrupted "
-                                                     f"checkpoint write: {', '.join(stale)}"})
-            note = trim_metrics(out, self.step)
-            if note:
+        if self.context.is_main:
+            for note in tidy_out(self.config.out, overwrite, self.step if resume else None):
                 self.callback("warning", {"message": note})
 
     @torch.no_grad()
