@@ -46,7 +46,7 @@ def add_option(parser: argparse.ArgumentParser, name: str) -> None:
     spec = FIELDS[name]
     kind, _ = value_type(name)
     flag = "--" + name.replace("_", "-")
-    help_text = spec.metadata["help"]
+    help_text = spec.metadata.get("help", "")
     if "default" not in help_text:
         help_text += f" ({_default_text(name)})"
     kwargs = dict(dest=name, default=None, help=help_text)
@@ -58,7 +58,7 @@ def add_option(parser: argparse.ArgumentParser, name: str) -> None:
         kwargs.update(nargs="+", metavar="PATTERN")
     else:
         kwargs["type"] = kind
-        if spec.metadata["choices"] is not None:
+        if spec.metadata.get("choices") is not None:
             kwargs["choices"] = spec.metadata["choices"]
     parser.add_argument(flag, **kwargs)
 

@@ -110,7 +110,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         for spec in dataclasses.fields(self):
-            value, choices, minimum = getattr(self, spec.name), spec.metadata["choices"], spec.metadata["minimum"]
+            value, choices, minimum = getattr(self, spec.name), spec.metadata.get("choices"), spec.metadata.get("minimum")
             if choices is not None and value not in choices:
                 raise ConfigError(spec.name, f"expected one of {', '.join(map(str, choices))}; got {value!r}")
             if minimum is not None and value is not None and value < minimum:
@@ -146,9 +146,15 @@ def value_type(name: str) -> tuple[type, bool]:
     return hint, False
 
 
+WANTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          tuple: "a list of numbers", list: "a list of strings"}
+
+
 def coerce(name: str, value):
     """`value` as the type of field `name` (numbers written as strings become numbers), or ConfigError."""
     kind, optional = value_type(name)
+    if kind not in WANTED:
+        return value
     if value is None:
         if optional:
             return None
@@ -179,8 +185,7 @@ def coerce(name: str, value):
                 return list(value)
     except (TypeError, ValueError):
         pass
-    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-              tuple: "a list of numbers", list: "a list of strings"}[kind]
+    wanted = WANTED[kind]
     raise ConfigError(name, f"expected {wanted}{' or null' if optional else ''}, got {value!r}")
 
 
