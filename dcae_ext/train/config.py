@@ -232,6 +232,7 @@ def read_config_file(path: str) -> dict:
 
 
 def _checked(values: dict, source: str | None) -> dict:
+    values = {str(name).replace("-", "_"): value for name, value in values.items()}  # flag spelling is fine too
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown config option; known: {', '.join(FIELDS)}", source)

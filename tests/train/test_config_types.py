@@ -15,7 +15,7 @@ def _yaml(tmp_path, text, name="run.yaml"):
 
 def test_yaml_numbers_written_as_strings_become_numbers(tmp_path):
     # YAML 1.1 reads 1e-4 (no dot) as a string.
-    config = make_config("dcae", file=_yaml(tmp_path, "lr: 1e-4\nsteps: '20'\ngrad_checkpointing: 'yes'\n"
+    config = make_config("dcae", file=_yaml(tmp_path, "lr: 1e-4\nsteps: '20'\ngrad-checkpointing: 'yes'\n"
                                                       "frozen: decoder.*\ndisc_lr: null\nbetas: [0.5, '0.9']\n"))
     assert config.lr == 1e-4 and isinstance(config.lr, float)
     assert config.steps == 20 and isinstance(config.steps, int)
