@@ -32,7 +32,8 @@ def model_from_training_checkpoint(state: dict, source: str, ema: bool = False) 
     model = classes[state["model_class"]].from_config(state["model_config"])
     if ema:
         if "ema" not in state:
-            raise ValueError(f"{source}: the run kept no EMA weights (ema_decay 0); load without ema=True")
+            raise ValueError(f"{source}: the run kept no EMA weights (ema_decay 0); load its live weights "
+                             "(without --ema / ema=True)")
         weights = state["ema"]["model"]
     else:
         weights = state["model"]
