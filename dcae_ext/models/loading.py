@@ -82,7 +82,7 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
         if is_training_checkpoint(state):
             return _finish(model_from_training_checkpoint(state, str(path), ema=ema), torch_dtype)
     if ema:
-        raise ValueError(f"argument 'ema': {path} is not a training checkpoint, so it holds no EMA weights")
+        raise ValueError(f"ema=True (--ema): {path} is not a training run or checkpoint, so it holds no EMA weights")
     from dcae_ext.models.dcae import DCAE
 
     return DCAE.from_pretrained(path, config=config, torch_dtype=torch_dtype)
