@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcae_ext.models.torch_files import safe_torch_load
+from dcae_ext.models.files import safe_torch_load
 
 TRAINING_CHECKPOINT = "checkpoint.pt"
 

@@ -10,7 +10,6 @@ projection conv (C, inner', 1, 1) becomes the Linear-shaped to_out (C, inner').
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn as nn
 
 from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
 from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
-from dcae_ext.models.torch_files import safe_torch_load
+from dcae_ext.models.files import atomic_write, safe_torch_load
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 EFFICIENTVIT_WEIGHTS = "model.safetensors"
@@ -231,16 +230,6 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
 
 # --- saving ---------------------------------------------------------------------------------------
 
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
     from safetensors.torch import save_file
 
@@ -258,5 +247,5 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
         if model_name is not None:
             meta["model_name"] = model_name
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    _atomic_write(directory / weights_name, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_FILE, lambda f: f.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / weights_name, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))

@@ -6,30 +6,20 @@ from __future__ import annotations
 import glob
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
-from dcae_ext.models.torch_files import safe_torch_load
+from dcae_ext.models.files import atomic_write, safe_torch_load
 
 
 def atomic_save(obj, path: str, save=torch.save) -> None:
-    """Write `obj` to `path` through a temporary file in the same folder, fsync, then os.replace:
-    readers see either the old file or the complete new one, never a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    """`save(obj, stream)` into `path` atomically (see models.files.atomic_write)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as stream:
             save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def stale_temporary_files(path: str) -> list[str]:

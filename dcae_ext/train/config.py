@@ -285,6 +285,10 @@ def to_dict(config: TrainConfig) -> dict:
 
 
 def save_config(config: TrainConfig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as stream:
-        json.dump(to_dict(config), stream, indent=2)
+    from dcae_ext.models.files import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as stream:
+            json.dump(to_dict(config), stream, indent=2)
+
+    atomic_write(path, write)

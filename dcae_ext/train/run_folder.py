@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+from dcae_ext.models.files import atomic_write
 from dcae_ext.train.checkpoint import stale_temporary_files
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -100,8 +101,9 @@ def trim_metrics(out: str, last_step: int) -> str | None:
             continue
         if row.get("step", 0) <= last_step:
             kept.append(line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as stream:
-        stream.writelines(kept)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as stream:
+            stream.writelines(kept)
+
+    atomic_write(path, write)
     return note

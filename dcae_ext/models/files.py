@@ -1,6 +1,8 @@
-"""Reading torch-pickled files (.pt checkpoints) without running code from them.
+"""Model and checkpoint files: atomic writes, and reading torch-pickled files without running code.
 
-Every load goes through `torch.load(weights_only=True)`: only tensors and plain values (numbers,
+`atomic_write` writes through a temporary file in the same folder, fsyncs it, then renames it over
+the target: readers see the old file or the complete new one, never a partial one. Every load of a
+torch file goes through `torch.load(weights_only=True)`: only tensors and plain values (numbers,
 strings, lists, tuples, dicts) are accepted, so a crafted pickle cannot execute anything. Errors
 name the file and say what is wrong with it (empty, truncated, or holding arbitrary objects).
 """
@@ -8,13 +10,34 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import zipfile
+from typing import Callable
 
 import torch
 
 
 class UnreadableFileError(ValueError):
     """A model or checkpoint file that cannot be read (empty, truncated, corrupt, or unsafe)."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp_path)` writes the content; then fsync and os.replace onto `path`. On any failure
+    (a kill included) the temporary file is removed, or, after a kill -9, left as `.NAME.*.tmp`."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
