@@ -82,3 +82,15 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     set_rng_state(torch.load(path, weights_only=True))
     actual = (random.random(), np.random.normal(), np.random.rand(), torch.rand(2))
     assert expected[:3] == actual[:3] and torch.equal(expected[3], actual[3])
+
+
+@pytest.mark.cuda
+def test_cuda_checkpoint_holds_the_cuda_rng_and_resumes(micro_dcae, quick_config):
+    config = quick_config(steps=3, device="cuda", checkpoint_every=1)
+    first = Trainer(config, model=micro_dcae(), dataset=SmoothImages())
+    first.train(until=2)
+    state = torch.load(first.checkpoint_path, weights_only=True)
+    assert len(state["rng"]["cuda"]) == torch.cuda.device_count()
+    resumed = Trainer(config, model=micro_dcae(), dataset=SmoothImages())
+    resumed.train(resume=True)  # the checkpoint maps onto the GPU; RNG states go back to the CPU
+    assert resumed.step == 3
