@@ -47,7 +47,7 @@ def _read_json(file: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _is_run_config(data: dict) -> bool:
+def is_run_config(data: dict) -> bool:
     """The config.json a training run writes next to its checkpoint (a TrainConfig)."""
     return "batch_size" in data and "steps" in data and "model" in data
 
@@ -67,9 +67,9 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
     if path.is_dir():
         config_file = path / "config.json"
         data = _read_json(config_file) if config_file.is_file() else {}
-        if (path / TRAINING_CHECKPOINT).is_file() and (_is_run_config(data) or not data):
+        if (path / TRAINING_CHECKPOINT).is_file() and (is_run_config(data) or not data):
             return load_model_from_path(path / TRAINING_CHECKPOINT, ema=ema, torch_dtype=torch_dtype)
-        if _is_run_config(data):
+        if is_run_config(data):
             raise FileNotFoundError(f"{path} holds a training run's config.json but no {TRAINING_CHECKPOINT}; "
                                     f"its exported weights are in {path / 'model'} once the run finished")
         if data.get("_class_name") == "IBQTokenizer":

@@ -19,6 +19,7 @@ import torch.nn as nn
 from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
 from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
 from dcae_ext.models.files import atomic_write, safe_torch_load
+from dcae_ext.models.loading import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 EFFICIENTVIT_WEIGHTS = "model.safetensors"
@@ -183,7 +184,7 @@ def _describe_config(data: dict) -> str:
     """What a config.json that is not a DC-AE one holds, and what loads it."""
     if data.get("_class_name") == "IBQTokenizer":
         return "it holds an IBQ tokenizer; load it with IBQTokenizer.from_pretrained or load_model_from_path"
-    if "batch_size" in data and "steps" in data:
+    if is_run_config(data):
         return ("it holds a training run's settings; load the run's checkpoint.pt with load_model_from_path, "
                 "or the exported weights in its model/ folder")
     if data.get("_class_name"):

@@ -6,9 +6,10 @@ import os
 import shutil
 
 from dcae_ext.models.files import atomic_write
+from dcae_ext.models.loading import TRAINING_CHECKPOINT
 from dcae_ext.train.checkpoint import stale_temporary_files
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = TRAINING_CHECKPOINT
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
 # What a run that trained leaves behind (a config.json alone is a run that never took a step).
