@@ -79,7 +79,7 @@ def add_parser(subparsers):
     return parser
 
 
-def progress_callback(total_hint: int | None = None, stream=None):
+def progress_callback(stream=None):
     """A trainer callback drawing a tqdm bar and writing warnings/checkpoints above it
     (on sys.stderr as it is when the callback is made, unless `stream` is given)."""
     from tqdm import tqdm
@@ -143,7 +143,8 @@ def run(args) -> int:
         config = make_run_config(args, given)
         trainer = Trainer(config, callback=progress_callback() if main_rank else None)
     except ConfigError as error:
-        raise ValueError(_flag_message(error, given)) from None
+        flags = dict(given, config=args.config) if args.config else given
+        raise ValueError(_flag_message(error, flags)) from None
     metrics = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if main_rank:
         terms = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss") or k == "codebook_usage")
