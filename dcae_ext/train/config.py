@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -109,8 +110,13 @@ class TrainConfig:
     sync_batchnorm: bool = option(True, "DDP on CUDA: BatchNorm statistics over all ranks")
 
     def validate(self) -> "TrainConfig":
+        """Coerce every field to its type, then check allowed values and bounds (ConfigError)."""
         for spec in dataclasses.fields(self):
-            value, choices, minimum = getattr(self, spec.name), spec.metadata.get("choices"), spec.metadata.get("minimum")
+            value = coerce(spec.name, getattr(self, spec.name))
+            setattr(self, spec.name, value)
+            choices, minimum = spec.metadata.get("choices"), spec.metadata.get("minimum")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(spec.name, f"expected a finite number, got {value!r}")
             if choices is not None and value not in choices:
                 raise ConfigError(spec.name, f"expected one of {', '.join(map(str, choices))}; got {value!r}")
             if minimum is not None and value is not None and value < minimum:

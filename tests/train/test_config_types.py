@@ -25,7 +25,8 @@ def test_yaml_numbers_written_as_strings_become_numbers(tmp_path):
 @pytest.mark.parametrize("text,option", [("lr: fast\n", "lr"), ("steps: 1.5\n", "steps"), ("preset: 3\n", "preset"),
                                          ("pin_memory: maybe\n", "pin_memory"), ("steps: null\n", "steps"),
                                          ("log_every: 0\n", "log_every"), ("device: cdua\n", "device"),
-                                         ("betas: [0.9]\n", "betas"), ("learning_rate: 1\n", "learning_rate")])
+                                         ("betas: [0.9]\n", "betas"), ("learning_rate: 1\n", "learning_rate"),
+                                         ("lr: .inf\n", "lr"), ("grad_clip: nan\n", "grad_clip")])
 def test_bad_values_from_a_file_name_the_file_and_the_option(tmp_path, text, option):
     path = _yaml(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
@@ -62,3 +63,10 @@ def test_every_field_has_help_and_a_flag():
     assert (args.batch_size, args.betas, args.pin_memory, args.trainable) == (3, [0.1, 0.2], False, ["a.*", "b.*"])
     assert args.grad_checkpointing is True and args.lr is None  # unset flags stay None: the recipe decides
     assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_a_config_built_directly_is_coerced_and_checked_too():
+    config = TrainConfig(lr="1e-4", steps="3").validate()
+    assert config.lr == 1e-4 and config.steps == 3
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        TrainConfig(batch_size="many").validate()
