@@ -95,6 +95,19 @@ def is_official_layout(state: dict) -> bool:
     return OFFICIAL_CODEBOOK in state
 
 
+def is_official_ibq_file(path: str | os.PathLike) -> bool:
+    """A Lightning .ckpt, or a .safetensors file holding the official codebook key (read lazily)."""
+    path = os.fspath(path)
+    if path.endswith(".ckpt"):
+        return True
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            return OFFICIAL_CODEBOOK in handle.keys()
+    return False
+
+
 def _ema_key(name: str) -> str:
     return "model_ema." + name.replace(".", "")
 

@@ -45,7 +45,7 @@ def run_demo(out: str = "demo_out", dcae_steps: int = 300, ibq_steps: int = 300,
         for config in demo_configs(out, dcae_steps, ibq_steps, resolution, batch_size, device):
             start = time.perf_counter()
             trainer = Trainer(config, callback=callback)
-            metrics = trainer.train()
+            metrics = trainer.train(overwrite=True)  # a rerun of the demo replaces its own outputs
             results[config.model] = {"out": config.out, "metrics": metrics,
                                      "seconds": time.perf_counter() - start}
     finally:

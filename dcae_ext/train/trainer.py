@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dcae_ext.train import distributed
-from dcae_ext.train.build import apply_trainable, build_model, last_decoder_weight, set_frozen_modules_to_eval
+from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
+                                  set_frozen_modules_to_eval)
 from dcae_ext.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
-from dcae_ext.train.config import TrainConfig, save_config, to_dict
+from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, save_config, to_dict
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
@@ -38,8 +39,7 @@ from dcae_ext.models.perceptual import PerceptualLoss
 from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight, at_least_float32,
                                    hinge_discriminator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
-
-CHECKPOINT_NAME = "checkpoint.pt"
+from dcae_ext.train.run_folder import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_out, tidy_out
 
 
 class DiscriminatorLoss(nn.Module):
@@ -76,6 +76,7 @@ class Trainer:
         self.device = self.context.device
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = (model if model is not None else build_model(config)).to(self.device)
+        check_inputs(config, self.model)
         self.trainable_names = apply_trainable(self.model, config.trainable, config.frozen)
         if hasattr(self.model, "set_gradient_checkpointing"):
             self.model.set_gradient_checkpointing(config.grad_checkpointing)
@@ -92,7 +93,7 @@ class Trainer:
         self._wrap_ddp()
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self._setup_optimisers()
-        self.dataset = dataset if dataset is not None else build_dataset(config.data, config.resolution, config.seed)
+        self.dataset = dataset if dataset is not None else self._build_dataset()
         self.sampler = ResumableSampler(self.dataset, self.context.world_size, self.context.rank, config.seed)
         count = min(8, len(self.dataset))
         self.preview = torch.stack([self.dataset[i] for i in range(count)])
@@ -101,6 +102,12 @@ class Trainer:
         self.skipped_disc_steps = 0
 
     # --- setup ----------------------------------------------------------------------------------
+
+    def _build_dataset(self):
+        try:
+            return build_dataset(self.config.data, self.config.resolution, self.config.seed)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError("data", str(error).replace("argument 'data': ", "")) from None
 
     def _setup_precision(self) -> None:
         precision = self.config.precision
@@ -277,7 +284,8 @@ class Trainer:
                  "skipped_disc_steps": self.skipped_disc_steps, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
-                 "world_size": self.context.world_size}
+                 "world_size": self.context.world_size, "model_class": type(self.model).__name__,
+                 "model_config": self.model.config.to_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.discriminator is not None:
@@ -319,6 +327,9 @@ class Trainer:
             self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
             return False
         state = load_checkpoint(path, map_location=self.device)
+        changed = changed_settings(state["config"], to_dict(self.config))
+        if changed:
+            self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})
         if state.get("world_size", 1) * state["config"]["batch_size"] != \
                 self.context.world_size * self.config.batch_size:
             self.callback("warning", {"message": "resuming with a different global batch size: the data "
@@ -339,17 +350,17 @@ class Trainer:
 
     def _write_metrics(self, row: dict) -> None:
         if self.context.is_main:
-            with open(os.path.join(self.config.out, "metrics.jsonl"), "a") as stream:
+            with open(os.path.join(self.config.out, METRICS_NAME), "a") as stream:
                 stream.write(json.dumps(row) + "\n")
 
-    def _truncate_metrics(self) -> None:
-        """After a resume, drop logged rows past the checkpoint so the file reads as one run."""
-        path = os.path.join(self.config.out, "metrics.jsonl")
-        if self.context.is_main and os.path.isfile(path):
-            with open(path) as stream:
-                rows = [line for line in stream if line.strip() and json.loads(line)["step"] <= self.step]
-            with open(path, "w") as stream:
-                stream.writelines(rows)
+    def _prepare_out(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix a new run into an earlier one; clear it (overwrite) or tidy it for a resume."""
+        check_out(self.config.out, resume, overwrite, flags=False)
+        if resume:
+            self.resume()
+        if self.context.is_main:
+            for note in tidy_out(self.config.out, overwrite, self.step if resume else None):
+                self.callback("warning", {"message": note})
 
     @torch.no_grad()
     def save_preview(self, name: str | None = None) -> str | None:
@@ -360,20 +371,29 @@ class Trainer:
         with self._autocast():
             reconstruction = self.model(images).reconstruction
         path = os.path.join(self.config.out, "images", name or f"reconstruction_{self.step:07d}.png")
-        save_reconstruction_grid(images, reconstruction, path)
+        save_reconstruction_grid(images, reconstruction, path, step=self.step)
         self.callback("image", {"path": path, "step": self.step})
         return path
 
-    def train(self, resume: bool = False, until: int | None = None) -> dict:
+    def train(self, resume: bool = False, until: int | None = None, overwrite: bool = False) -> dict:
         """Run to `config.steps` (or stop early at step `until`, checkpointing there, as a killed
-        run would have). Returns the last logged metrics."""
+        run would have). A folder holding a run is refused unless `resume` (continue it from its
+        checkpoint) or `overwrite` (delete it first). Returns the last logged metrics."""
         config = self.config
+        self._prepare_out(resume, overwrite)
         os.makedirs(config.out, exist_ok=True)
-        if resume:
-            self.resume()
-            self._truncate_metrics()
+        config_path = os.path.join(config.out, CONFIG_NAME)
         if self.context.is_main:
-            save_config(config, os.path.join(config.out, "config.json"))
+            save_config(config, config_path)
+        try:
+            return self._run(until)
+        except BaseException:
+            if self.step == 0 and self.context.is_main and os.path.isfile(config_path):
+                os.unlink(config_path)  # a run that never took a step leaves nothing behind
+            raise
+
+    def _run(self, until: int | None) -> dict:
+        config = self.config
         stop = min(config.steps, until) if until is not None else config.steps
         self.callback("start", {"step": self.step, "steps": config.steps, "trainable": len(self.trainable_names),
                                 "device": str(self.device), "precision": self.precision})

@@ -141,3 +141,17 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         IBQTokenizer.from_pretrained(bad)
     with pytest.raises(FileNotFoundError, match="'path'"):
         IBQTokenizer.from_pretrained(tmp_path / "missing")
+
+
+def test_load_model_from_path_reads_official_checkpoints(reference, images, tmp_path):
+    """What `dcae-ext eval/reconstruct --model FILE` use: the .ckpt (live or --ema weights) and a
+    safetensors export are recognised as official IBQ checkpoints."""
+    from dcae_ext.models.loading import load_model_from_path
+
+    official.lightning_checkpoint(reference, tmp_path / "run.ckpt", ema_shift=0.0)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "export.safetensors"))
+    for path, ema in ((tmp_path / "run.ckpt", False), (tmp_path / "run.ckpt", True),
+                      (tmp_path / "export.safetensors", False)):
+        model = load_model_from_path(path, ema=ema)
+        assert isinstance(model, IBQTokenizer) and not model.training
+        _assert_same(model, reference, images)

@@ -11,7 +11,7 @@ import seed_voken_ibq as official
 from dcae_ext.models import IBQTokenizer
 from dcae_ext.models.tokenizer import IBQConfig
 from dcae_ext.models.vqgan import VQGANConfig
-from dcae_ext.train.config import RECIPES, make_config
+from dcae_ext.train.config import NAMED_CONFIGS, make_config
 from dcae_ext.train.losses import hinge_discriminator_loss, non_saturating_generator_loss
 from dcae_ext.train.trainer import Trainer, lr_factor
 
@@ -128,10 +128,10 @@ def test_paper_recipe_is_the_official_config():
     assert (config.lr, config.betas, config.disc_betas, config.weight_decay) == (1e-4, (0.5, 0.9), (0.5, 0.9), 0.0)
     assert (config.gan_weight, config.lecam_weight, config.adaptive_gan_weight, config.disc_start) == \
         (0.1, 0.05, False, 0)
-    assert (config.steps, config.lr_drop_steps) == (330 * epoch, [250 * epoch, 300 * epoch])
+    assert (config.steps, config.lr_drop_steps) == (330 * epoch, (250 * epoch, 300 * epoch))
     assert not config.sync_batchnorm  # Lightning leaves the discriminator's BatchNorm per process
     factors = [lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio, config.lr_schedule,
                          config.lr_drop_steps, config.lr_drop_rate) for step in (0, 250 * epoch - 1, 250 * epoch,
                                                                                  300 * epoch, config.steps - 1)]
     assert factors == pytest.approx([1.0, 1.0, 0.1, 0.01, 0.01])
-    assert set(RECIPES) == {"ibq-paper-16384", "ibq-paper-262144"}
+    assert set(NAMED_CONFIGS) == {"ibq-paper-16384", "ibq-paper-262144"}
