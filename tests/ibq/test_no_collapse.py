@@ -10,7 +10,6 @@ the codebook, perplexity 191 / 158; the same model with the official N(0, 1) cod
 above the collapsed ones.
 """
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from dcae_ext.eval.evaluate import evaluate
@@ -23,16 +22,8 @@ MIN_USAGE = 0.45
 MIN_PERPLEXITY = 80.0
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny layers: one thread is faster, far faster on a shared CPU
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow
-def test_tiny_ibq_uses_its_codebook_over_the_embedded_images(one_thread, tmp_path):
+def test_tiny_ibq_uses_its_codebook_over_the_embedded_images(tmp_path):
     config = make_config("ibq", preset="tiny", steps=200, batch_size=8, resolution=32, lr=1e-3, warmup_steps=20,
                          seed=0, device="cpu", num_workers=0, lpips_weight=0.0, gan_weight=0.0, ema_decay=0.0,
                          log_every=200, checkpoint_every=0, image_every=0, out=str(tmp_path))
