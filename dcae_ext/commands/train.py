@@ -52,8 +52,11 @@ def add_option(parser: argparse.ArgumentParser, name: str) -> None:
     kwargs = dict(dest=name, default=None, help=help_text)
     if kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
-    elif kind is tuple:
-        kwargs.update(type=float, nargs=2, metavar=("B1", "B2"))
+    elif kind is tuple and spec.default:  # fixed length (betas)
+        count = len(spec.default)
+        kwargs.update(type=float, nargs=count, metavar=tuple(f"B{i + 1}" for i in range(count)))
+    elif kind is tuple:  # any length (lr_drop_steps)
+        kwargs.update(type=float, nargs="*", metavar="N")
     elif kind is list:
         kwargs.update(nargs="+", metavar="PATTERN")
     else:
