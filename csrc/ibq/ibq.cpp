@@ -12,21 +12,22 @@
 //   P = exp(l - m_new); soft = soft * exp(m_old - m_new) [in the epilogue] + P C_t    (flash-attention style)
 // Forward with entropy (2 passes, 3 GEMMs; entropy alone: 2): pass 1 as above without P C_t,
 //   plus sum exp((l - m) / T). Pass 2 recomputes logits; epilogue writes p = softmax(l / T) over
-//   the slab and s = softmax(l) beside it, accumulating per row H_n = -sum p log(p + eps) and
-//   sum p^2/(p + eps); then pbar_t = column mean of p (complete: the slab holds every row),
+//   the slab and s = softmax(l) beside it, accumulating per row H_n = -sum p log p (exact);
+//   then pbar_t = column mean of p (complete: the slab holds every row),
 //   b_t = log(pbar + eps) + pbar / (pbar + eps), row term r_n += p b_t (GEMV), soft += s C_t.
 // Saved for backward, all O((N + K) D): idx, row stats (max, lse, log-sum at T, the entropy's
-//   softmax-backward row term c_n = (H_n - sum p^2/(p+eps) + r_n) / N), soft = s @ C (N x D),
+//   softmax-backward row term c_n = (H_n + r_n) / N), soft = s @ C (N x D),
 //   b (K).
 // Backward (1 pass, recomputes logits): logits = z C_t^T, g = G C_t^T, one fused d(logits)
 //   dL = s (g - D_n) + (gE / T) p (h - c_n),  D_n = G_n . soft_n,  h = (a + b) / N,
-//   a = -(log(p + eps) + p / (p + eps)); then dz += dL C_t and dC_t = dL^T z; finally G is
+//   a = -log p; then dz += dL C_t and dC_t = dL^T z; finally G is
 //   scattered into the rows idx of dC. 4 GEMMs (3 without the quantize gradient).
 // Total: quantize 6 GEMMs (the DESIGN floor), quantize + entropy 7, entropy alone 5.
 #include "ibq/ibq.h"
 
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
 
 #include "common/checks.h"
@@ -50,7 +51,9 @@ void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double te
   DCAE_CHECK_ARG(z.size(1) == codebook.size(1), "codebook", "dimension ", codebook.size(1),
                  " does not match z's dimension ", z.size(1));
   DCAE_CHECK_ARG(codebook.size(0) >= 1, "codebook", "needs at least one code");
-  DCAE_CHECK_ARG(temperature > 0, "temperature", "must be > 0, got ", temperature);
+  DCAE_CHECK_ARG(z.size(1) >= 1, "z", "needs a last dimension D >= 1, got shape ", z.sizes());
+  DCAE_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
+                 "must be a finite number > 0, got ", temperature);
 }
 
 int64_t pick_codes_per_tile(int64_t rows, int64_t codes, int64_t requested, int64_t budget_bytes,
@@ -148,7 +151,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (entropy) {
       row_stats.select(1, kRowLogSumT).copy_(sum_exp_t.log());
       at::Tensor row_entropy = at::zeros({N}, acc_opts);
-      at::Tensor row_sq = at::zeros({N}, acc_opts);
       at::Tensor row_dot_b = at::zeros({N}, acc_opts);
       at::Tensor mean_probs = at::empty({K}, acc_opts);
       for (int64_t k0 = 0; k0 < K; k0 += kt_max) {
@@ -161,7 +163,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         args.inv_temperature = 1.0 / temperature;
         args.row_stats = row_stats;
         args.row_entropy = row_entropy;
-        args.row_sq = row_sq;
         if (quantize) args.probs = slab_view(probs_buf, N, kt);
         epi.entropy(args);  // logits now hold p = softmax(l / T)
         at::Tensor mean_tile = mean_probs.narrow(0, k0, kt);
@@ -172,11 +173,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       }
       const at::Tensor mean_entropy = -(mean_probs * (mean_probs + kIbqEntropyEps).log()).sum();
       loss = row_entropy.mean() - mean_entropy;
-      row_stats.select(1, kRowEntropyCoef).copy_((row_entropy - row_sq + row_dot_b) / static_cast<double>(N));
+      row_stats.select(1, kRowEntropyCoef).copy_((row_entropy + row_dot_b) / static_cast<double>(N));
       code_coef = code_coefficients(mean_probs);
     }
   }
+  // A row whose softmax is undefined (a NaN or +inf logit, or every logit -inf) gets a NaN
+  // z_q, as the straight-through hard - s + s of the reference does.
   at::Tensor z_q = codebook.index_select(0, idx);
+  if (N > 0) {
+    const at::Tensor undefined_rows = row_stats.select(1, kRowLse).isfinite().logical_not().unsqueeze(1);
+    z_q.masked_fill_(undefined_rows, std::numeric_limits<double>::quiet_NaN());
+  }
   return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft, code_coef};
 }
 
@@ -192,21 +199,31 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward_driver(
   const at::ScalarType acc = acc_dtype(z.scalar_type());
   const at::ScalarType compute = epi.compute_dtype(z.scalar_type());
   const auto acc_opts = z.options().dtype(acc);
+  // The saved tensors and the incoming gradients come from the forward and autograd; a direct
+  // torch.ops caller can pass anything, so every one is checked like the forward's inputs.
+  DCAE_CHECK_SAME_DEVICE(z, "z", idx, "idx");
   DCAE_CHECK_ARG(idx.dim() == 1 && idx.size(0) == N && idx.scalar_type() == at::kLong, "idx",
                  "expected an int64 tensor of shape (", N, "), got ", idx.sizes(), " ", idx.scalar_type());
+  DCAE_CHECK_SAME_DEVICE(z, "z", row_stats, "row_stats");
   DCAE_CHECK_ARG(row_stats.dim() == 2 && row_stats.size(0) == N && row_stats.size(1) == kRowStatCount &&
                      row_stats.scalar_type() == acc, "row_stats", "expected (", N, ", ", kRowStatCount,
                  ") ", acc, ", got ", row_stats.sizes(), " ", row_stats.scalar_type());
   if (has_q) {
+    DCAE_CHECK_SAME_DEVICE(z, "z", *grad_z_q, "grad_z_q");
+    DCAE_CHECK_SAME_DTYPE(z, "z", *grad_z_q, "grad_z_q");
     DCAE_CHECK_ARG(grad_z_q->sizes() == z.sizes(), "grad_z_q", "expected shape ", z.sizes(), ", got ",
                    grad_z_q->sizes());
+    DCAE_CHECK_SAME_DEVICE(z, "z", soft_codes, "soft_codes");
     DCAE_CHECK_ARG(soft_codes.dim() == 2 && soft_codes.size(0) == N && soft_codes.size(1) == D &&
                        soft_codes.scalar_type() == acc, "soft_codes", "expected (", N, ", ", D, ") ",
                    acc, ", got ", soft_codes.sizes(), " ", soft_codes.scalar_type());
   }
   if (has_e) {
+    DCAE_CHECK_SAME_DEVICE(z, "z", *grad_entropy, "grad_entropy");
+    DCAE_CHECK_FLOATING(*grad_entropy, "grad_entropy");
     DCAE_CHECK_ARG(grad_entropy->numel() == 1, "grad_entropy", "expected one element, got ",
                    grad_entropy->sizes());
+    DCAE_CHECK_SAME_DEVICE(z, "z", code_coef, "code_coef");
     DCAE_CHECK_ARG(code_coef.dim() == 1 && code_coef.size(0) == K && code_coef.scalar_type() == acc,
                    "code_coef", "expected (", K, ") ", acc, " (forward run with entropy), got ",
                    code_coef.sizes(), " ", code_coef.scalar_type());

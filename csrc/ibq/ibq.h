@@ -11,18 +11,21 @@
 
 namespace dcae_ext {
 
-constexpr double kIbqEntropyEps = 1e-5;  // H(p) = -sum p log(p + eps)
+// eps of the codebook-mean entropy H_eps(pbar) = -sum pbar log(pbar + eps); the per-row
+// entropy is exact, -sum p log p.
+constexpr double kIbqEntropyEps = 1e-5;
 
 // Columns of the saved (N, 4) row statistics.
 enum IbqRowStat : int64_t {
   kRowMax = 0,       // m_n      = max_k logits_nk
   kRowLse = 1,       // lse_n    = log sum_k exp(logits_nk)
   kRowLogSumT = 2,   // log sum_k exp((logits_nk - m_n) / T); p_nk = exp((l - m)/T - this)
-  kRowEntropyCoef = 3,  // c_n = sum_k p_nk h_nk, the softmax-backward row term of the entropy
+  kRowEntropyCoef = 3,  // c_n = (H_n + sum_k p_nk b_k) / N, the softmax-backward row term of the entropy
   kRowStatCount = 4,
 };
 
-// Pass 1 (online over code tiles): running max m, argmax idx (ties -> lowest k), sum exp(l - m)
+// Pass 1 (online over code tiles): running max m, argmax idx (torch.argmax order: a NaN logit
+// wins, then ties -> lowest k; m becomes NaN), sum exp(l - m)
 // `sum_exp`, and (when sum_exp_t is defined) sum exp((l - m) / T). When `probs` is defined it
 // receives exp(l - m_new) (compute dtype; may alias `logits`) and the rows of `soft` (N, D) are
 // rescaled by exp(m_old - m_new), for the flash-style accumulation of s @ C.
@@ -35,19 +38,19 @@ struct IbqScanArgs {
 };
 
 // Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)
-// of the tile, adds -sum p log(p + eps) to row_entropy and sum p^2 / (p + eps) to row_sq,
+// of the tile, adds -sum p log p to row_entropy (log p = (l - m) / T - log-sum at T, exact),
 // and writes s = softmax(l) into `probs` (compute dtype) when it is defined.
 struct IbqEntropyArgs {
   at::Tensor logits;            // (N, kt) slab, replaced by p
   double inv_temperature;
   at::Tensor row_stats;         // (N, 4)
-  at::Tensor row_entropy, row_sq;  // (N) accumulators
+  at::Tensor row_entropy;       // (N) accumulator
   at::Tensor probs;             // optional (N, kt) compute dtype
 };
 
 // Backward, one tile: d(logits) = s (g - D_n) [if grad_logits_q defined]
 //                               + (gE / T) p (h - c_n) [if grad_entropy defined],
-// h_nk = (a_nk + b_k) / N, a_nk = -(log(p + eps) + p / (p + eps)). Written to `out` (compute dtype).
+// h_nk = (b_k - log p_nk) / N. Written to `out` (compute dtype).
 struct IbqGradArgs {
   at::Tensor logits;            // (N, kt) slab
   at::Tensor grad_logits_q;     // (N, kt) slab g = G @ C_tile^T, or undefined

@@ -32,26 +32,32 @@ acc* optional_ptr(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc>() : nullptr;
 }
 
-// max_k row[k], ignoring NaN (-inf for an empty or all-NaN row).
+// max_k row[k] in torch.argmax's order: NaN if the row holds one (-inf for an empty row).
 template <typename acc>
 DCAE_SIMD_CLONES acc row_max_of(const acc* __restrict row, int64_t kt) {
   acc m = -std::numeric_limits<acc>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t k = 0; k < kt; ++k) m = row[k] > m ? row[k] : m;
-  return m;
+  int has_nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : has_nan)
+  for (int64_t k = 0; k < kt; ++k) {
+    m = row[k] > m ? row[k] : m;
+    has_nan |= row[k] != row[k];
+  }
+  return has_nan ? std::numeric_limits<acc>::quiet_NaN() : m;
 }
 
-// First k with row[k] == value (0 if none): the argmax with ties to the lowest code.
+// First k with row[k] == value, or the first NaN when value is NaN (0 if none): the argmax
+// with ties to the lowest code.
 template <typename acc>
 int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
+  const bool find_nan = std::isnan(value);
   for (int64_t k0 = 0; k0 < kt; k0 += kArgmaxChunk) {
     const int64_t k1 = std::min(kt, k0 + kArgmaxChunk);
     int hit = 0;
 #pragma omp simd reduction(| : hit)
-    for (int64_t k = k0; k < k1; ++k) hit |= row[k] == value;
+    for (int64_t k = k0; k < k1; ++k) hit |= (row[k] == value) | (find_nan & (row[k] != row[k]));
     if (hit)
       for (int64_t k = k0; k < k1; ++k)
-        if (row[k] == value) return k;
+        if (row[k] == value || (find_nan && std::isnan(row[k]))) return k;
   }
   return 0;
 }
@@ -92,9 +98,10 @@ void scan_rows(const IbqScanArgs& a) {
       const acc* row = logits + n * kt;
       const acc tile_max = row_max_of(row, kt);
       const acc old_max = row_max[n];
-      // strict: earlier tiles win ties
-      if (tile_max > old_max) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);
-      const acc new_max = std::max(old_max, tile_max);
+      // NaN above every number; strict, so earlier tiles win ties
+      const bool tile_wins = !std::isnan(old_max) && (std::isnan(tile_max) || tile_max > old_max);
+      if (tile_wins) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);
+      const acc new_max = tile_wins ? tile_max : old_max;
       acc* prob_row = probs != nullptr ? probs + n * kt : nullptr;
       if (new_max == neg_inf) {  // every logit so far is -inf: nothing to add
         if (prob_row != nullptr) std::fill(prob_row, prob_row + kt, acc(0));
@@ -121,22 +128,19 @@ void scan_rows(const IbqScanArgs& a) {
 }
 
 template <typename acc, bool kProbs>
-DCAE_SIMD_CLONES void entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row, acc& entropy,
-                                  acc& sq) {
+DCAE_SIMD_CLONES acc entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t, acc* soft_row) {
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
-  acc h = 0, q = 0;
-#pragma omp simd reduction(+ : h, q)
+  acc h = 0;
+#pragma omp simd reduction(+ : h)
   for (int64_t k = 0; k < kt; ++k) {
     const acc x = row[k];
-    const acc p = fast_exp((x - max) * inv_t - log_sum_t);
+    const acc log_p = (x - max) * inv_t - log_sum_t;
+    const acc p = fast_exp(log_p);
     if (kProbs) soft_row[k] = fast_exp(x - lse);
-    h -= p * fast_log(p + eps);
-    q += p * p / (p + eps);
+    h -= p * log_p;
     row[k] = p;
   }
-  entropy = h;
-  sq = q;
+  return h;
 }
 
 template <typename acc>
@@ -145,21 +149,17 @@ void entropy_rows(const IbqEntropyArgs& a) {
   acc* logits = a.logits.data_ptr<acc>();
   const acc* stats = a.row_stats.data_ptr<acc>();
   acc* row_entropy = a.row_entropy.data_ptr<acc>();
-  acc* row_sq = a.row_sq.data_ptr<acc>();
   acc* probs = optional_ptr<acc>(a.probs);
   const acc inv_t = static_cast<acc>(a.inv_temperature);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       acc* row = logits + n * kt;
       const acc* st = stats + n * kRowStatCount;
-      acc entropy = 0, sq = 0;
       if (probs != nullptr) {
-        entropy_row<acc, true>(row, kt, st, inv_t, probs + n * kt, entropy, sq);
+        row_entropy[n] += entropy_row<acc, true>(row, kt, st, inv_t, probs + n * kt);
       } else {
-        entropy_row<acc, false>(row, kt, st, inv_t, nullptr, entropy, sq);
+        row_entropy[n] += entropy_row<acc, false>(row, kt, st, inv_t, nullptr);
       }
-      row_entropy[n] += entropy;
-      row_sq[n] += sq;
     }
   });
 }
@@ -171,16 +171,15 @@ DCAE_SIMD_CLONES void grad_row(const acc* row, const acc* g_row, const acc* code
                                acc* out_row) {
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
   const acc row_coef = st[kRowEntropyCoef];
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
 #pragma omp simd
   for (int64_t k = 0; k < kt; ++k) {
     const acc x = row[k];
     acc d = 0;
     if (kQuantize) d = fast_exp(x - lse) * (g_row[k] - dot);
     if (kEntropy) {
-      const acc p = fast_exp((x - max) * inv_t - log_sum_t);
-      const acc self_term = -(fast_log(p + eps) + p / (p + eps));
-      d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
+      const acc log_p = (x - max) * inv_t - log_sum_t;
+      const acc p = fast_exp(log_p);
+      d += entropy_scale * p * ((code_coef[k] - log_p) * inv_rows - row_coef);
     }
     out_row[k] = d;
   }

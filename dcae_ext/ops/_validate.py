@@ -1,6 +1,8 @@
 """Argument checks of the public ops. Each error names the argument and shows the bad value."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -33,5 +35,5 @@ def check_positive_int(value, name: str, minimum: int = 1) -> None:
 
 
 def check_positive_float(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"argument '{name}': expected a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"argument '{name}': expected a finite number > 0, got {value!r}")

@@ -24,6 +24,8 @@ def _validate(z, codebook):
                          f"dimension {z.shape[-1]}")
     if codebook.shape[0] == 0:
         raise ValueError("argument 'codebook': needs at least one code")
+    if z.shape[-1] == 0:
+        raise ValueError(f"argument 'z': needs a last dimension D >= 1, got shape {tuple(z.shape)}")
 
 
 def _run(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
@@ -49,9 +51,10 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
 
 
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    """Codebook-utilisation loss: mean_n H(p_n) - H(mean_n p_n), p = softmax(z . C / T).
+    """Codebook-utilisation loss: mean_n H(p_n) - H_eps(mean_n p_n), p = softmax(z . C / T).
 
-    z (..., D), codebook (K, D) -> scalar in z's dtype; H(p) = -sum p log(p + 1e-5).
+    z (..., D), codebook (K, D) -> scalar in z's dtype; H(p) = -sum p log p (exact),
+    H_eps(pbar) = -sum pbar log(pbar + 1e-5), as the official IBQ code computes them.
     """
     _validate(z, codebook)
     check_positive_float(temperature, "temperature")

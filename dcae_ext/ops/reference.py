@@ -42,8 +42,9 @@ def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     """z (..., D), codebook (K, D) -> z_q (..., D), idx (...) int64.
 
-    idx = argmax_k z . C_k (ties -> lowest k); z_q = onehot @ C with the straight-through
-    one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets gradient.
+    idx = argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k); z_q = onehot @ C
+    with the straight-through one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets
+    gradient. A row whose softmax is undefined (a NaN or +inf logit, every logit -inf) gives NaN.
     """
     logits = ibq_logits(z, codebook)
     idx = logits.argmax(dim=-1)
@@ -54,17 +55,19 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     return z_q.reshape(z.shape).to(z.dtype), idx.reshape(z.shape[:-1])
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p + 1e-5)).sum(dim=-1)
-
-
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    """mean_n H(softmax(logits_n / T)) - H(mean_n softmax(logits_n / T)), a scalar in z's dtype."""
-    probs = (ibq_logits(z, codebook) / temperature).softmax(dim=-1)
-    if probs.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
-        return (probs.sum() * 0).to(z.dtype)
-    loss = _entropy(probs).mean() - _entropy(probs.mean(dim=0))
-    return loss.to(z.dtype)
+    """mean_n H(p_n) - H_eps(mean_n p_n), p_n = softmax(logits_n / T): a scalar in z's dtype.
+
+    H(p) = -sum p log p exactly (log p from log_softmax); H_eps(pbar) = -sum pbar log(pbar + 1e-5).
+    """
+    scaled = ibq_logits(z, codebook) / temperature
+    if scaled.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
+        return (scaled.sum() * 0).to(z.dtype)
+    probs = scaled.softmax(dim=-1)
+    row_entropy = -(probs * scaled.log_softmax(dim=-1)).sum(dim=-1)
+    mean_probs = probs.mean(dim=0)
+    mean_entropy = -(mean_probs * torch.log(mean_probs + 1e-5)).sum()
+    return (row_entropy.mean() - mean_entropy).to(z.dtype)
 
 
 def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
