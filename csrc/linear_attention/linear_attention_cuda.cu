@@ -29,6 +29,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/static_switch.h"
 #include "linear_attention/linear_attention.h"
 
 namespace dcae_ext {
@@ -166,8 +167,12 @@ struct StateAccumulator {
     }
   }
 
-  // Sums the block's states and adds them to out ((D+1) x D, row-major). scratch: shared
-  // memory of >= (D+1) * D elements that no thread reads any more.
+  // Sums the block's states in a fixed order (lane groups, then warps) and adds the total to
+  // out ((D+1) x D, row-major) with atomics (kAtomic: other blocks add to the same head), or
+  // stores it (out is this block's own slot). scratch: shared memory of >= kScratch elements
+  // that no thread reads any more.
+  static constexpr int kScratch = kWarps * (D + 1) * D;
+  template <bool kAtomic>
   __device__ void flush(acc* scratch, acc* out) {
 #pragma unroll
     for (int offset = kLanes; offset < 32; offset <<= 1)
@@ -176,19 +181,46 @@ struct StateAccumulator {
 #pragma unroll
         for (int i = 0; i <= D; ++i) st[l][i] += __shfl_xor_sync(0xffffffffu, st[l][i], offset);
     __syncthreads();
-    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) scratch[idx] = acc(0);
-    __syncthreads();
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    acc* warp_state = scratch + warp * (D + 1) * D;
     if (lane < kLanes) {
 #pragma unroll
       for (int l = 0; l < kCols; ++l)
 #pragma unroll
-        for (int i = 0; i <= D; ++i) atomicAdd(&scratch[i * D + lane + l * kLanes], st[l][i]);
+        for (int i = 0; i <= D; ++i) warp_state[i * D + lane + l * kLanes] = st[l][i];
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) atomicAdd(&out[idx], scratch[idx]);
+    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) {
+      acc total = scratch[idx];
+      for (int w = 1; w < kWarps; ++w) total += scratch[w * (D + 1) * D + idx];
+      if (kAtomic) {
+        atomicAdd(&out[idx], total);
+      } else {
+        out[idx] = total;
+      }
+    }
   }
 };
+
+// The (D+1) x D state of a head when its token splits were flushed to their own slots:
+// slots (heads, splits, D+1, D) summed in split order, so the result never depends on timing.
+template <typename acc, int D>
+__global__ void __launch_bounds__(kThreads) sum_split_slots(const acc* __restrict__ slots, int64_t splits,
+                                                            acc* __restrict__ state) {
+  constexpr int kSize = (D + 1) * D;
+  const int64_t bh = blockIdx.x;
+  for (int idx = threadIdx.x; idx < kSize; idx += kThreads) {
+    acc total = acc(0);
+    for (int64_t split = 0; split < splits; ++split) total += slots[(bh * splits + split) * kSize + idx];
+    state[bh * kSize + idx] = total;
+  }
+}
+
+// Where a block flushes its part of a head's state: the head's state (atomics) or its own slot.
+template <int D, bool kAtomic>
+__device__ __forceinline__ int64_t state_offset(int64_t bh) {
+  return (kAtomic ? bh : bh * gridDim.y + blockIdx.y) * (D + 1) * D;
+}
 
 struct Launch {
   int heads, d;
@@ -213,12 +245,13 @@ __device__ __forceinline__ acc dot_row(const acc* row, const acc (&x)[D]) {
   return sum;
 }
 
-template <typename scalar_t, typename acc, int D>
+template <typename scalar_t, typename acc, int D, bool kAtomic>
 __global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
                                                          bool k_vec, const scalar_t* __restrict__ v,
                                                          HeadStrides vs, bool v_vec, Launch p,
                                                          acc* __restrict__ state) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  static_assert(StateAccumulator<acc, D, true>::kScratch <= 2 * kTile * kStride, "flush scratch");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* k_tile = reinterpret_cast<acc*>(smem_raw);
   acc* v_tile = k_tile + kTile * kStride;
@@ -236,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restr
     sum.add_tile(v_tile, k_tile, len);
     __syncthreads();
   }
-  sum.flush(k_tile, state + bh * (D + 1) * D);
+  sum.template flush<kAtomic>(k_tile, state + state_offset<D, kAtomic>(bh));
 }
 
 template <typename scalar_t, typename acc, int D>
@@ -260,13 +293,14 @@ __global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __rest
   }
 }
 
-template <typename scalar_t, typename acc, int D>
+template <typename scalar_t, typename acc, int D, bool kAtomic>
 __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
                                                          const scalar_t* __restrict__ grad, HeadStrides gs,
                                                          scalar_t* __restrict__ dq, HeadStrides dqs, Launch p,
                                                          const acc* __restrict__ state, acc eps,
                                                          acc* __restrict__ dstate) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  static_assert(StateAccumulator<acc, D, false>::kScratch <= 2 * kTile * kStride, "flush scratch");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* st = reinterpret_cast<acc*>(smem_raw);  // [vk; ksum]
   acc* dn_tile = st + (D + 1) * D;             // [G / den, dden] per token
@@ -329,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
     sum.add_tile(dn_tile, q_tile, len);
     __syncthreads();
   }
-  sum.flush(dn_tile, dstate + bh * (D + 1) * D);
+  sum.template flush<kAtomic>(dn_tile, dstate + state_offset<D, kAtomic>(bh));
 }
 
 template <typename scalar_t, typename acc, int D>
@@ -414,20 +448,53 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
   }
 }
 
+// A per-head (D+1) x D sum over the blocks of each head's token splits; `launch(out, atomic)`
+// runs the kernel that flushes into `out`. One split: each block stores its head's state.
+// Several: they add into one zeroed state with float atomics, whose order (so the rounding)
+// varies from run to run; under torch.use_deterministic_algorithms(True) each block stores its
+// own slot instead and sum_split_slots adds the slots in split order (one more small kernel,
+// heads x splits x (D+1) x D floats of workspace).
+template <typename acc, int D, typename LaunchFn>
+at::Tensor sum_over_splits(const at::Tensor& like, const AttentionGeometry& geo, int64_t splits, cudaStream_t stream,
+                           LaunchFn launch) {
+  const auto options = like.options().dtype(c10::CppTypeToScalarType<acc>::value);
+  const int64_t heads = geo.heads_total();
+  if (splits == 1) {
+    at::Tensor state = at::empty({heads, D + 1, D}, options);
+    launch(state, /*atomic=*/false);
+    return state;
+  }
+  if (!at::globalContext().deterministicAlgorithms()) {
+    at::Tensor state = at::zeros({heads, D + 1, D}, options);
+    launch(state, /*atomic=*/true);
+    return state;
+  }
+  const at::Tensor slots = at::empty({heads, splits, D + 1, D}, options);
+  launch(slots, /*atomic=*/false);
+  at::Tensor state = at::empty({heads, D + 1, D}, options);
+  sum_split_slots<acc, D><<<static_cast<unsigned int>(heads), kThreads, 0, stream>>>(
+      slots.const_data_ptr<acc>(), splits, state.mutable_data_ptr<acc>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return state;
+}
+
 template <typename scalar_t, typename acc, int D>
 at::Tensor compute_state(const at::Tensor& k, const at::Tensor& v, const AttentionGeometry& geo, Launch p,
                          cudaStream_t stream) {
   constexpr int kTile = TileSize<acc>::value;
-  at::Tensor state = at::zeros({geo.heads_total(), D + 1, D}, k.options().dtype(c10::CppTypeToScalarType<acc>::value));
   const size_t smem = 2 * kTile * Padded<D>::kStride * sizeof(acc);
-  auto kernel = state_kernel<scalar_t, acc, D>;
-  allow_shared_memory(kernel, smem);
-  const dim3 grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(splits_for(geo, kTile)));
-  kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), head_strides_of(k), vector_loads_ok(k),
-                                           v.const_data_ptr<scalar_t>(), head_strides_of(v), vector_loads_ok(v), p,
-                                           state.mutable_data_ptr<acc>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return state;
+  const int64_t splits = splits_for(geo, kTile);
+  const dim3 grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(splits));
+  return sum_over_splits<acc, D>(k, geo, splits, stream, [&](const at::Tensor& out, bool atomic) {
+    DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
+      auto kernel = state_kernel<scalar_t, acc, D, kAtomic>;
+      allow_shared_memory(kernel, smem);
+      kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), head_strides_of(k), vector_loads_ok(k),
+                                               v.const_data_ptr<scalar_t>(), head_strides_of(v), vector_loads_ok(v), p,
+                                               out.mutable_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
 }
 
 void check_grid(const AttentionGeometry& geo) {
@@ -485,18 +552,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(co
       constexpr int D = decltype(dim)::value;
       constexpr int kTile = TileSize<acc>::value;
       const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
-      at::Tensor dstate = at::zeros_like(state);
-
       const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
-      auto query = query_kernel<scalar_t, acc, D>;
-      allow_shared_memory(query, query_smem);
-      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()),
-                            static_cast<unsigned int>(splits_for(geo, kTile)));
-      query<<<query_grid, kThreads, query_smem, stream>>>(
-          q.const_data_ptr<scalar_t>(), head_strides_of(q), grad_out.const_data_ptr<scalar_t>(),
-          head_strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), head_strides_of(dq), p,
-          state.const_data_ptr<acc>(), static_cast<acc>(eps), dstate.mutable_data_ptr<acc>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t query_splits = splits_for(geo, kTile);
+      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(query_splits));
+      const at::Tensor dstate = sum_over_splits<acc, D>(q, geo, query_splits, stream, [&](const at::Tensor& out,
+                                                                                          bool atomic) {
+        DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
+          auto query = query_kernel<scalar_t, acc, D, kAtomic>;
+          allow_shared_memory(query, query_smem);
+          query<<<query_grid, kThreads, query_smem, stream>>>(
+              q.const_data_ptr<scalar_t>(), head_strides_of(q), grad_out.const_data_ptr<scalar_t>(),
+              head_strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), head_strides_of(dq), p,
+              state.const_data_ptr<acc>(), static_cast<acc>(eps), out.mutable_data_ptr<acc>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
 
       const size_t key_smem = (D + 1) * D * sizeof(acc);
       const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
