@@ -33,6 +33,15 @@ def device_dtypes():
     return params
 
 
+def ibq_inputs(n, k, d, device, dtype, batch=(), scale=1.0, seed=0):
+    """z (*batch, n, d) and a codebook (k, d) of standard normals (z times `scale`), drawn in
+    float64 on the CPU so every device and dtype sees the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn((*batch, n, d), generator=gen, dtype=torch.float64) * scale
+    codebook = torch.randn((k, d), generator=gen, dtype=torch.float64)
+    return z.to(device, dtype), codebook.to(device, dtype)
+
+
 def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):
     tol = TOLERANCES[dtype]
     torch.testing.assert_close(actual.double().cpu(), expected64.cpu(), atol=tol["atol"] * scale,

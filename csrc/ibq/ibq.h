@@ -1,6 +1,6 @@
-// IBQ large-codebook quantiser (DESIGN.md 2.1): the host driver in ibq.cpp streams codebook
-// tiles through ATen GEMMs and hands every logits tile to a per-device fused epilogue
-// (ibq_cpu.cpp, ibq_cuda.cu). This header is the contract between the two.
+// IBQ large-codebook quantizer (docs/ibq.md): the driver in ibq.cpp streams codebook tiles
+// through ATen GEMMs and calls a fused per-device epilogue kernel on every logits tile
+// (ibq_cpu.cpp, ibq_cuda.cu). This header declares those kernels and their arguments.
 //
 // A "slab" is a contiguous (rows x codes_in_tile) matrix: the logits z @ C_tile^T of every row
 // against one codebook tile, always in the accumulation dtype (float32, float64 for float64).
@@ -63,27 +63,15 @@ struct IbqGradArgs {
   at::Tensor out;               // (N, kt) compute dtype
 };
 
-struct IbqEpilogues {
-  void (*scan)(const IbqScanArgs&);
-  void (*entropy)(const IbqEntropyArgs&);
-  void (*grad)(const IbqGradArgs&);
-  // dtype of the GEMM operands for inputs of `dtype` (accumulation dtype on CPU; the input
-  // dtype on CUDA, with float32 GEMM outputs)
-  at::ScalarType (*compute_dtype)(at::ScalarType dtype);
-  int64_t workspace_bytes;      // budget for the slabs
-};
-
-// Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
-//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_driver(
-    const IbqEpilogues& epi, const at::Tensor& z, const at::Tensor& codebook, double temperature,
-    bool quantize, bool entropy, int64_t codes_per_tile);
-
-// Backward: returns (grad_z (N, D), grad_codebook (K, D)).
-std::tuple<at::Tensor, at::Tensor> ibq_backward_driver(
-    const IbqEpilogues& epi, const c10::optional<at::Tensor>& grad_z_q,
-    const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z, const at::Tensor& codebook,
-    const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
-    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile);
+// The epilogue kernels, one launcher per pass and device. On CPU the slabs are in the
+// accumulation dtype; on CUDA `probs` / `out` are in the GEMM operand dtype (the input's).
+void ibq_scan_cpu(const IbqScanArgs& args);
+void ibq_entropy_cpu(const IbqEntropyArgs& args);
+void ibq_grad_cpu(const IbqGradArgs& args);
+#ifdef DCAE_EXT_WITH_CUDA
+void ibq_scan_cuda(const IbqScanArgs& args);
+void ibq_entropy_cuda(const IbqEntropyArgs& args);
+void ibq_grad_cuda(const IbqGradArgs& args);
+#endif
 
 }  // namespace dcae_ext

@@ -1,23 +1,23 @@
-// CPU epilogues of the IBQ driver (ibq.cpp): at::parallel_for over the rows of a logits slab;
-// one thread owns whole rows, so per-row state needs no reduction across threads. GEMMs are
-// the driver's (BLAS). On CPU the GEMM operands are the accumulation dtype (bf16/fp16 inputs
-// are upcast once, O((N + K) D)), so `probs` / `out` are accumulation-dtype slabs that may
-// alias the logits slab: every loop reads an element before it writes the same element.
+// CPU epilogue kernels of the IBQ driver (ibq.cpp), math in docs/ibq.md: at::parallel_for
+// over the rows of a logits slab; one thread owns whole rows, so per-row state needs no
+// reduction across threads. On CPU every slab is in the accumulation dtype, so `probs` / `out`
+// may alias the logits slab: every loop reads an element before it writes the same element.
 //
-// Each row is swept by `#pragma omp simd` loops without early exits (max, then the first
-// index of the max, then the exp sums), calling the branch-free float exp / log of
-// ibq_cpu_math.h so that they vectorise; the row functions carry DCAE_SIMD_CLONES (AVX2 /
-// AVX-512 versions). A row of one tile (hundreds to thousands of codes) stays in L1/L2
-// between the sweeps. The per-row sums are SIMD-lane partial sums.
-#include <ATen/Dispatch.h>
+// Each row is swept by `#pragma omp simd` loops without early exits (max, then the first index
+// of the max, then the exp sums), calling the branch-free float exp of ibq_cpu_math.h so that
+// they vectorise; the row functions carry DCAE_SIMD_CLONES. A row of one tile (hundreds to
+// thousands of codes) stays in L1/L2 between the sweeps. The per-row sums are SIMD-lane
+// partial sums, in a fixed order.
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-#include "common/checks.h"
+#include "common/cpu_simd.h"
+#include "common/dispatch.h"
+#include "common/static_switch.h"
+#include "common/tensor_access.h"
 #include "ibq/ibq.h"
 #include "ibq/ibq_cpu_math.h"
 
@@ -26,11 +26,6 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 8;
 constexpr int64_t kArgmaxChunk = 64;  // codes tested together for the first maximum
-
-template <typename acc>
-acc* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<acc>() : nullptr;
-}
 
 // max_k row[k] in torch.argmax's order: NaN if the row holds one (-inf for an empty row).
 template <typename acc>
@@ -80,7 +75,8 @@ DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, a
   sum_t = s_t;
 }
 
-template <typename acc>
+// Pass 1 on one slab; kEntropy: also sum exp((l - m) / T), kProbs: also write exp(l - m).
+template <typename acc, bool kEntropy, bool kProbs>
 void scan_rows(const IbqScanArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   const acc* logits = a.logits.data_ptr<acc>();
@@ -108,18 +104,10 @@ void scan_rows(const IbqScanArgs& a) {
         continue;
       }
       acc sum = 0, sum_t = 0;
-      if (sum_exp_t != nullptr && prob_row != nullptr) {
-        exp_sums<acc, true, true>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
-      } else if (sum_exp_t != nullptr) {
-        exp_sums<acc, true, false>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
-      } else if (prob_row != nullptr) {
-        exp_sums<acc, false, true>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
-      } else {
-        exp_sums<acc, false, false>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
-      }
-      const acc scale = std::exp(old_max - new_max);
+      exp_sums<acc, kEntropy, kProbs>(row, kt, new_max, inv_t, prob_row, sum, sum_t);
+      const acc scale = std::exp(old_max - new_max);  // rescales the sums of earlier tiles
       sum_exp[n] = sum_exp[n] * scale + sum;
-      if (sum_exp_t != nullptr) sum_exp_t[n] = sum_exp_t[n] * std::exp((old_max - new_max) * inv_t) + sum_t;
+      if (kEntropy) sum_exp_t[n] = sum_exp_t[n] * std::exp((old_max - new_max) * inv_t) + sum_t;
       if (soft != nullptr)
         for (int64_t j = 0; j < dim; ++j) soft[n * dim + j] *= scale;
       row_max[n] = new_max;
@@ -143,7 +131,8 @@ DCAE_SIMD_CLONES acc entropy_row(acc* row, int64_t kt, const acc* st, acc inv_t,
   return h;
 }
 
-template <typename acc>
+// Pass 2 on one slab: p = softmax(l / T) in place, H_n += -sum p log p; kProbs: s = softmax(l).
+template <typename acc, bool kProbs>
 void entropy_rows(const IbqEntropyArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   acc* logits = a.logits.data_ptr<acc>();
@@ -155,11 +144,7 @@ void entropy_rows(const IbqEntropyArgs& a) {
     for (int64_t n = begin; n < end; ++n) {
       acc* row = logits + n * kt;
       const acc* st = stats + n * kRowStatCount;
-      if (probs != nullptr) {
-        row_entropy[n] += entropy_row<acc, true>(row, kt, st, inv_t, probs + n * kt);
-      } else {
-        row_entropy[n] += entropy_row<acc, false>(row, kt, st, inv_t, nullptr);
-      }
+      row_entropy[n] += entropy_row<acc, kProbs>(row, kt, st, inv_t, kProbs ? probs + n * kt : nullptr);
     }
   });
 }
@@ -206,53 +191,30 @@ void grad_rows(const IbqGradArgs& a) {
   });
 }
 
-void scan_cpu(const IbqScanArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES(a.logits.scalar_type(), "ibq_scan_cpu", [&] { scan_rows<scalar_t>(a); });
-}
+}  // namespace
 
-void entropy_cpu(const IbqEntropyArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES(a.logits.scalar_type(), "ibq_entropy_cpu", [&] { entropy_rows<scalar_t>(a); });
-}
-
-void grad_cpu(const IbqGradArgs& a) {
-  const bool q = a.grad_logits_q.defined(), e = a.grad_entropy.defined();
-  AT_DISPATCH_FLOATING_TYPES(a.logits.scalar_type(), "ibq_grad_cpu", [&] {
-    if (q && e) grad_rows<scalar_t, true, true>(a);
-    else if (q) grad_rows<scalar_t, true, false>(a);
-    else grad_rows<scalar_t, false, true>(a);
+// The slabs are in the accumulation dtype (float32 or float64) on CPU.
+void ibq_scan_cpu(const IbqScanArgs& a) {
+  DCAE_DISPATCH_FLOATING(a.logits.scalar_type(), "ibq_scan_cpu", [&] {
+    DCAE_BOOL_SWITCH(a.sum_exp_t.defined(), kEntropy, [&] {
+      DCAE_BOOL_SWITCH(a.probs.defined(), kProbs, [&] { scan_rows<acc_t<scalar_t>, kEntropy, kProbs>(a); });
+    });
   });
 }
 
-at::ScalarType compute_dtype_cpu(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+void ibq_entropy_cpu(const IbqEntropyArgs& a) {
+  DCAE_DISPATCH_FLOATING(a.logits.scalar_type(), "ibq_entropy_cpu", [&] {
+    DCAE_BOOL_SWITCH(a.probs.defined(), kProbs, [&] { entropy_rows<acc_t<scalar_t>, kProbs>(a); });
+  });
 }
 
-// Slabs of ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so few thread-pool
-// round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident, ~320 codes)
-// were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete
-// for the cores, where every barrier can wait a scheduler time slice.
-const IbqEpilogues kCpuEpilogues{scan_cpu, entropy_cpu, grad_cpu, compute_dtype_cpu, int64_t(64) << 20};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cpu(
-    const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
-    int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCPU);
-  return ibq_forward_driver(kCpuEpilogues, z, codebook, temperature, quantize, entropy, codes_per_tile);
+void ibq_grad_cpu(const IbqGradArgs& a) {
+  DCAE_DISPATCH_FLOATING(a.logits.scalar_type(), "ibq_grad_cpu", [&] {
+    DCAE_BOOL_SWITCH(a.grad_logits_q.defined(), kQuantize, [&] {
+      DCAE_BOOL_SWITCH(a.grad_entropy.defined(), kEntropy,
+                       [&] { grad_rows<acc_t<scalar_t>, kQuantize, kEntropy>(a); });
+    });
+  });
 }
 
-std::tuple<at::Tensor, at::Tensor> ibq_backward_cpu(
-    const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy,
-    const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats,
-    const at::Tensor& soft_codes, const at::Tensor& code_coef, double temperature, int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCPU);
-  return ibq_backward_driver(kCpuEpilogues, grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes,
-                             code_coef, temperature, codes_per_tile);
-}
-
-}  // namespace
 }  // namespace dcae_ext
-
-TORCH_LIBRARY_IMPL(dcae_ext, CPU, m) {
-  m.impl("ibq_forward", &dcae_ext::ibq_forward_cpu);
-  m.impl("_ibq_backward", &dcae_ext::ibq_backward_cpu);
-}

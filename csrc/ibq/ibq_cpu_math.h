@@ -18,23 +18,7 @@
 #include <cstring>
 #include <limits>
 
-// Forced: a call left out of line (gcc's size heuristics in big loop bodies) stops vectorisation.
-#if defined(__GNUC__)
-#define DCAE_FORCE_INLINE inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define DCAE_FORCE_INLINE __forceinline
-#else
-#define DCAE_FORCE_INLINE inline
-#endif
-
-// The extension is built without -march flags (baseline x86-64 is SSE2, 4 float lanes). The row
-// kernels that call fast_exp are also compiled for AVX2 and AVX-512 (8 / 16 lanes;
-// 2.5-4.5x faster on these loops), picked once at load time by gcc's ifunc dispatch.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DCAE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DCAE_SIMD_CLONES
-#endif
+#include "common/cpu_simd.h"
 
 namespace dcae_ext {
 

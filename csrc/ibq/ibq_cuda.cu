@@ -1,18 +1,16 @@
-// CUDA epilogues of the IBQ driver (ibq.cpp). The GEMMs are cuBLAS through ATen (bf16/fp16
-// operands with float32 logits, tensor cores; float32 honours torch's allow_tf32). Here every
-// kernel takes one logits slab (N rows x kt codes, accumulation dtype, contiguous):
-// one thread block owns one row; its threads stride over the row's codes, so per-row state
-// (running max / argmax / sums) is reduced inside the block with warp shuffles and updated by
-// thread 0, with no atomics. Probabilities and d(logits) are written in the GEMM operand dtype
-// (the input dtype), like flash attention's P. A fully fused tensor-core kernel that never
-// writes the slab is a later tuning step.
-#include <ATen/Dispatch.h>
-#include <torch/library.h>
-
+// CUDA epilogue kernels of the IBQ driver (ibq.cpp), math in docs/ibq.md. The GEMMs are the
+// driver's (cuBLAS: bf16/fp16 operands with float32 logits). Every kernel takes one logits slab
+// (N rows x kt codes, accumulation dtype, contiguous): one thread block owns one row; its
+// threads stride over the row's codes, so per-row state (running max / argmax / sums) is
+// reduced inside the block with warp shuffles and updated by thread 0, with no atomics.
+// Probabilities and d(logits) are written in the GEMM operand dtype (the input's), like flash
+// attention's P. A fully fused tensor-core kernel that never writes the slab is a later step.
 #include <limits>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
+#include "common/static_switch.h"
+#include "common/tensor_access.h"
 #include "ibq/ibq.h"
 
 namespace dcae_ext {
@@ -170,20 +168,15 @@ __global__ void grad_kernel(const acc* __restrict__ logits, const acc* __restric
   }
 }
 
-template <typename T>
-T* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
+}  // namespace
 
-// Dispatches on the compute (GEMM operand) dtype; the slabs are in its accumulation dtype.
-#define IBQ_DISPATCH_COMPUTE(TYPE, NAME, ...) DCAE_DISPATCH_FLOATING(TYPE, NAME, __VA_ARGS__)
-
-void scan_cuda(const IbqScanArgs& a) {
+// The slabs are in the accumulation dtype; dispatch on the GEMM operand dtype (`probs` / `out`).
+void ibq_scan_cuda(const IbqScanArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
-  IBQ_DISPATCH_COMPUTE(out_type, "ibq_scan_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(out_type, "ibq_scan_cuda", [&] {
     using acc = acc_t<scalar_t>;
     scan_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
@@ -194,12 +187,12 @@ void scan_cuda(const IbqScanArgs& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void entropy_cuda(const IbqEntropyArgs& a) {
+void ibq_entropy_cuda(const IbqEntropyArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
-  IBQ_DISPATCH_COMPUTE(out_type, "ibq_entropy_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(out_type, "ibq_entropy_cuda", [&] {
     using acc = acc_t<scalar_t>;
     entropy_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, static_cast<acc>(a.inv_temperature), a.row_stats.data_ptr<acc>(),
@@ -208,56 +201,24 @@ void entropy_cuda(const IbqEntropyArgs& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void grad_cuda(const IbqGradArgs& a) {
+void ibq_grad_cuda(const IbqGradArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
-  const bool q = a.grad_logits_q.defined(), e = a.grad_entropy.defined();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  IBQ_DISPATCH_COMPUTE(a.out.scalar_type(), "ibq_grad_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(a.out.scalar_type(), "ibq_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const acc inv_t = static_cast<acc>(a.inv_temperature);
     const acc inv_rows = acc(1) / static_cast<acc>(a.rows_total);
-    auto launch = [&](auto kernel) {
-      kernel<<<rows, kRowThreads, 0, stream>>>(
-          a.logits.data_ptr<acc>(), optional_ptr<acc>(a.grad_logits_q), kt, a.row_stats.data_ptr<acc>(),
-          optional_ptr<acc>(a.row_dot), optional_ptr<acc>(a.code_coef), optional_ptr<acc>(a.grad_entropy),
-          inv_t, inv_rows, a.out.data_ptr<scalar_t>());
-    };
-    if (q && e) launch(grad_kernel<acc, scalar_t, true, true>);
-    else if (q) launch(grad_kernel<acc, scalar_t, true, false>);
-    else launch(grad_kernel<acc, scalar_t, false, true>);
+    DCAE_BOOL_SWITCH(a.grad_logits_q.defined(), kQuantize, [&] {
+      DCAE_BOOL_SWITCH(a.grad_entropy.defined(), kEntropy, [&] {
+        grad_kernel<acc, scalar_t, kQuantize, kEntropy><<<rows, kRowThreads, 0, stream>>>(
+            a.logits.data_ptr<acc>(), optional_ptr<acc>(a.grad_logits_q), kt, a.row_stats.data_ptr<acc>(),
+            optional_ptr<acc>(a.row_dot), optional_ptr<acc>(a.code_coef), optional_ptr<acc>(a.grad_entropy),
+            inv_t, inv_rows, a.out.data_ptr<scalar_t>());
+      });
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// GEMM operands stay in the input dtype: cuBLAS multiplies bf16/fp16 on tensor cores into
-// float32 logits (aten::mm.dtype).
-at::ScalarType compute_dtype_cuda(at::ScalarType dtype) { return dtype; }
-
-const IbqEpilogues kCudaEpilogues{scan_cuda, entropy_cuda, grad_cuda, compute_dtype_cuda, int64_t(256) << 20};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cuda(
-    const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
-    int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCUDA);
-  const c10::cuda::CUDAGuard guard(z.device());
-  return ibq_forward_driver(kCudaEpilogues, z, codebook, temperature, quantize, entropy, codes_per_tile);
-}
-
-std::tuple<at::Tensor, at::Tensor> ibq_backward_cuda(
-    const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy,
-    const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats,
-    const at::Tensor& soft_codes, const at::Tensor& code_coef, double temperature, int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCUDA);
-  const c10::cuda::CUDAGuard guard(z.device());
-  return ibq_backward_driver(kCudaEpilogues, grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes,
-                             code_coef, temperature, codes_per_tile);
-}
-
-}  // namespace
 }  // namespace dcae_ext
-
-TORCH_LIBRARY_IMPL(dcae_ext, CUDA, m) {
-  m.impl("ibq_forward", &dcae_ext::ibq_forward_cuda);
-  m.impl("_ibq_backward", &dcae_ext::ibq_backward_cuda);
-}

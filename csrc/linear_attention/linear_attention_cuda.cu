@@ -1,26 +1,6 @@
-// CUDA kernels of linear attention, templated on the padded head dim D in {8, 16, 32, 64}
-// (a head of d <= 64 runs the smallest D >= d with zero-filled channels; larger heads, and
-// float64, the gradcheck dtype, run the ATen composite). float32, float16 and bfloat16 inputs,
-// float32 accumulation throughout.
-//
-// Forward, two kernels per call:
-//   state_kernel   grid (B*heads, splits), 128 threads. A block owns one head and every
-//                  splits-th tile of 128 tokens of it. Per tile it loads relu(k) and v into shared
-//                  memory token-major ([token][D+4] floats, 16-byte global loads when the token
-//                  stride is 1 and the rows are aligned) and adds sum_t [v_t; 1] relu(k_t)^T to a
-//                  register state: lane j of a warp owns column j of the (D+1) x D state (two
-//                  columns for D = 64, several tokens per warp step for D < 32) and reads the v
-//                  row of each token as float4 broadcasts. At the end the warps' states are summed
-//                  in shared memory and added to a float32 workspace (B*heads, D+1, D) with atomics,
-//                  which is how the N-reduction is split across blocks.
-//   output_kernel  grid (B*heads, splits), 128 threads, one token per thread: the head's state
-//                  sits in shared memory, the thread keeps relu(q_n) in registers and writes
-//                  out_n = vk relu(q_n) / (ksum . relu(q_n) + eps), coalesced across the warp.
-// Backward (nothing saved but q, k, v): state_kernel again, then
-//   query_kernel   like state_kernel, but each tile first runs one token per thread: dq_n, plus
-//                  [G_n / den_n; dden_n] and relu(q_n) written to shared memory, whose outer
-//                  products are then accumulated into the (D+1) x D gradient of the state.
-//   key_kernel     like output_kernel: dv_m = dvk relu(k_m), dk_m = 1[k_m > 0] (dvk^T v_m + dksum).
+// CUDA kernels of linear attention (docs/linear_attention.md), templated on the head dim padded
+// to D in {8, 16, 32, 64}; larger heads and float64 run the ATen composite. Forward: state_kernel
+// then output_kernel; backward: state_kernel, query_kernel, key_kernel. float32 accumulation.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -29,6 +9,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
 #include "common/static_switch.h"
 #include "linear_attention/linear_attention.h"
 
@@ -80,13 +61,13 @@ struct HeadView {
 };
 
 template <typename scalar_t>
-__device__ __forceinline__ HeadView<scalar_t> head_view(const scalar_t* base, HeadStrides s, int64_t bh, int heads) {
-  return {base + (bh / heads) * s.b + (bh % heads) * s.h, s.c, s.n};
+__device__ __forceinline__ HeadView<scalar_t> head_view(const scalar_t* base, Strides4 s, int64_t bh, int heads) {
+  return {base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1, s.dim2, s.dim3};
 }
 
 template <typename scalar_t>
-__device__ __forceinline__ scalar_t* head_out(scalar_t* base, HeadStrides s, int64_t bh, int heads) {
-  return base + (bh / heads) * s.b + (bh % heads) * s.h;
+__device__ __forceinline__ scalar_t* head_out(scalar_t* base, Strides4 s, int64_t bh, int heads) {
+  return base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1;
 }
 
 // True when every row of every head of t starts 16-byte aligned and tokens are contiguous.
@@ -245,10 +226,12 @@ __device__ __forceinline__ acc dot_row(const acc* row, const acc (&x)[D]) {
   return sum;
 }
 
+// The (D+1) x D state sum_t [v_t; 1] relu(k_t)^T of a head: grid (B x heads, splits), a block
+// sums every splits-th tile of 128 tokens, loaded token-major into shared memory.
 template <typename scalar_t, typename acc, int D, bool kAtomic>
-__global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
+__global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, Strides4 ks,
                                                          bool k_vec, const scalar_t* __restrict__ v,
-                                                         HeadStrides vs, bool v_vec, Launch p,
+                                                         Strides4 vs, bool v_vec, Launch p,
                                                          acc* __restrict__ state) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
   static_assert(StateAccumulator<acc, D, true>::kScratch <= 2 * kTile * kStride, "flush scratch");
@@ -272,9 +255,10 @@ __global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restr
   sum.template flush<kAtomic>(k_tile, state + state_offset<D, kAtomic>(bh));
 }
 
+// out_n = vk relu(q_n) / (ksum . relu(q_n) + eps): one token per thread, the state in shared memory.
 template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
-                                                          scalar_t* __restrict__ out, HeadStrides os, Launch p,
+__global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __restrict__ q, Strides4 qs,
+                                                          scalar_t* __restrict__ out, Strides4 os, Launch p,
                                                           const acc* __restrict__ state, acc eps) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* st = reinterpret_cast<acc*>(smem_raw);
@@ -289,14 +273,15 @@ __global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __rest
     const acc inv_den = acc(1) / (dot_row<acc, D>(st + D * D, rq) + eps);
 #pragma unroll
     for (int i = 0; i < D; ++i)
-      if (i < p.d) oh[i * os.c + n * os.n] = static_cast<scalar_t>(dot_row<acc, D>(st + i * D, rq) * inv_den);
+      if (i < p.d) oh[i * os.dim2 + n * os.dim3] = static_cast<scalar_t>(dot_row<acc, D>(st + i * D, rq) * inv_den);
   }
 }
 
+// dq per token (one per thread), then the state's gradient [dvk; dksum] summed like state_kernel.
 template <typename scalar_t, typename acc, int D, bool kAtomic>
-__global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
-                                                         const scalar_t* __restrict__ grad, HeadStrides gs,
-                                                         scalar_t* __restrict__ dq, HeadStrides dqs, Launch p,
+__global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, Strides4 qs,
+                                                         const scalar_t* __restrict__ grad, Strides4 gs,
+                                                         scalar_t* __restrict__ dq, Strides4 dqs, Launch p,
                                                          const acc* __restrict__ state, acc eps,
                                                          acc* __restrict__ dstate) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
@@ -352,7 +337,7 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
       for (int c = 0; c < D; ++c) {
         if (c < p.d) {
           const acc value = w[c] * inv_den + st[D * D + c] * dden;
-          dqh[c * dqs.c + n * dqs.n] = static_cast<scalar_t>(rq[c] > acc(0) ? value : acc(0));
+          dqh[c * dqs.dim2 + n * dqs.dim3] = static_cast<scalar_t>(rq[c] > acc(0) ? value : acc(0));
         }
       }
       acc* q_row = q_tile + t * kStride;
@@ -366,11 +351,12 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
   sum.template flush<kAtomic>(dn_tile, dstate + state_offset<D, kAtomic>(bh));
 }
 
+// dv_m = dvk relu(k_m), dk_m = 1[k_m > 0] (dvk^T v_m + dksum): one token per thread.
 template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
-                                                       const scalar_t* __restrict__ v, HeadStrides vs,
-                                                       scalar_t* __restrict__ dk, HeadStrides dks,
-                                                       scalar_t* __restrict__ dv, HeadStrides dvs, Launch p,
+__global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restrict__ k, Strides4 ks,
+                                                       const scalar_t* __restrict__ v, Strides4 vs,
+                                                       scalar_t* __restrict__ dk, Strides4 dks,
+                                                       scalar_t* __restrict__ dv, Strides4 dvs, Launch p,
                                                        const acc* __restrict__ dstate) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* dst = reinterpret_cast<acc*>(smem_raw);  // [dvk; dksum]
@@ -389,7 +375,7 @@ __global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restric
 #pragma unroll
     for (int i = 0; i < D; ++i) {
       if (i < p.d) {
-        dvh[i * dvs.c + m * dvs.n] = static_cast<scalar_t>(dot_row<acc, D>(dst + i * D, rk));
+        dvh[i * dvs.dim2 + m * dvs.dim3] = static_cast<scalar_t>(dot_row<acc, D>(dst + i * D, rk));
         const acc vi = static_cast<acc>(vh.at(i, m));
 #pragma unroll
         for (int j = 0; j < D; j += 4) {  // g += v_i dvk[i, :], i.e. dvk^T v
@@ -403,34 +389,14 @@ __global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restric
     }
 #pragma unroll
     for (int c = 0; c < D; ++c)
-      if (c < p.d) dkh[c * dks.c + m * dks.n] = static_cast<scalar_t>(rk[c] > acc(0) ? g[c] : acc(0));
+      if (c < p.d) dkh[c * dks.dim2 + m * dks.dim3] = static_cast<scalar_t>(rk[c] > acc(0) ? g[c] : acc(0));
   }
 }
 
 // ---- host side ------------------------------------------------------------------------------
 
-// Calls fn(scalar_t{}) for the fused dtypes; float64 never gets here (composite).
-template <typename Fn>
-void dispatch_fused_dtype(at::ScalarType type, Fn fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kHalf: fn(c10::Half{}); break;
-    case at::kBFloat16: fn(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, "dcae_ext linear_attention CUDA: no fused kernel for ", type);
-  }
-}
-
 bool use_composite(const at::Tensor& q, const AttentionGeometry& geo) {
   return geo.dim > kMaxFusedCudaHeadDim || q.scalar_type() == at::kDouble;
-}
-
-// Calls fn(std::integral_constant<int, D>) with the smallest supported D >= d.
-template <typename Fn>
-void with_padded_dim(int64_t d, Fn fn) {
-  if (d <= 8) fn(std::integral_constant<int, 8>());
-  else if (d <= 16) fn(std::integral_constant<int, 16>());
-  else if (d <= 32) fn(std::integral_constant<int, 32>());
-  else fn(std::integral_constant<int, 64>());
 }
 
 // Blocks per head along the tokens: enough blocks in all to fill the GPU a few times over.
@@ -489,8 +455,8 @@ at::Tensor compute_state(const at::Tensor& k, const at::Tensor& v, const Attenti
     DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
       auto kernel = state_kernel<scalar_t, acc, D, kAtomic>;
       allow_shared_memory(kernel, smem);
-      kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), head_strides_of(k), vector_loads_ok(k),
-                                               v.const_data_ptr<scalar_t>(), head_strides_of(v), vector_loads_ok(v), p,
+      kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), strides_of(k), vector_loads_ok(k),
+                                               v.const_data_ptr<scalar_t>(), strides_of(v), vector_loads_ok(v), p,
                                                out.mutable_data_ptr<acc>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -502,6 +468,70 @@ void check_grid(const AttentionGeometry& geo) {
                  "batch * heads = ", geo.heads_total(), " exceeds the CUDA grid limit");
 }
 
+// The fused kernels on float32 / float16 / bfloat16; float64 goes to the composite before this.
+template <typename scalar_t>
+void forward_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps,
+                   const AttentionGeometry& geo, at::Tensor& out) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    TORCH_CHECK(false, "dcae_ext: linear_attention has no fused CUDA kernel for float64");
+  } else {
+    using acc = acc_t<scalar_t>;
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+    DCAE_HEAD_DIM_SWITCH(geo.dim, D, [&] {
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+      const size_t smem = (D + 1) * D * sizeof(acc);
+      const dim3 grid(static_cast<unsigned int>(geo.heads_total()),
+                      static_cast<unsigned int>(splits_for(geo, kThreads)));
+      output_kernel<scalar_t, acc, D><<<grid, kThreads, smem, stream>>>(
+          q.const_data_ptr<scalar_t>(), strides_of(q), out.mutable_data_ptr<scalar_t>(), strides_of(out), p,
+          state.const_data_ptr<acc>(), static_cast<acc>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_fused(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    double eps, const AttentionGeometry& geo, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    TORCH_CHECK(false, "dcae_ext: linear_attention has no fused CUDA kernel for float64");
+  } else {
+    using acc = acc_t<scalar_t>;
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+    DCAE_HEAD_DIM_SWITCH(geo.dim, D, [&] {
+      constexpr int kTile = TileSize<acc>::value;
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+
+      const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
+      const int64_t query_splits = splits_for(geo, kTile);
+      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(query_splits));
+      const auto launch_query = [&](const at::Tensor& dstate_out, bool atomic) {
+        DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
+          auto query = query_kernel<scalar_t, acc, D, kAtomic>;
+          allow_shared_memory(query, query_smem);
+          query<<<query_grid, kThreads, query_smem, stream>>>(
+              q.const_data_ptr<scalar_t>(), strides_of(q), grad_out.const_data_ptr<scalar_t>(),
+              strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), strides_of(dq), p,
+              state.const_data_ptr<acc>(), static_cast<acc>(eps), dstate_out.mutable_data_ptr<acc>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      };
+      const at::Tensor dstate = sum_over_splits<acc, D>(q, geo, query_splits, stream, launch_query);
+
+      const size_t key_smem = (D + 1) * D * sizeof(acc);
+      const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
+                          static_cast<unsigned int>(splits_for(geo, kThreads)));
+      key_kernel<scalar_t, acc, D><<<key_grid, kThreads, key_smem, stream>>>(
+          k.const_data_ptr<scalar_t>(), strides_of(k), v.const_data_ptr<scalar_t>(), strides_of(v),
+          dk.mutable_data_ptr<scalar_t>(), strides_of(dk), dv.mutable_data_ptr<scalar_t>(), strides_of(dv), p,
+          dstate.const_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
 at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
   const AttentionGeometry geo = check_linear_attention_args(q, k, v, eps);
   DCAE_CHECK_DEVICE_TYPE(q, "q", c10::kCUDA);
@@ -510,23 +540,8 @@ at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   check_grid(geo);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    using acc = acc_t<scalar_t>;
-    with_padded_dim(geo.dim, [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
-      const size_t smem = (D + 1) * D * sizeof(acc);
-      const dim3 grid(static_cast<unsigned int>(geo.heads_total()),
-                      static_cast<unsigned int>(splits_for(geo, kThreads)));
-      output_kernel<scalar_t, acc, D><<<grid, kThreads, smem, stream>>>(
-          q.const_data_ptr<scalar_t>(), head_strides_of(q), out.mutable_data_ptr<scalar_t>(), head_strides_of(out),
-          p, state.const_data_ptr<acc>(), static_cast<acc>(eps));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_cuda",
+                         [&] { forward_fused<scalar_t>(q, k, v, eps, geo, out); });
   return out;
 }
 
@@ -543,41 +558,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(co
   at::Tensor dv = at::empty(q.sizes(), q.options());
   if (dq.numel() == 0) return {dq, dk, dv};
   check_grid(geo);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    using acc = acc_t<scalar_t>;
-    with_padded_dim(geo.dim, [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      constexpr int kTile = TileSize<acc>::value;
-      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
-      const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
-      const int64_t query_splits = splits_for(geo, kTile);
-      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(query_splits));
-      const at::Tensor dstate = sum_over_splits<acc, D>(q, geo, query_splits, stream, [&](const at::Tensor& out,
-                                                                                          bool atomic) {
-        DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
-          auto query = query_kernel<scalar_t, acc, D, kAtomic>;
-          allow_shared_memory(query, query_smem);
-          query<<<query_grid, kThreads, query_smem, stream>>>(
-              q.const_data_ptr<scalar_t>(), head_strides_of(q), grad_out.const_data_ptr<scalar_t>(),
-              head_strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), head_strides_of(dq), p,
-              state.const_data_ptr<acc>(), static_cast<acc>(eps), out.mutable_data_ptr<acc>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
-
-      const size_t key_smem = (D + 1) * D * sizeof(acc);
-      const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
-                          static_cast<unsigned int>(splits_for(geo, kThreads)));
-      key_kernel<scalar_t, acc, D><<<key_grid, kThreads, key_smem, stream>>>(
-          k.const_data_ptr<scalar_t>(), head_strides_of(k), v.const_data_ptr<scalar_t>(), head_strides_of(v),
-          dk.mutable_data_ptr<scalar_t>(), head_strides_of(dk), dv.mutable_data_ptr<scalar_t>(), head_strides_of(dv),
-          p, dstate.const_data_ptr<acc>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_backward_cuda",
+                         [&] { backward_fused<scalar_t>(grad_out, q, k, v, eps, geo, dq, dk, dv); });
   return {dq, dk, dv};
 }
 

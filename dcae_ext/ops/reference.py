@@ -1,4 +1,5 @@
-"""The math of every op, in plain PyTorch (DESIGN.md section 2).
+"""The math of every op, in plain PyTorch (derivations in docs/ibq.md, docs/linear_attention.md,
+docs/shortcuts.md).
 
 Same signatures as the public ops. These are what the kernels are tested against and
 raced against; they favour clarity over speed and build every intermediate tensor.
@@ -10,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for every reduced-precision dtype, float64 for float64 (csrc/common/dispatch.h)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --- 2.3 DC-AE residual shortcuts -------------------------------------------------------------
+# --- DC-AE residual shortcuts (docs/shortcuts.md) ----------------------------------------------------------
 
 def pixel_unshuffle_mean(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
     """x (B, C, H, W) -> (B, out_channels, H/r, W/r): space-to-channel, then mean over channel groups."""
@@ -31,11 +33,11 @@ def pixel_shuffle_repeat(x: torch.Tensor, factor: int, out_channels: int, residu
     return y if residual is None else residual + y
 
 
-# --- 2.1 IBQ ------------------------------------------------------------------------------------
+# --- IBQ (docs/ibq.md) ---------------------------------------------------------------------------
 
 def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, K) logits z . C_k of the flattened rows, in the accumulation dtype."""
-    acc = _accumulation_dtype(z)
+    acc = accumulation_dtype(z.dtype)
     return z.reshape(-1, codebook.shape[1]).to(acc) @ codebook.to(acc).t()
 
 
@@ -75,7 +77,7 @@ def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperatu
     return z_q, idx, ibq_entropy_loss(z, codebook, temperature)
 
 
-# --- 2.2 ReLU linear attention ------------------------------------------------------------------
+# --- ReLU linear attention (docs/linear_attention.md) --------------------------------------------
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-15):
     """q, k, v (B, heads, d, N) -> out (B, heads, d, N).
@@ -83,7 +85,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     out_n = (sum_m v_m relu(k_m)^T) relu(q_n) / (relu(q_n) . sum_m relu(k_m) + eps),
     computed in float32 (float64 for float64) because half precision overflows.
     """
-    dtype, acc = q.dtype, _accumulation_dtype(q)
+    dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     q, k, v = F.relu(q.to(acc)), F.relu(k.to(acc)), v.to(acc)
     d, n = q.shape[-2], q.shape[-1]
     if n <= d:  # the quadratic form: cheaper when there are fewer tokens than dimensions

@@ -1,4 +1,3 @@
-import math
 import sys
 from unittest import mock
 
@@ -9,19 +8,13 @@ from dcae_ext import ops
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
 from dcae_ext.testing import device_dtypes, devices
+from dcae_ext.testing import ibq_inputs as _inputs
 
 MODES = {"quantize": (True, False), "entropy": (False, True), "both": (True, True)}
 # Fused result vs the reference run on the same inputs (both accumulate in float32, float64 for
 # float64); low-precision results are rounded to the dtype once. Gradients are judged against
 # their own scale: the error may be this fraction of the gradient's largest element.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def _inputs(n, k, d, device, dtype, batch=(), scale=1.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn((*batch, n, d), generator=gen, dtype=torch.float64) * scale
-    codebook = torch.randn((k, d), generator=gen, dtype=torch.float64)
-    return z.to(device, dtype), codebook.to(device, dtype)
 
 
 def _losses(fn, z, codebook, mode, grad_z_q, grad_entropy):
@@ -46,7 +39,7 @@ def _reference(z, codebook, temperature):
 
 def _same_precision_reference(z, codebook, temperature):
     """The reference math with every intermediate in z's own dtype (no float32 accumulation)."""
-    with mock.patch.object(reference, "_accumulation_dtype", lambda t: t.dtype):
+    with mock.patch.object(reference, "accumulation_dtype", lambda dtype: dtype):
         return _reference(z, codebook, temperature)
 
 
@@ -269,45 +262,6 @@ def test_compile_fullgraph_matches_eager(device):
         torch.testing.assert_close(got, want)
 
 
-def _poisoned_rows(device, dtype):
-    """z rows whose logits hold NaN, +inf or only -inf, among ordinary rows (codebook finite)."""
-    z, codebook = _inputs(8, 20, 4, device, torch.float64)
-    codebook[:, 0] = codebook[:, 0].abs() + 0.1
-    z[1] = math.nan                                   # every logit NaN
-    z[3] = torch.tensor([0.0, math.inf, 0.5, 0.5])    # +inf where codebook[:, 1] > 0, -inf elsewhere
-    z[5] = torch.tensor([-math.inf, 0.0, 0.0, 0.0])   # every logit -inf
-    return z.to(dtype), codebook.to(dtype)
-
-
-def _poisoned_codes(device, dtype):
-    """A codebook whose codes give NaN and +inf logits to every row, in different tiles."""
-    z, codebook = _inputs(6, 20, 4, device, torch.float64)
-    z = z.abs() + 0.1
-    codebook[3] = math.inf    # +inf logit, tile 0 (tiles of 4)
-    codebook[9] = math.nan    # NaN logit, tile 2: wins over the earlier +inf
-    codebook[14] = math.nan   # a later NaN: loses to the first
-    return z.to(dtype), codebook.to(dtype)
-
-
-@pytest.mark.parametrize("device,dtype", device_dtypes())
-@pytest.mark.parametrize("make", [_poisoned_rows, _poisoned_codes])
-@pytest.mark.parametrize("codes_per_tile", [0, 4])
-def test_nan_and_inf_follow_torch_argmax(device, dtype, make, codes_per_tile):
-    # The policy (docs/ibq.md): idx is torch.argmax of the logits (a NaN logit wins, then the
-    # lowest index); a row whose softmax is undefined gets a NaN z_q; the entropy is NaN.
-    z, codebook = make(device, dtype)
-    z_q, idx, ent = _run(z, codebook, 0.5, True, True, codes_per_tile)
-    ref_z_q, ref_idx, ref_ent = _reference(z, codebook, 0.5)
-    logits = reference.ibq_logits(z, codebook)
-    assert torch.equal(idx, logits.argmax(dim=-1)) and torch.equal(idx, ref_idx)
-    undefined = ~torch.logsumexp(logits, dim=-1).isfinite()
-    assert torch.equal(z_q.isnan().all(dim=-1), undefined) and torch.equal(ref_z_q.isnan().all(dim=-1), undefined)
-    assert torch.equal(z_q[~undefined], codebook[idx[~undefined]])
-    assert ent.isnan() and ref_ent.isnan()
-    assert torch.equal(_run(z, codebook, 0.5, True, False, codes_per_tile)[1], idx)
-    assert torch.equal(ops.ibq_quantize(z, codebook)[1], idx)
-
-
 _PEAK_RSS_SCRIPT = """
 import sys, torch
 from dcae_ext.ops import reference
@@ -357,81 +311,3 @@ def test_peak_memory_is_linear_in_rows_plus_codes():
     full_logits_mb = n * k * 4 / 2**20
     assert reference_mb > full_logits_mb  # the measurement sees N x K tensors when they exist
     assert fused_mb < bound_mb < full_logits_mb, (fused_mb, bound_mb, reference_mb)
-
-
-@pytest.mark.parametrize("call,match", [
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 4)), "'codebook': dimension 4"),
-    (lambda: ops.ibq_quantize(torch.ones(4, 3, dtype=torch.int64), torch.randn(5, 3)), "'z': expected a floating"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)), "'codebook': dtype"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(2, 5, 3)), "'codebook': expected a 2-D"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(0, 3)), "'codebook': needs at least one"),
-    (lambda: ops.ibq_entropy_loss(torch.randn(4, 3), torch.randn(5, 3), 0.0), "'temperature'"),
-    (lambda: ops.ibq_entropy_loss(torch.randn(4, 3), torch.randn(5, 3), math.inf), "'temperature'"),
-    (lambda: ops.ibq_quantize_with_entropy(torch.randn(4, 3), torch.randn(5, 3), math.nan), "'temperature'"),
-    (lambda: ops.ibq_quantize_with_entropy(torch.randn(4, 3), torch.randn(5, 3), -1.0), "'temperature'"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 0), torch.randn(5, 0)), "'z': needs a last dimension"),
-    (lambda: ops.ibq_entropy_loss(torch.randn(2, 4, 0), torch.randn(5, 0)), "'z': needs a last dimension"),
-    (lambda: ops.ibq_quantize_with_entropy(torch.randn(()), torch.randn(5, 3)), "'z'"),
-])
-def test_bad_inputs_raise_value_error(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-@pytest.mark.parametrize("args,match", [
-    ((torch.randn(4, 3), torch.randn(5, 4), 1.0), "argument 'codebook'"),
-    ((torch.randn(4, 3), torch.randn(5, 3), -1.0), "argument 'temperature'"),
-    ((torch.randn(4, 3), torch.randn(5, 3), math.inf), "argument 'temperature'"),
-    ((torch.randn(4, 3), torch.randn(5, 3), math.nan), "argument 'temperature'"),
-    ((torch.randn(4, 0), torch.randn(5, 0), 1.0), "argument 'z'"),
-])
-def test_kernel_checks_arguments_too(args, match):
-    with pytest.raises(ValueError, match=match):
-        torch.ops.dcae_ext.ibq_forward(*args, True, True, 0)
-
-
-def _backward_args(device):
-    z, codebook = _inputs(9, 21, 5, device, torch.float32)
-    _, idx, _, row_stats, soft, coef = torch.ops.dcae_ext.ibq_forward(z, codebook, 0.5, True, True, 8)
-    return dict(grad_z_q=torch.randn_like(z), grad_entropy=torch.tensor(0.3, device=device), z=z,
-                codebook=codebook, idx=idx, row_stats=row_stats, soft_codes=soft, code_coef=coef)
-
-
-def _call_backward(args):
-    return torch.ops.dcae_ext._ibq_backward(*args.values(), 0.5, 8)
-
-
-@pytest.mark.parametrize("name", ["grad_z_q", "grad_entropy", "idx", "row_stats", "soft_codes", "code_coef"])
-def test_backward_checks_the_device_of_every_tensor(name):
-    # A tensor on another device (a CPU scalar given to the CUDA kernel was an illegal memory
-    # access); with one device here, the CPU kernel is called directly with a meta tensor.
-    args = _backward_args("cpu")
-    args[name] = args[name].to("meta")
-    cpu_kernel = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-    with pytest.raises(ValueError, match=f"argument '{name}': is on meta"):
-        torch.ops.dcae_ext._ibq_backward.default.redispatch(cpu_kernel, *args.values(), 0.5, 8)
-
-
-@pytest.mark.parametrize("name,bad,match", [
-    ("grad_z_q", lambda t: t.double(), "dtype"),
-    ("grad_z_q", lambda t: t[:, :4], "expected shape"),
-    ("grad_entropy", lambda t: torch.ones(2), "expected one element"),
-    ("grad_entropy", lambda t: torch.tensor(1), "floating-point"),
-    ("idx", lambda t: t.int(), "int64"),
-    ("row_stats", lambda t: t[:, :3], "expected"),
-    ("soft_codes", lambda t: t.double(), "expected"),
-    ("code_coef", lambda t: t[:5], "expected"),
-])
-def test_backward_checks_dtypes_and_shapes(name, bad, match):
-    args = _backward_args("cpu")
-    args[name] = bad(args[name])
-    with pytest.raises(ValueError, match=f"argument '{name}'.*{match}"):
-        _call_backward(args)
-
-
-@pytest.mark.cuda
-def test_backward_rejects_a_cpu_scalar_on_cuda():
-    args = _backward_args("cuda")
-    args["grad_entropy"] = torch.tensor(0.3)
-    with pytest.raises(ValueError, match="argument 'grad_entropy'"):
-        _call_backward(args)

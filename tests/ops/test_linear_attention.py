@@ -214,11 +214,15 @@ _X = torch.randn(1, 2, 4, 5)
     (lambda: ops.linear_attention(_X, torch.randn(1, 2, 4, 5, 1), _X), "'k': expected a 4-D"),
     (lambda: ops.linear_attention(torch.ones(1, 2, 4, 5, dtype=torch.int64), _X, _X), "'q': expected a floating"),
     (lambda: ops.linear_attention(_X, _X, _X.double()), "'v': dtype"),
-    (lambda: ops.linear_attention(_X, _X.to("meta"), _X), "'k': on meta"),
+    (lambda: ops.linear_attention(_X, _X.to("meta"), _X), "'k': is on meta"),
     (lambda: ops.linear_attention(_X, _X, _X, eps=0.0), "'eps'"),
+    (lambda: ops.linear_attention(_X, _X, _X, eps="1e-6"), "'eps': expected a number"),
     (lambda: ops.linear_attention(_X, _X, [1.0]), "'v': expected a torch.Tensor"),
 ])
-def test_bad_inputs_raise_value_error(call, match):
+@pytest.mark.parametrize("reference_mode", [False, True], ids=["kernel", "reference"])
+def test_bad_inputs_raise_value_error(call, match, reference_mode):
+    # The same error whether the kernel or the reference would run: the checks are the op's own.
+    ops.use_reference(reference_mode)
     with pytest.raises(ValueError, match=match):
         call()
 

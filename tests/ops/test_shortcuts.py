@@ -159,14 +159,21 @@ def test_reference_mode_switch_routes_to_reference(monkeypatch):
     (lambda: ops.pixel_unshuffle_mean(torch.ones(1, 4, 4, 4, dtype=torch.int64), 2, 4), "'x': expected a floating"),
     (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 4, 5, 4), 2, 4), "'factor': 2 does not divide"),
     (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 3, 4, 4), 2, 5), "'out_channels': 5 does not divide"),
-    (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 3, 4, 4), 0, 3), "'factor': expected an int >= 1"),
+    (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 3, 4, 4), 0, 3), "'factor': must be >= 1"),
     (lambda: ops.pixel_shuffle_repeat(torch.randn(1, 3, 4, 4), 1, 4), "'out_channels'"),
+    (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 4, 4, 4), 2.0, 4), "'factor': expected an int"),
+    (lambda: ops.pixel_shuffle_repeat(torch.randn(1, 4, 4, 4), 2, True), "'out_channels': expected an int"),
+    (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 4, 4, 4), 2, 4, residual=torch.randn(1, 4, 2, 2, device="meta")),
+     "'residual': is on meta"),
     (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 4, 4, 4), 2, 4, residual=torch.randn(1, 4, 3, 2)),
      "'residual': expected shape"),
     (lambda: ops.pixel_unshuffle_mean(torch.randn(1, 4, 4, 4), 2, 4,
                                       residual=torch.randn(1, 4, 2, 2, dtype=torch.float64)), "'residual': dtype"),
 ])
-def test_bad_inputs_raise_value_error(call, match):
+@pytest.mark.parametrize("reference_mode", [False, True], ids=["kernel", "reference"])
+def test_bad_inputs_raise_value_error(call, match, reference_mode):
+    # The same error whether the kernel or the reference would run: the checks are the op's own.
+    ops.use_reference(reference_mode)
     with pytest.raises(ValueError, match=match):
         call()
 
