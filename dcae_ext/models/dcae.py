@@ -1,4 +1,4 @@
-"""DC-AE encoder, decoder and autoencoder (DESIGN.md section 3).
+"""DC-AE encoder, decoder and autoencoder (its ops: docs/shortcuts.md, docs/linear_attention.md).
 
 The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
 encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so
