@@ -25,10 +25,10 @@ enum IbqRowStat : int64_t {
 };
 
 // Pass 1 (online over code tiles): running max m, argmax idx (torch.argmax order: a NaN logit
-// wins, then ties -> lowest k; m becomes NaN), sum exp(l - m)
-// `sum_exp`, and (when sum_exp_t is defined) sum exp((l - m) / T). When `probs` is defined it
-// receives exp(l - m_new) (compute dtype; may alias `logits`) and the rows of `soft` (N, D) are
-// rescaled by exp(m_old - m_new), for the flash-style accumulation of s @ C.
+// wins, then ties -> lowest k; m becomes NaN), `sum_exp` = sum exp(l - m) and, when sum_exp_t
+// is defined, sum exp((l - m) / T). When `probs` is defined it receives exp(l - m_new) (GEMM
+// dtype; may alias `logits`) and the rows of `soft` (N, D) are rescaled by exp(m_old - m_new),
+// for the flash-style accumulation of s @ C.
 struct IbqScanArgs {
   at::Tensor logits;            // (N, kt) slab
   int64_t code_offset;          // first code of the tile
@@ -39,18 +39,18 @@ struct IbqScanArgs {
 
 // Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)
 // of the tile, adds -sum p log p to row_entropy (log p = (l - m) / T - log-sum at T, exact),
-// and writes s = softmax(l) into `probs` (compute dtype) when it is defined.
+// and writes s = softmax(l) into `probs` (GEMM dtype) when it is defined.
 struct IbqEntropyArgs {
   at::Tensor logits;            // (N, kt) slab, replaced by p
   double inv_temperature;
   at::Tensor row_stats;         // (N, 4)
   at::Tensor row_entropy;       // (N) accumulator
-  at::Tensor probs;             // optional (N, kt) compute dtype
+  at::Tensor probs;             // optional (N, kt) GEMM dtype
 };
 
 // Backward, one tile: d(logits) = s (g - D_n) [if grad_logits_q defined]
 //                               + (gE / T) p (h - c_n) [if grad_entropy defined],
-// h_nk = (b_k - log p_nk) / N. Written to `out` (compute dtype).
+// h_nk = (b_k - log p_nk) / N. Written to `out` (GEMM dtype).
 struct IbqGradArgs {
   at::Tensor logits;            // (N, kt) slab
   at::Tensor grad_logits_q;     // (N, kt) slab g = G @ C_tile^T, or undefined
@@ -60,7 +60,7 @@ struct IbqGradArgs {
   at::Tensor grad_entropy;      // 0-dim accumulation-dtype tensor on the device, or undefined
   double inv_temperature;
   int64_t rows_total;           // N of the mean over rows
-  at::Tensor out;               // (N, kt) compute dtype
+  at::Tensor out;               // (N, kt) GEMM dtype
 };
 
 // The epilogue kernels, one launcher per pass and device. On CPU the slabs are in the

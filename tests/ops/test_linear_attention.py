@@ -117,12 +117,18 @@ def test_deterministic_algorithms_give_bitwise_identical_runs(device, dtype):
     torch.use_deterministic_algorithms(True)
     try:
         runs = [_forward_and_backward(q, k, v, grad) for _ in range(4)]
-        _check_against_reference(q, k, v)
     finally:
         torch.use_deterministic_algorithms(previous)
     for run in runs[1:]:
         for got, first in zip(run, runs[0]):
             assert torch.equal(got, first)
+    # and right: against the float64 reference (run outside deterministic mode, whose cuBLAS
+    # calls would need CUBLAS_WORKSPACE_CONFIG)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out64 = reference.linear_attention(*leaves64)
+    out64.backward(grad.double())
+    for got, want in zip(runs[0], [out64.detach()] + [t.grad for t in leaves64]):
+        _assert_close(got, want, dtype)
 
 
 def test_strided_views_are_not_copied():
