@@ -57,9 +57,9 @@ int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
   return 0;
 }
 
-// sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kTemp];
+// sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kEntropy];
 // exp(row[k] - max) is stored to probs[k] when kProbs (probs may alias row).
-template <typename acc, bool kTemp, bool kProbs>
+template <typename acc, bool kEntropy, bool kProbs>
 DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, acc* probs, acc& sum,
                                acc& sum_t) {
   acc s = 0, s_t = 0;
@@ -68,7 +68,7 @@ DCAE_SIMD_CLONES void exp_sums(const acc* row, int64_t kt, acc max, acc inv_t, a
     const acc shifted = row[k] - max;
     const acc e = fast_exp(shifted);
     s += e;
-    if (kTemp) s_t += fast_exp(shifted * inv_t);
+    if (kEntropy) s_t += fast_exp(shifted * inv_t);
     if (kProbs) probs[k] = e;
   }
   sum = s;
