@@ -1,4 +1,5 @@
-"""DC-AE encoder, decoder and autoencoder (Chen et al., arXiv 2410.10733).
+"""DC-AE encoder, decoder and autoencoder (Chen et al., arXiv 2410.10733; its ops: docs/shortcuts.md,
+docs/linear_attention.md).
 
 The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
 encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so

@@ -1,4 +1,4 @@
-"""IBQ: index-backpropagation quantizer (DESIGN.md 2.1) around `dcae_ext.ops.ibq_quantize*`.
+"""IBQ: index-backpropagation quantizer (docs/ibq.md) around `dcae_ext.ops.ibq_quantize*`.
 
 The nearest code is chosen by the plain dot product; the straight-through one-hot
 `hard - sg(soft) + soft` lets every code receive gradient. The loss follows SEED-Voken:
