@@ -66,12 +66,7 @@ def _models(entropy_weight):
     return ours, theirs
 
 
-@pytest.mark.parametrize("entropy_weight", [
-    0.0,
-    pytest.param(0.05, marks=pytest.mark.xfail(strict=True, reason=(
-        "the op's per-sample entropy is -sum p log(p + 1e-5), the official one the exact -sum p log p "
-        "(up to 7e-4 apart): the ops fix of issue 13 section 3 lands separately; remove this mark then"))),
-])
+@pytest.mark.parametrize("entropy_weight", [0.0, 0.05])
 def test_one_training_step_matches_the_official_code(entropy_weight, tmp_path):
     ours, theirs = _models(entropy_weight)
     config = make_config("ibq", steps=2, batch_size=4, resolution=16, out=str(tmp_path), device="cpu", precision="fp32",
