@@ -4,9 +4,9 @@ A smaller budget than the demo's (32x32 crops, 200 steps, no LPIPS or GAN), with
 the IBQ training defaults; codebook usage is counted over the 16 embedded images at 64 px (4096
 tokens) by the evaluation code `dcae-ext eval` runs.
 
-Measured at this budget (seeds 0 and 1): the tiny preset (codebook N(0, 0.1^2)) used 0.76 / 0.72 of
-the codebook, perplexity 191 / 158; the same model with the official N(0, 1) codebook collapsed to
-0.021 / 0.22, perplexity 1.9 / 31. The thresholds sit between, 1.6x below the healthy runs and 2x
+Measured at this budget (seeds 0 and 1): the tiny preset (codebook N(0, 0.1^2)) used 0.77 / 0.75 of
+the codebook, perplexity 205 / 187; the same model with the official N(0, 1) codebook collapsed to
+0.027 / 0.10, perplexity 4.6 / 16. The thresholds sit between: 1.7x below the healthy runs, 4-5x
 above the collapsed ones.
 """
 import pytest
