@@ -1,17 +1,43 @@
 """The `dcae-ext` command. Each subcommand lives in dcae_ext/commands/<name>.py and exposes
-add_parser(subparsers) and run(args)."""
+add_parser(subparsers) and run(args).
+
+Errors come out as one line (what is wrong, which flag, what would work) and exit status 1 (2 for
+a malformed command line); `--debug` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 COMMANDS = ["info", "demo", "bench", "reconstruct", "train", "eval", "encode", "tokenize", "decode"]
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and shows each flag's default (unless its help already does)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcae-ext", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    from dcae_ext import __version__
+
+    parser = Parser(prog="dcae-ext", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dcae-ext {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"dcae_ext.commands.{name}")
@@ -20,13 +46,51 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         sub = module.add_parser(subparsers)
+        if sub.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            sub.formatter_class = HelpFormatter
+        sub.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
         sub.set_defaults(handler=module.run)
     return parser
 
 
+def check_device(value: str) -> str | None:
+    """What is wrong with a --device value, or None."""
+    import torch
+
+    if not DEVICE.match(value):
+        return f"--device {value}: not a device; use cpu, cuda or cuda:N (auto where the command offers it)"
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"--device {value}: no CUDA GPU is visible; use --device cpu"
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"--device {value}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, (ValueError, OSError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args) or 0
+    prog = f"dcae-ext {args.command}"
+    device = getattr(args, "device", None)
+    problem = check_device(device) if isinstance(device, str) else None
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args) or 0
+    except Exception as error:
+        if args.debug:
+            raise
+        hint = "" if isinstance(error, (ValueError, OSError)) else " (--debug shows the traceback)"
+        print(f"{prog}: error: {one_line(error)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
 """Helpers for testing ops against their references (used by the test suite)."""
 from __future__ import annotations
 
+import importlib
+import os
+
 import pytest
 import torch
+
+from dcae_ext.ops import _library
+
+OP_MODULES = ("dcae_ext.ops.ibq", "dcae_ext.ops.linear_attention", "dcae_ext.ops.shortcuts")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -26,7 +33,42 @@ def device_dtypes():
     return params
 
 
+def ibq_inputs(n, k, d, device, dtype, batch=(), scale=1.0, seed=0):
+    """z (*batch, n, d) and a codebook (k, d) of standard normals (z times `scale`), drawn in
+    float64 on the CPU so every device and dtype sees the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn((*batch, n, d), generator=gen, dtype=torch.float64) * scale
+    codebook = torch.randn((k, d), generator=gen, dtype=torch.float64)
+    return z.to(device, dtype), codebook.to(device, dtype)
+
+
 def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):
     tol = TOLERANCES[dtype]
     torch.testing.assert_close(actual.double().cpu(), expected64.cpu(), atol=tol["atol"] * scale,
                                rtol=tol["rtol"] * scale)
+
+
+def forbid_reference_fallback(monkeypatch) -> None:
+    """Make every public op fail the test where it would quietly run its reference instead of
+    its kernel (compiled library missing, op absent from it, no CUDA kernels). Reference mode
+    switched on by the test itself still routes to the reference.
+
+    CUDA tensors without CUDA kernels skip the test, unless DCAE_EXT_EXPECT_CUDA=1 (CI) says
+    the kernels must exist: then they fail too.
+    """
+    kernel_available = _library.use_kernel
+
+    def kernel_or_fail(op_name: str, tensor: torch.Tensor) -> bool:
+        if _library.reference_mode():
+            return False
+        if kernel_available(op_name, tensor):
+            return True
+        device = tensor.device.type
+        if device == "cuda" and _library.LOADED and not _library.WITH_CUDA \
+                and os.environ.get("DCAE_EXT_EXPECT_CUDA") != "1":
+            pytest.skip("dcae_ext was built without CUDA kernels (DCAE_EXT_EXPECT_CUDA=1 makes this a failure)")
+        reason = _library.LOAD_ERROR or f"the compiled library has no {op_name} kernel for {device}"
+        pytest.fail(f"{op_name} would run its reference, not its kernel: {reason}")
+
+    for name in OP_MODULES:
+        monkeypatch.setattr(importlib.import_module(name), "use_kernel", kernel_or_fail)

@@ -1,5 +1,5 @@
-// Argument checks shared by every op. Each message names the argument, so a
-// wrong call reads as a Python error about that argument, never a crash.
+// Argument checks of the registered ops. Each message names the argument, so a wrong call from
+// Python or from torch.ops reads as a ValueError about that argument, never a crash.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,27 +29,3 @@
   DCAE_CHECK_ARG((t).device().type() == (device_type), name, "expected a ",   \
                  c10::DeviceTypeName(device_type, /*lower_case=*/true),        \
                  " tensor, got one on ", (t).device())
-
-// Float32, float16, bfloat16 everywhere; float64 too (gradcheck). One macro, used by every kernel.
-#define DCAE_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-namespace dcae_ext {
-
-// The output keeps the input's layout: channels_last in, channels_last out.
-inline at::MemoryFormat layout_of(const at::Tensor& t) {
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return at::MemoryFormat::ChannelsLast;
-  }
-  return at::MemoryFormat::Contiguous;
-}
-
-// Float32 accumulation for every reduced-precision type, float64 for float64.
-template <typename scalar_t>
-struct AccType { using type = float; };
-template <>
-struct AccType<double> { using type = double; };
-template <typename scalar_t>
-using acc_t = typename AccType<scalar_t>::type;
-
-}  // namespace dcae_ext

@@ -1,43 +1,62 @@
-// IBQ quantiser: schemas, argument checks and the device-agnostic tiling driver.
-//
-// Tiling. The codebook is streamed in tiles of `kt` codes; each tile's logits for ALL N rows
-// form one (N x kt) slab (accumulation dtype), produced by one ATen GEMM (BLAS on CPU, cuBLAS
-// on CUDA: bf16/fp16 operands with float32 output there) and consumed by a fused per-device
-// epilogue (ibq_cpu.cpp / ibq_cuda.cu). kt is chosen so the slabs (at most 3) fit the device's
-// workspace budget, with at least kMinCodesPerTile codes: the workspace is
-// O(max(budget, N * kMinCodesPerTile)) and no N x K tensor ever exists.
-//
-// Forward, quantize only (1 pass over the tiles, 2 GEMMs of 2NKD flops):
-//   logits = z C_t^T; epilogue: online max / argmax (ties -> lowest k) / sum exp, and
-//   P = exp(l - m_new); soft = soft * exp(m_old - m_new) [in the epilogue] + P C_t    (flash-attention style)
-// Forward with entropy (2 passes, 3 GEMMs; entropy alone: 2): pass 1 as above without P C_t,
-//   plus sum exp((l - m) / T). Pass 2 recomputes logits; epilogue writes p = softmax(l / T) over
-//   the slab and s = softmax(l) beside it, accumulating per row H_n = -sum p log(p + eps) and
-//   sum p^2/(p + eps); then pbar_t = column mean of p (complete: the slab holds every row),
-//   b_t = log(pbar + eps) + pbar / (pbar + eps), row term r_n += p b_t (GEMV), soft += s C_t.
-// Saved for backward, all O((N + K) D): idx, row stats (max, lse, log-sum at T, the entropy's
-//   softmax-backward row term c_n = (H_n - sum p^2/(p+eps) + r_n) / N), soft = s @ C (N x D),
-//   b (K).
-// Backward (1 pass, recomputes logits): logits = z C_t^T, g = G C_t^T, one fused d(logits)
-//   dL = s (g - D_n) + (gE / T) p (h - c_n),  D_n = G_n . soft_n,  h = (a + b) / N,
-//   a = -(log(p + eps) + p / (p + eps)); then dz += dL C_t and dC_t = dL^T z; finally G is
-//   scattered into the rows idx of dC. 4 GEMMs (3 without the quantize gradient).
-// Total: quantize 6 GEMMs (the DESIGN floor), quantize + entropy 7, entropy alone 5.
+// IBQ quantizer: schemas, argument checks and the tiling driver, the one entry point of the op
+// on every device. The driver runs the GEMMs (ATen: BLAS on CPU, cuBLAS on CUDA) and calls the
+// device's epilogue kernels (ibq_cpu.cpp, ibq_cuda.cu) on each logits slab. The passes, the
+// entropy gradient and the GEMM count are derived in docs/ibq.md.
 #include "ibq/ibq.h"
 
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 
 namespace dcae_ext {
 namespace {
 
 constexpr int64_t kMinCodesPerTile = 64;
+constexpr int64_t kSlabsAtOnce = 3;  // logits, and probabilities or d(logits), and G C^T
 
-at::ScalarType acc_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+// What differs between devices, besides the epilogue kernels.
+struct DevicePlan {
+  at::ScalarType gemm_dtype;  // dtype of the GEMM operands (the outputs are the accumulation dtype)
+  int64_t workspace_bytes;    // budget for the slabs
+};
+
+DevicePlan plan_for(const at::Tensor& z) {
+  if (z.is_cuda()) {
+    // bf16 / fp16 operands multiply on tensor cores into float32 logits (aten::mm.dtype).
+    return {z.scalar_type(), int64_t(256) << 20};
+  }
+  // CPU: half-precision inputs are upcast once, O((N + K) D). Slabs of ~64 MB in all (~2700
+  // codes per tile at N = 2048): few tiles, so few thread-pool round trips (GEMM, epilogue,
+  // GEMM, each a barrier). 8 MB slabs (cache-resident) were 10-15% faster on an idle 2-core
+  // machine but 2-5x slower when other processes compete for the cores, where every barrier
+  // can wait a scheduler time slice.
+  return {accumulation_dtype(z.scalar_type()), int64_t(64) << 20};
+}
+
+void scan_tile(const IbqScanArgs& args) {
+#ifdef DCAE_EXT_WITH_CUDA
+  if (args.logits.is_cuda()) return ibq_scan_cuda(args);
+#endif
+  ibq_scan_cpu(args);
+}
+
+void entropy_tile(const IbqEntropyArgs& args) {
+#ifdef DCAE_EXT_WITH_CUDA
+  if (args.logits.is_cuda()) return ibq_entropy_cuda(args);
+#endif
+  ibq_entropy_cpu(args);
+}
+
+void grad_tile(const IbqGradArgs& args) {
+#ifdef DCAE_EXT_WITH_CUDA
+  if (args.logits.is_cuda()) return ibq_grad_cuda(args);
+#endif
+  ibq_grad_cpu(args);
 }
 
 void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double temperature) {
@@ -48,18 +67,61 @@ void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double te
   DCAE_CHECK_SAME_DTYPE(z, "z", codebook, "codebook");
   DCAE_CHECK_SAME_DEVICE(z, "z", codebook, "codebook");
   DCAE_CHECK_ARG(z.size(1) == codebook.size(1), "codebook", "dimension ", codebook.size(1),
-                 " does not match z's dimension ", z.size(1));
+                 " does not match z's last dimension ", z.size(1));
   DCAE_CHECK_ARG(codebook.size(0) >= 1, "codebook", "needs at least one code");
-  DCAE_CHECK_ARG(temperature > 0, "temperature", "must be > 0, got ", temperature);
+  DCAE_CHECK_ARG(z.size(1) >= 1, "z", "needs a last dimension D >= 1, got shape ", z.sizes());
+  DCAE_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
+                 "expected a finite number > 0, got ", temperature);
 }
 
+// The saved tensors and the incoming gradients come from the forward and autograd; a direct
+// torch.ops caller can pass anything, so each is checked like the forward's inputs.
+void check_ibq_backward_inputs(const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy,
+                               const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& idx,
+                               const at::Tensor& row_stats, const at::Tensor& soft_codes,
+                               const at::Tensor& code_coef) {
+  const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
+  const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
+  DCAE_CHECK_SAME_DEVICE(z, "z", idx, "idx");
+  DCAE_CHECK_ARG(idx.dim() == 1 && idx.size(0) == N && idx.scalar_type() == at::kLong, "idx",
+                 "expected an int64 tensor of shape (", N, "), got ", idx.sizes(), " ", idx.scalar_type());
+  DCAE_CHECK_SAME_DEVICE(z, "z", row_stats, "row_stats");
+  DCAE_CHECK_ARG(row_stats.dim() == 2 && row_stats.size(0) == N && row_stats.size(1) == kRowStatCount &&
+                     row_stats.scalar_type() == acc_dtype,
+                 "row_stats", "expected (", N, ", ", kRowStatCount, ") ", acc_dtype, ", got ", row_stats.sizes(), " ",
+                 row_stats.scalar_type());
+  if (grad_z_q.has_value() && grad_z_q->defined()) {
+    DCAE_CHECK_SAME_DEVICE(z, "z", *grad_z_q, "grad_z_q");
+    DCAE_CHECK_SAME_DTYPE(z, "z", *grad_z_q, "grad_z_q");
+    DCAE_CHECK_ARG(grad_z_q->sizes() == z.sizes(), "grad_z_q", "expected shape ", z.sizes(), ", got ",
+                   grad_z_q->sizes());
+    DCAE_CHECK_SAME_DEVICE(z, "z", soft_codes, "soft_codes");
+    DCAE_CHECK_ARG(soft_codes.dim() == 2 && soft_codes.size(0) == N && soft_codes.size(1) == D &&
+                       soft_codes.scalar_type() == acc_dtype,
+                   "soft_codes", "expected (", N, ", ", D, ") ", acc_dtype, ", got ", soft_codes.sizes(), " ",
+                   soft_codes.scalar_type());
+  }
+  if (grad_entropy.has_value() && grad_entropy->defined()) {
+    DCAE_CHECK_SAME_DEVICE(z, "z", *grad_entropy, "grad_entropy");
+    DCAE_CHECK_FLOATING(*grad_entropy, "grad_entropy");
+    DCAE_CHECK_ARG(grad_entropy->numel() == 1, "grad_entropy", "expected one element, got ",
+                   grad_entropy->sizes());
+    DCAE_CHECK_SAME_DEVICE(z, "z", code_coef, "code_coef");
+    DCAE_CHECK_ARG(code_coef.dim() == 1 && code_coef.size(0) == K && code_coef.scalar_type() == acc_dtype,
+                   "code_coef", "expected (", K, ") ", acc_dtype, " (forward run with entropy), got ",
+                   code_coef.sizes(), " ", code_coef.scalar_type());
+  }
+}
+
+// Codes per tile: as many as keep kSlabsAtOnce slabs of all rows within the budget, a multiple
+// of kMinCodesPerTile and at least that; `requested` > 0 overrides (the tests use small tiles).
 int64_t pick_codes_per_tile(int64_t rows, int64_t codes, int64_t requested, int64_t budget_bytes,
-                            int64_t slab_bytes_per_element) {
+                            int64_t acc_bytes) {
   if (requested > 0) return std::min(requested, codes);
-  const int64_t per_code = std::max<int64_t>(rows, 1) * slab_bytes_per_element;
-  int64_t kt = std::max<int64_t>(budget_bytes / per_code, kMinCodesPerTile);
-  if (kt >= codes) return codes;
-  return std::max<int64_t>(kMinCodesPerTile, kt / kMinCodesPerTile * kMinCodesPerTile);
+  const int64_t bytes_per_code = std::max<int64_t>(rows, 1) * kSlabsAtOnce * acc_bytes;
+  const int64_t fit = std::max<int64_t>(budget_bytes / bytes_per_code, kMinCodesPerTile);
+  if (fit >= codes) return codes;
+  return std::max<int64_t>(kMinCodesPerTile, fit / kMinCodesPerTile * kMinCodesPerTile);
 }
 
 // The first rows * cols elements of a flat buffer, as a contiguous (rows, cols) matrix.
@@ -67,7 +129,7 @@ at::Tensor slab_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
-// out = a @ b, with `out` in the accumulation dtype and a, b in the compute dtype.
+// out = a @ b, with `out` in the accumulation dtype and a, b in the GEMM dtype.
 void gemm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() == out.scalar_type()) {
     at::mm_out(out, a, b);
@@ -85,177 +147,175 @@ void gemm_accumulate(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) 
   }
 }
 
+// b_k = log(pbar_k + eps) + pbar_k / (pbar_k + eps), the derivative of -H_eps(pbar).
 at::Tensor code_coefficients(const at::Tensor& mean_probs) {
   return (mean_probs + kIbqEntropyEps).log() + mean_probs / (mean_probs + kIbqEntropyEps);
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_driver(
-    const IbqEpilogues& epi, const at::Tensor& z, const at::Tensor& codebook, double temperature,
-    bool quantize, bool entropy, int64_t codes_per_tile) {
+// Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
+//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward(
+    const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
+    int64_t codes_per_tile) {
   check_ibq_inputs(z, codebook, temperature);
+  const c10::DeviceGuard device_guard(z.device());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
-  const at::ScalarType acc = acc_dtype(z.scalar_type());
-  const at::ScalarType compute = epi.compute_dtype(z.scalar_type());
-  const auto acc_opts = z.options().dtype(acc);
-  const bool flash = quantize && !entropy;  // s @ C accumulated online in pass 1
+  const DevicePlan plan = plan_for(z);
+  const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
+  const auto acc_options = z.options().dtype(acc_dtype);
+  // Quantize alone: s @ C is accumulated online during the single pass (flash-attention style);
+  // with the entropy, during the second pass, once the row statistics are known.
+  const bool soft_codes_in_scan = quantize && !entropy;
 
   at::Tensor idx = at::zeros({N}, z.options().dtype(at::kLong));
-  at::Tensor row_stats = at::zeros({N, kRowStatCount}, acc_opts);
-  at::Tensor soft = at::zeros({quantize ? N : 0, D}, acc_opts);
-  at::Tensor code_coef = at::zeros({entropy ? K : 0}, acc_opts);
-  at::Tensor loss = at::zeros({}, acc_opts);
+  at::Tensor row_stats = at::zeros({N, kRowStatCount}, acc_options);
+  at::Tensor soft_codes = at::zeros({quantize ? N : 0, D}, acc_options);
+  at::Tensor code_coef = at::zeros({entropy ? K : 0}, acc_options);
+  at::Tensor loss = at::zeros({}, acc_options);
 
   if (N > 0) {
-    const at::Tensor zc = z.to(compute);
-    const at::Tensor cc = codebook.to(compute);
-    const int64_t elem = c10::elementSize(acc);
-    const int64_t kt_max = pick_codes_per_tile(N, K, codes_per_tile, epi.workspace_bytes, 3 * elem);
-    at::Tensor slab = at::empty({N * kt_max}, acc_opts);
-    at::Tensor probs_buf;
-    if ((flash && compute != acc) || (quantize && entropy)) {
-      probs_buf = at::empty({N * kt_max}, z.options().dtype(compute));
+    const at::Tensor z_gemm = z.to(plan.gemm_dtype);
+    const at::Tensor codebook_gemm = codebook.to(plan.gemm_dtype);
+    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, plan.workspace_bytes,
+                                                       c10::elementSize(acc_dtype));
+    at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
+    at::Tensor probs_buffer;  // probabilities in the GEMM dtype, where they cannot overwrite the logits
+    if ((soft_codes_in_scan && plan.gemm_dtype != acc_dtype) || (quantize && entropy)) {
+      probs_buffer = at::empty({N * tile_codes_max}, z.options().dtype(plan.gemm_dtype));
     }
-    at::Tensor row_max = at::full({N}, -std::numeric_limits<double>::infinity(), acc_opts);
-    at::Tensor sum_exp = at::zeros({N}, acc_opts);
-    at::Tensor sum_exp_t = entropy ? at::zeros({N}, acc_opts) : at::Tensor();
+    at::Tensor row_max = at::full({N}, -std::numeric_limits<double>::infinity(), acc_options);
+    at::Tensor sum_exp = at::zeros({N}, acc_options);
+    at::Tensor sum_exp_scaled = entropy ? at::zeros({N}, acc_options) : at::Tensor();
 
-    for (int64_t k0 = 0; k0 < K; k0 += kt_max) {
-      const int64_t kt = std::min(kt_max, K - k0);
-      at::Tensor logits = slab_view(slab, N, kt);
-      const at::Tensor tile = cc.narrow(0, k0, kt);
-      gemm_into(logits, zc, tile.t());
+    // Pass 1: online max / argmax / sums over the tiles.
+    for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
+      const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
+      const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
       IbqScanArgs args;
-      args.logits = logits;
-      args.code_offset = k0;
+      args.logits = slab_view(logits_buffer, N, tile_codes);
+      gemm_into(args.logits, z_gemm, tile.t());
+      args.code_offset = first_code;
       args.inv_temperature = 1.0 / temperature;
       args.row_max = row_max;
       args.sum_exp = sum_exp;
-      args.sum_exp_t = sum_exp_t;
+      args.sum_exp_t = sum_exp_scaled;
       args.idx = idx;
-      if (flash) {
-        args.probs = probs_buf.defined() ? slab_view(probs_buf, N, kt) : logits;
-        args.soft = soft;
+      if (soft_codes_in_scan) {
+        args.probs = probs_buffer.defined() ? slab_view(probs_buffer, N, tile_codes) : args.logits;
+        args.soft = soft_codes;
       }
-      epi.scan(args);
-      if (flash) gemm_accumulate(soft, args.probs, tile);  // soft was rescaled by the epilogue
+      scan_tile(args);
+      if (soft_codes_in_scan) gemm_accumulate(soft_codes, args.probs, tile);  // soft was rescaled by the scan
     }
     row_stats.select(1, kRowMax).copy_(row_max);
     row_stats.select(1, kRowLse).copy_(row_max + sum_exp.log());
-    if (flash) soft.div_(sum_exp.unsqueeze(1));
+    if (soft_codes_in_scan) soft_codes.div_(sum_exp.unsqueeze(1));
 
     if (entropy) {
-      row_stats.select(1, kRowLogSumT).copy_(sum_exp_t.log());
-      at::Tensor row_entropy = at::zeros({N}, acc_opts);
-      at::Tensor row_sq = at::zeros({N}, acc_opts);
-      at::Tensor row_dot_b = at::zeros({N}, acc_opts);
-      at::Tensor mean_probs = at::empty({K}, acc_opts);
-      for (int64_t k0 = 0; k0 < K; k0 += kt_max) {
-        const int64_t kt = std::min(kt_max, K - k0);
-        at::Tensor logits = slab_view(slab, N, kt);
-        const at::Tensor tile = cc.narrow(0, k0, kt);
-        gemm_into(logits, zc, tile.t());
+      // Pass 2: p = softmax(l / T) per slab; its column means are complete pbar values.
+      row_stats.select(1, kRowLogSumT).copy_(sum_exp_scaled.log());
+      at::Tensor row_entropy = at::zeros({N}, acc_options);
+      at::Tensor row_dot_coef = at::zeros({N}, acc_options);  // r_n = sum_k p_nk b_k
+      at::Tensor mean_probs = at::empty({K}, acc_options);
+      for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
+        const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
+        const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
         IbqEntropyArgs args;
-        args.logits = logits;
+        args.logits = slab_view(logits_buffer, N, tile_codes);
+        gemm_into(args.logits, z_gemm, tile.t());
         args.inv_temperature = 1.0 / temperature;
         args.row_stats = row_stats;
         args.row_entropy = row_entropy;
-        args.row_sq = row_sq;
-        if (quantize) args.probs = slab_view(probs_buf, N, kt);
-        epi.entropy(args);  // logits now hold p = softmax(l / T)
-        at::Tensor mean_tile = mean_probs.narrow(0, k0, kt);
-        at::sum_out(mean_tile, logits, {0});
+        if (quantize) args.probs = slab_view(probs_buffer, N, tile_codes);
+        entropy_tile(args);  // the slab now holds p
+        at::Tensor mean_tile = mean_probs.narrow(0, first_code, tile_codes);
+        at::sum_out(mean_tile, args.logits, {0});
         mean_tile.div_(static_cast<double>(N));
-        row_dot_b.addmv_(logits, code_coefficients(mean_tile));
-        if (quantize) gemm_accumulate(soft, args.probs, tile);
+        row_dot_coef.addmv_(args.logits, code_coefficients(mean_tile));
+        if (quantize) gemm_accumulate(soft_codes, args.probs, tile);
       }
       const at::Tensor mean_entropy = -(mean_probs * (mean_probs + kIbqEntropyEps).log()).sum();
       loss = row_entropy.mean() - mean_entropy;
-      row_stats.select(1, kRowEntropyCoef).copy_((row_entropy - row_sq + row_dot_b) / static_cast<double>(N));
+      row_stats.select(1, kRowEntropyCoef).copy_((row_entropy + row_dot_coef) / static_cast<double>(N));
       code_coef = code_coefficients(mean_probs);
     }
   }
+  // A row whose softmax is undefined (a NaN or +inf logit, or every logit -inf) gets a NaN
+  // z_q, as the straight-through hard - s + s of the reference does.
   at::Tensor z_q = codebook.index_select(0, idx);
-  return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft, code_coef};
+  if (N > 0) {
+    const at::Tensor undefined_rows = row_stats.select(1, kRowLse).isfinite().logical_not().unsqueeze(1);
+    z_q.masked_fill_(undefined_rows, std::numeric_limits<double>::quiet_NaN());
+  }
+  return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft_codes, code_coef};
 }
 
-std::tuple<at::Tensor, at::Tensor> ibq_backward_driver(
-    const IbqEpilogues& epi, const c10::optional<at::Tensor>& grad_z_q,
-    const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z, const at::Tensor& codebook,
-    const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
+// Backward: returns (grad_z (N, D), grad_codebook (K, D)).
+std::tuple<at::Tensor, at::Tensor> ibq_backward(
+    const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z,
+    const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
     const at::Tensor& code_coef, double temperature, int64_t codes_per_tile) {
   check_ibq_inputs(z, codebook, temperature);
+  check_ibq_backward_inputs(grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes, code_coef);
+  const c10::DeviceGuard device_guard(z.device());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
-  const bool has_q = grad_z_q.has_value() && grad_z_q->defined();
-  const bool has_e = grad_entropy.has_value() && grad_entropy->defined();
-  const at::ScalarType acc = acc_dtype(z.scalar_type());
-  const at::ScalarType compute = epi.compute_dtype(z.scalar_type());
-  const auto acc_opts = z.options().dtype(acc);
-  DCAE_CHECK_ARG(idx.dim() == 1 && idx.size(0) == N && idx.scalar_type() == at::kLong, "idx",
-                 "expected an int64 tensor of shape (", N, "), got ", idx.sizes(), " ", idx.scalar_type());
-  DCAE_CHECK_ARG(row_stats.dim() == 2 && row_stats.size(0) == N && row_stats.size(1) == kRowStatCount &&
-                     row_stats.scalar_type() == acc, "row_stats", "expected (", N, ", ", kRowStatCount,
-                 ") ", acc, ", got ", row_stats.sizes(), " ", row_stats.scalar_type());
-  if (has_q) {
-    DCAE_CHECK_ARG(grad_z_q->sizes() == z.sizes(), "grad_z_q", "expected shape ", z.sizes(), ", got ",
-                   grad_z_q->sizes());
-    DCAE_CHECK_ARG(soft_codes.dim() == 2 && soft_codes.size(0) == N && soft_codes.size(1) == D &&
-                       soft_codes.scalar_type() == acc, "soft_codes", "expected (", N, ", ", D, ") ",
-                   acc, ", got ", soft_codes.sizes(), " ", soft_codes.scalar_type());
-  }
-  if (has_e) {
-    DCAE_CHECK_ARG(grad_entropy->numel() == 1, "grad_entropy", "expected one element, got ",
-                   grad_entropy->sizes());
-    DCAE_CHECK_ARG(code_coef.dim() == 1 && code_coef.size(0) == K && code_coef.scalar_type() == acc,
-                   "code_coef", "expected (", K, ") ", acc, " (forward run with entropy), got ",
-                   code_coef.sizes(), " ", code_coef.scalar_type());
-  }
+  const bool with_quantize_grad = grad_z_q.has_value() && grad_z_q->defined();
+  const bool with_entropy_grad = grad_entropy.has_value() && grad_entropy->defined();
+  const DevicePlan plan = plan_for(z);
+  const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
+  const auto acc_options = z.options().dtype(acc_dtype);
 
-  at::Tensor grad_z = at::zeros({N, D}, acc_opts);
-  at::Tensor grad_c = at::zeros({K, D}, acc_opts);
-  if (N > 0 && (has_q || has_e)) {
-    const at::Tensor zc = z.to(compute);
-    const at::Tensor cc = codebook.to(compute);
-    const at::Tensor gc = has_q ? grad_z_q->to(compute) : at::Tensor();
-    const at::Tensor row_dot = has_q ? (grad_z_q->to(acc) * soft_codes).sum(1) : at::Tensor();
-    const at::Tensor ge = has_e ? grad_entropy->to(acc).reshape({}) : at::Tensor();
-    const int64_t elem = c10::elementSize(acc);
-    const int64_t kt_max = pick_codes_per_tile(N, K, codes_per_tile, epi.workspace_bytes, 3 * elem);
-    at::Tensor slab = at::empty({N * kt_max}, acc_opts);
-    at::Tensor grad_slab = has_q ? at::empty({N * kt_max}, acc_opts) : at::Tensor();
-    at::Tensor out_buf = compute != acc ? at::empty({N * kt_max}, z.options().dtype(compute)) : slab;
-    for (int64_t k0 = 0; k0 < K; k0 += kt_max) {
-      const int64_t kt = std::min(kt_max, K - k0);
-      const at::Tensor tile = cc.narrow(0, k0, kt);
+  at::Tensor grad_z = at::zeros({N, D}, acc_options);
+  at::Tensor grad_codebook = at::zeros({K, D}, acc_options);
+  if (N > 0 && (with_quantize_grad || with_entropy_grad)) {
+    const at::Tensor z_gemm = z.to(plan.gemm_dtype);
+    const at::Tensor codebook_gemm = codebook.to(plan.gemm_dtype);
+    const at::Tensor grad_z_q_gemm = with_quantize_grad ? grad_z_q->to(plan.gemm_dtype) : at::Tensor();
+    // D_n = G_n . (s_n @ C), once per row.
+    const at::Tensor row_dot = with_quantize_grad ? (grad_z_q->to(acc_dtype) * soft_codes).sum(1) : at::Tensor();
+    const at::Tensor grad_entropy_acc = with_entropy_grad ? grad_entropy->to(acc_dtype).reshape({}) : at::Tensor();
+    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, plan.workspace_bytes,
+                                                       c10::elementSize(acc_dtype));
+    at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
+    at::Tensor grad_logits_q_buffer = with_quantize_grad ? at::empty({N * tile_codes_max}, acc_options) : at::Tensor();
+    // d(logits) in the GEMM dtype; in the accumulation dtype it overwrites the logits in place.
+    at::Tensor grad_logits_buffer = plan.gemm_dtype != acc_dtype
+                                        ? at::empty({N * tile_codes_max}, z.options().dtype(plan.gemm_dtype))
+                                        : logits_buffer;
+    for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
+      const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
+      const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
       IbqGradArgs args;
-      args.logits = slab_view(slab, N, kt);
-      gemm_into(args.logits, zc, tile.t());
-      if (has_q) {
-        args.grad_logits_q = slab_view(grad_slab, N, kt);
-        gemm_into(args.grad_logits_q, gc, tile.t());
+      args.logits = slab_view(logits_buffer, N, tile_codes);
+      gemm_into(args.logits, z_gemm, tile.t());  // recomputed, never saved
+      if (with_quantize_grad) {
+        args.grad_logits_q = slab_view(grad_logits_q_buffer, N, tile_codes);
+        gemm_into(args.grad_logits_q, grad_z_q_gemm, tile.t());  // g = G C_t^T
         args.row_dot = row_dot;
       }
-      if (has_e) {
-        args.code_coef = code_coef.narrow(0, k0, kt);
-        args.grad_entropy = ge;
+      if (with_entropy_grad) {
+        args.code_coef = code_coef.narrow(0, first_code, tile_codes);
+        args.grad_entropy = grad_entropy_acc;
       }
       args.row_stats = row_stats;
       args.inv_temperature = 1.0 / temperature;
       args.rows_total = N;
-      args.out = slab_view(out_buf, N, kt);  // may alias logits: the epilogue is elementwise
-      epi.grad(args);
-      gemm_accumulate(grad_z, args.out, tile);
-      gemm_into(grad_c.narrow(0, k0, kt), args.out.t(), zc);
+      args.out = slab_view(grad_logits_buffer, N, tile_codes);
+      grad_tile(args);
+      gemm_accumulate(grad_z, args.out, tile);                                     // dz += dL C_t
+      gemm_into(grad_codebook.narrow(0, first_code, tile_codes), args.out.t(), z_gemm);  // dC_t = dL^T z
     }
-    if (has_q) grad_c.index_add_(0, idx, grad_z_q->to(acc));
+    if (with_quantize_grad) grad_codebook.index_add_(0, idx, grad_z_q->to(acc_dtype));  // the straight-through part
   }
-  return {grad_z.to(z.scalar_type()), grad_c.to(codebook.scalar_type())};
+  return {grad_z.to(z.scalar_type()), grad_codebook.to(codebook.scalar_type())};
 }
 
+}  // namespace
 }  // namespace dcae_ext
 
 TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
+  // The argument checks alone, for the Python side when it runs the reference instead.
+  m.def("_check_ibq_args(Tensor z, Tensor codebook, float temperature) -> ()", &dcae_ext::check_ibq_inputs);
   m.def("ibq_forward(Tensor z, Tensor codebook, float temperature, bool quantize, bool entropy, "
         "int codes_per_tile=0) -> (Tensor z_q, Tensor idx, Tensor entropy, Tensor row_stats, "
         "Tensor soft_codes, Tensor code_coef)");
@@ -263,3 +323,15 @@ TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
         "Tensor row_stats, Tensor soft_codes, Tensor code_coef, float temperature, "
         "int codes_per_tile=0) -> (Tensor grad_z, Tensor grad_codebook)");
 }
+
+TORCH_LIBRARY_IMPL(dcae_ext, CPU, m) {
+  m.impl("ibq_forward", &dcae_ext::ibq_forward);
+  m.impl("_ibq_backward", &dcae_ext::ibq_backward);
+}
+
+#ifdef DCAE_EXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(dcae_ext, CUDA, m) {
+  m.impl("ibq_forward", &dcae_ext::ibq_forward);
+  m.impl("_ibq_backward", &dcae_ext::ibq_backward);
+}
+#endif

@@ -1,6 +1,6 @@
-// IBQ large-codebook quantiser (DESIGN.md 2.1): the host driver in ibq.cpp streams codebook
-// tiles through ATen GEMMs and hands every logits tile to a per-device fused epilogue
-// (ibq_cpu.cpp, ibq_cuda.cu). This header is the contract between the two.
+// IBQ large-codebook quantizer (docs/ibq.md): the driver in ibq.cpp streams codebook tiles
+// through ATen GEMMs and calls a fused per-device epilogue kernel on every logits tile
+// (ibq_cpu.cpp, ibq_cuda.cu). This header declares those kernels and their arguments.
 //
 // A "slab" is a contiguous (rows x codes_in_tile) matrix: the logits z @ C_tile^T of every row
 // against one codebook tile, always in the accumulation dtype (float32, float64 for float64).
@@ -11,21 +11,24 @@
 
 namespace dcae_ext {
 
-constexpr double kIbqEntropyEps = 1e-5;  // H(p) = -sum p log(p + eps)
+// eps of the codebook-mean entropy H_eps(pbar) = -sum pbar log(pbar + eps); the per-row
+// entropy is exact, -sum p log p.
+constexpr double kIbqEntropyEps = 1e-5;
 
 // Columns of the saved (N, 4) row statistics.
 enum IbqRowStat : int64_t {
   kRowMax = 0,       // m_n      = max_k logits_nk
   kRowLse = 1,       // lse_n    = log sum_k exp(logits_nk)
   kRowLogSumT = 2,   // log sum_k exp((logits_nk - m_n) / T); p_nk = exp((l - m)/T - this)
-  kRowEntropyCoef = 3,  // c_n = sum_k p_nk h_nk, the softmax-backward row term of the entropy
+  kRowEntropyCoef = 3,  // c_n = (H_n + sum_k p_nk b_k) / N, the softmax-backward row term of the entropy
   kRowStatCount = 4,
 };
 
-// Pass 1 (online over code tiles): running max m, argmax idx (ties -> lowest k), sum exp(l - m)
-// `sum_exp`, and (when sum_exp_t is defined) sum exp((l - m) / T). When `probs` is defined it
-// receives exp(l - m_new) (compute dtype; may alias `logits`) and the rows of `soft` (N, D) are
-// rescaled by exp(m_old - m_new), for the flash-style accumulation of s @ C.
+// Pass 1 (online over code tiles): running max m, argmax idx (torch.argmax order: a NaN logit
+// wins, then ties -> lowest k; m becomes NaN), `sum_exp` = sum exp(l - m) and, when sum_exp_t
+// is defined, sum exp((l - m) / T). When `probs` is defined it receives exp(l - m_new) (GEMM
+// dtype; may alias `logits`) and the rows of `soft` (N, D) are rescaled by exp(m_old - m_new),
+// for the flash-style accumulation of s @ C.
 struct IbqScanArgs {
   at::Tensor logits;            // (N, kt) slab
   int64_t code_offset;          // first code of the tile
@@ -35,19 +38,19 @@ struct IbqScanArgs {
 };
 
 // Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)
-// of the tile, adds -sum p log(p + eps) to row_entropy and sum p^2 / (p + eps) to row_sq,
-// and writes s = softmax(l) into `probs` (compute dtype) when it is defined.
+// of the tile, adds -sum p log p to row_entropy (log p = (l - m) / T - log-sum at T, exact),
+// and writes s = softmax(l) into `probs` (GEMM dtype) when it is defined.
 struct IbqEntropyArgs {
   at::Tensor logits;            // (N, kt) slab, replaced by p
   double inv_temperature;
   at::Tensor row_stats;         // (N, 4)
-  at::Tensor row_entropy, row_sq;  // (N) accumulators
-  at::Tensor probs;             // optional (N, kt) compute dtype
+  at::Tensor row_entropy;       // (N) accumulator
+  at::Tensor probs;             // optional (N, kt) GEMM dtype
 };
 
 // Backward, one tile: d(logits) = s (g - D_n) [if grad_logits_q defined]
 //                               + (gE / T) p (h - c_n) [if grad_entropy defined],
-// h_nk = (a_nk + b_k) / N, a_nk = -(log(p + eps) + p / (p + eps)). Written to `out` (compute dtype).
+// h_nk = (b_k - log p_nk) / N. Written to `out` (GEMM dtype).
 struct IbqGradArgs {
   at::Tensor logits;            // (N, kt) slab
   at::Tensor grad_logits_q;     // (N, kt) slab g = G @ C_tile^T, or undefined
@@ -57,30 +60,18 @@ struct IbqGradArgs {
   at::Tensor grad_entropy;      // 0-dim accumulation-dtype tensor on the device, or undefined
   double inv_temperature;
   int64_t rows_total;           // N of the mean over rows
-  at::Tensor out;               // (N, kt) compute dtype
+  at::Tensor out;               // (N, kt) GEMM dtype
 };
 
-struct IbqEpilogues {
-  void (*scan)(const IbqScanArgs&);
-  void (*entropy)(const IbqEntropyArgs&);
-  void (*grad)(const IbqGradArgs&);
-  // dtype of the GEMM operands for inputs of `dtype` (accumulation dtype on CPU; the input
-  // dtype on CUDA, with float32 GEMM outputs)
-  at::ScalarType (*compute_dtype)(at::ScalarType dtype);
-  int64_t workspace_bytes;      // budget for the slabs
-};
-
-// Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
-//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_driver(
-    const IbqEpilogues& epi, const at::Tensor& z, const at::Tensor& codebook, double temperature,
-    bool quantize, bool entropy, int64_t codes_per_tile);
-
-// Backward: returns (grad_z (N, D), grad_codebook (K, D)).
-std::tuple<at::Tensor, at::Tensor> ibq_backward_driver(
-    const IbqEpilogues& epi, const c10::optional<at::Tensor>& grad_z_q,
-    const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z, const at::Tensor& codebook,
-    const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
-    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile);
+// The epilogue kernels, one launcher per pass and device. On CPU the slabs are in the
+// accumulation dtype; on CUDA `probs` / `out` are in the GEMM operand dtype (the input's).
+void ibq_scan_cpu(const IbqScanArgs& args);
+void ibq_entropy_cpu(const IbqEntropyArgs& args);
+void ibq_grad_cpu(const IbqGradArgs& args);
+#ifdef DCAE_EXT_WITH_CUDA
+void ibq_scan_cuda(const IbqScanArgs& args);
+void ibq_entropy_cuda(const IbqEntropyArgs& args);
+void ibq_grad_cuda(const IbqGradArgs& args);
+#endif
 
 }  // namespace dcae_ext

@@ -1,18 +1,16 @@
-// CUDA epilogues of the IBQ driver (ibq.cpp). The GEMMs are cuBLAS through ATen (bf16/fp16
-// operands with float32 logits, tensor cores; float32 honours torch's allow_tf32). Here every
-// kernel takes one logits slab (N rows x kt codes, accumulation dtype, contiguous):
-// one thread block owns one row; its threads stride over the row's codes, so per-row state
-// (running max / argmax / sums) is reduced inside the block with warp shuffles and updated by
-// thread 0, with no atomics. Probabilities and d(logits) are written in the GEMM operand dtype
-// (the input dtype), like flash attention's P. A fully fused tensor-core kernel that never
-// writes the slab is a later tuning step.
-#include <ATen/Dispatch.h>
-#include <torch/library.h>
-
+// CUDA epilogue kernels of the IBQ driver (ibq.cpp), math in docs/ibq.md. The GEMMs are the
+// driver's (cuBLAS: bf16/fp16 operands with float32 logits). Every kernel takes one logits slab
+// (N rows x kt codes, accumulation dtype, contiguous): one thread block owns one row; its
+// threads stride over the row's codes, so per-row state (running max / argmax / sums) is
+// reduced inside the block with warp shuffles and updated by thread 0, with no atomics.
+// Probabilities and d(logits) are written in the GEMM operand dtype (the input's), like flash
+// attention's P. A fully fused tensor-core kernel that never writes the slab is a later step.
 #include <limits>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
+#include "common/static_switch.h"
+#include "common/tensor_access.h"
 #include "ibq/ibq.h"
 
 namespace dcae_ext {
@@ -20,6 +18,14 @@ namespace {
 
 constexpr int kRowThreads = 256;
 constexpr int kWarps = kRowThreads / 32;
+
+// torch.argmax's order: NaN above every number, then ties -> the lower index.
+template <typename T>
+__device__ __forceinline__ bool argmax_better(T value, int64_t arg, T best, int64_t best_arg) {
+  if (isnan(value)) return !isnan(best) || arg < best_arg;
+  if (isnan(best)) return false;
+  return value > best || (value == best && arg < best_arg);
+}
 
 template <typename T>
 __device__ __forceinline__ T block_sum(T value, T* shared) {
@@ -33,13 +39,13 @@ __device__ __forceinline__ T block_sum(T value, T* shared) {
   return total;
 }
 
-// Block-wide (max, argmax) with ties -> lowest index; every thread gets the result.
+// Block-wide (max, argmax) in argmax_better's order; every thread gets the result.
 template <typename T>
 __device__ __forceinline__ void block_argmax(T& value, int64_t& arg, T* shared_value, int64_t* shared_arg) {
   for (int offset = 16; offset > 0; offset /= 2) {
     const T other = __shfl_xor_sync(0xffffffffu, value, offset);
     const int64_t other_arg = __shfl_xor_sync(0xffffffffu, arg, offset);
-    if (other > value || (other == value && other_arg < arg)) {
+    if (argmax_better(other, other_arg, value, arg)) {
       value = other;
       arg = other_arg;
     }
@@ -53,7 +59,7 @@ __device__ __forceinline__ void block_argmax(T& value, int64_t& arg, T* shared_v
   value = shared_value[0];
   arg = shared_arg[0];
   for (int w = 1; w < kWarps; ++w) {
-    if (shared_value[w] > value || (shared_value[w] == value && shared_arg[w] < arg)) {
+    if (argmax_better(shared_value[w], shared_arg[w], value, arg)) {
       value = shared_value[w];
       arg = shared_arg[w];
     }
@@ -75,14 +81,16 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
   int64_t tile_arg = kt;  // "none": loses every tie
   for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
     const acc x = row[k];
-    if (x > tile_max) {
+    if (argmax_better(x, k, tile_max, tile_arg)) {
       tile_max = x;
       tile_arg = k;
     }
   }
   block_argmax(tile_max, tile_arg, shared_value, shared_arg);
   const acc old_max = row_max[n];
-  const acc new_max = max(old_max, tile_max);
+  // strict: earlier tiles win ties
+  const bool tile_wins = !isnan(old_max) && (isnan(tile_max) || tile_max > old_max);
+  const acc new_max = tile_wins ? tile_max : old_max;
   out_t* prob_row = probs != nullptr ? probs + n * kt : nullptr;
   if (new_max == neg_inf) {
     if (prob_row != nullptr)
@@ -100,7 +108,7 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
   sum = block_sum(sum, shared_sum);
   if (sum_exp_t != nullptr) sum_t = block_sum(sum_t, shared_sum);
   if (threadIdx.x == 0) {
-    if (tile_max > old_max) idx[n] = code_offset + tile_arg;
+    if (tile_wins) idx[n] = code_offset + tile_arg;
     const acc scale = exp(old_max - new_max);
     sum_exp[n] = sum_exp[n] * scale + sum;
     if (sum_exp_t != nullptr) sum_exp_t[n] = sum_exp_t[n] * exp((old_max - new_max) * inv_t) + sum_t;
@@ -114,29 +122,24 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
 
 template <typename acc, typename out_t>
 __global__ void entropy_kernel(acc* __restrict__ logits, int64_t kt, acc inv_t, const acc* __restrict__ stats,
-                               acc* __restrict__ row_entropy, acc* __restrict__ row_sq, out_t* __restrict__ probs) {
+                               acc* __restrict__ row_entropy, out_t* __restrict__ probs) {
   __shared__ acc shared_sum[kWarps];
   const int64_t n = blockIdx.x;
   acc* row = logits + n * kt;
   const acc* st = stats + n * kRowStatCount;
   const acc max = st[kRowMax], lse = st[kRowLse], log_sum_t = st[kRowLogSumT];
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
   out_t* soft_row = probs != nullptr ? probs + n * kt : nullptr;
-  acc entropy = 0, sq = 0;
+  acc entropy = 0;
   for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
     const acc x = row[k];
-    const acc p = exp((x - max) * inv_t - log_sum_t);
+    const acc log_p = (x - max) * inv_t - log_sum_t;
+    const acc p = exp(log_p);
     if (soft_row != nullptr) soft_row[k] = static_cast<out_t>(exp(x - lse));
-    entropy -= p * log(p + eps);
-    sq += p * p / (p + eps);
+    entropy -= p * log_p;
     row[k] = p;
   }
   entropy = block_sum(entropy, shared_sum);
-  sq = block_sum(sq, shared_sum);
-  if (threadIdx.x == 0) {
-    row_entropy[n] += entropy;
-    row_sq[n] += sq;
-  }
+  if (threadIdx.x == 0) row_entropy[n] += entropy;
 }
 
 template <typename acc, typename out_t, bool kQuantize, bool kEntropy>
@@ -151,35 +154,29 @@ __global__ void grad_kernel(const acc* __restrict__ logits, const acc* __restric
   const acc row_coef = st[kRowEntropyCoef];
   const acc dot = kQuantize ? row_dot[n] : acc(0);
   const acc entropy_scale = kEntropy ? *grad_entropy * inv_t : acc(0);
-  const acc eps = static_cast<acc>(kIbqEntropyEps);
   out_t* out_row = out + n * kt;  // may alias `logits` (same element read then written)
   for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
     const acc x = row[k];
     acc d = 0;
     if (kQuantize) d = exp(x - lse) * (grad_q[n * kt + k] - dot);
     if (kEntropy) {
-      const acc p = exp((x - max) * inv_t - log_sum_t);
-      const acc self_term = -(log(p + eps) + p / (p + eps));
-      d += entropy_scale * p * ((self_term + code_coef[k]) * inv_rows - row_coef);
+      const acc log_p = (x - max) * inv_t - log_sum_t;
+      const acc p = exp(log_p);
+      d += entropy_scale * p * ((code_coef[k] - log_p) * inv_rows - row_coef);
     }
     out_row[k] = static_cast<out_t>(d);
   }
 }
 
-template <typename T>
-T* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
+}  // namespace
 
-// Dispatches on the compute (GEMM operand) dtype; the slabs are in its accumulation dtype.
-#define IBQ_DISPATCH_COMPUTE(TYPE, NAME, ...) DCAE_DISPATCH_FLOATING(TYPE, NAME, __VA_ARGS__)
-
-void scan_cuda(const IbqScanArgs& a) {
+// The slabs are in the accumulation dtype; dispatch on the GEMM operand dtype (`probs` / `out`).
+void ibq_scan_cuda(const IbqScanArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
-  IBQ_DISPATCH_COMPUTE(out_type, "ibq_scan_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(out_type, "ibq_scan_cuda", [&] {
     using acc = acc_t<scalar_t>;
     scan_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
@@ -190,70 +187,38 @@ void scan_cuda(const IbqScanArgs& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void entropy_cuda(const IbqEntropyArgs& a) {
+void ibq_entropy_cuda(const IbqEntropyArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
-  IBQ_DISPATCH_COMPUTE(out_type, "ibq_entropy_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(out_type, "ibq_entropy_cuda", [&] {
     using acc = acc_t<scalar_t>;
     entropy_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, static_cast<acc>(a.inv_temperature), a.row_stats.data_ptr<acc>(),
-        a.row_entropy.data_ptr<acc>(), a.row_sq.data_ptr<acc>(), optional_ptr<scalar_t>(a.probs));
+        a.row_entropy.data_ptr<acc>(), optional_ptr<scalar_t>(a.probs));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void grad_cuda(const IbqGradArgs& a) {
+void ibq_grad_cuda(const IbqGradArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
-  const bool q = a.grad_logits_q.defined(), e = a.grad_entropy.defined();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  IBQ_DISPATCH_COMPUTE(a.out.scalar_type(), "ibq_grad_cuda", [&] {
+  DCAE_DISPATCH_FLOATING(a.out.scalar_type(), "ibq_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const acc inv_t = static_cast<acc>(a.inv_temperature);
     const acc inv_rows = acc(1) / static_cast<acc>(a.rows_total);
-    auto launch = [&](auto kernel) {
-      kernel<<<rows, kRowThreads, 0, stream>>>(
-          a.logits.data_ptr<acc>(), optional_ptr<acc>(a.grad_logits_q), kt, a.row_stats.data_ptr<acc>(),
-          optional_ptr<acc>(a.row_dot), optional_ptr<acc>(a.code_coef), optional_ptr<acc>(a.grad_entropy),
-          inv_t, inv_rows, a.out.data_ptr<scalar_t>());
-    };
-    if (q && e) launch(grad_kernel<acc, scalar_t, true, true>);
-    else if (q) launch(grad_kernel<acc, scalar_t, true, false>);
-    else launch(grad_kernel<acc, scalar_t, false, true>);
+    DCAE_BOOL_SWITCH(a.grad_logits_q.defined(), kQuantize, [&] {
+      DCAE_BOOL_SWITCH(a.grad_entropy.defined(), kEntropy, [&] {
+        grad_kernel<acc, scalar_t, kQuantize, kEntropy><<<rows, kRowThreads, 0, stream>>>(
+            a.logits.data_ptr<acc>(), optional_ptr<acc>(a.grad_logits_q), kt, a.row_stats.data_ptr<acc>(),
+            optional_ptr<acc>(a.row_dot), optional_ptr<acc>(a.code_coef), optional_ptr<acc>(a.grad_entropy),
+            inv_t, inv_rows, a.out.data_ptr<scalar_t>());
+      });
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// GEMM operands stay in the input dtype: cuBLAS multiplies bf16/fp16 on tensor cores into
-// float32 logits (aten::mm.dtype).
-at::ScalarType compute_dtype_cuda(at::ScalarType dtype) { return dtype; }
-
-const IbqEpilogues kCudaEpilogues{scan_cuda, entropy_cuda, grad_cuda, compute_dtype_cuda, int64_t(256) << 20};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward_cuda(
-    const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
-    int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCUDA);
-  const c10::cuda::CUDAGuard guard(z.device());
-  return ibq_forward_driver(kCudaEpilogues, z, codebook, temperature, quantize, entropy, codes_per_tile);
-}
-
-std::tuple<at::Tensor, at::Tensor> ibq_backward_cuda(
-    const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy,
-    const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats,
-    const at::Tensor& soft_codes, const at::Tensor& code_coef, double temperature, int64_t codes_per_tile) {
-  DCAE_CHECK_DEVICE_TYPE(z, "z", at::kCUDA);
-  const c10::cuda::CUDAGuard guard(z.device());
-  return ibq_backward_driver(kCudaEpilogues, grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes,
-                             code_coef, temperature, codes_per_tile);
-}
-
-}  // namespace
 }  // namespace dcae_ext
-
-TORCH_LIBRARY_IMPL(dcae_ext, CUDA, m) {
-  m.impl("ibq_forward", &dcae_ext::ibq_forward_cuda);
-  m.impl("_ibq_backward", &dcae_ext::ibq_backward_cuda);
-}

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 
 namespace dcae_ext {
 
@@ -32,16 +33,8 @@ AttentionGeometry check_linear_attention_args(const at::Tensor& q, const at::Ten
   return {q.size(0), q.size(1), q.size(2), q.size(3)};
 }
 
-namespace {
-
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-}  // namespace
-
 at::Tensor linear_attention_composite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
-  const auto acc = accumulation_type(q);
+  const auto acc = accumulation_dtype(q.scalar_type());
   const at::Tensor qr = at::relu(q.to(acc)), kr = at::relu(k.to(acc)), vv = v.to(acc);
   const at::Tensor vk = at::matmul(vv, kr.transpose(-1, -2));                 // (B, H, d, d)
   const at::Tensor ksum = kr.sum(-1, /*keepdim=*/true);                       // (B, H, d, 1)
@@ -51,7 +44,7 @@ at::Tensor linear_attention_composite(const at::Tensor& q, const at::Tensor& k, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_composite(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
-  const auto acc = accumulation_type(q);
+  const auto acc = accumulation_dtype(q.scalar_type());
   const at::Tensor qr = at::relu(q.to(acc)), kr = at::relu(k.to(acc)), vv = v.to(acc), g = grad_out.to(acc);
   const at::Tensor vk = at::matmul(vv, kr.transpose(-1, -2));
   const at::Tensor ksum = kr.sum(-1, /*keepdim=*/true);
@@ -69,7 +62,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_composi
 
 }  // namespace dcae_ext
 
+namespace {
+
+// The argument checks alone, for the Python side when it runs the reference instead.
+void check_linear_attention_args_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
+  dcae_ext::check_linear_attention_args(q, k, v, eps);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
+  m.def("_check_linear_attention_args(Tensor q, Tensor k, Tensor v, float eps) -> ()",
+        &check_linear_attention_args_op);
   m.def("linear_attention(Tensor q, Tensor k, Tensor v, float eps) -> Tensor");
   m.def("_linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float eps) "
         "-> (Tensor, Tensor, Tensor)");

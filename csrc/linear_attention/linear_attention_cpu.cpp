@@ -12,15 +12,9 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_simd.h"
+#include "common/dispatch.h"
 #include "linear_attention/linear_attention.h"
-
-// The matmul inner loops get AVX-512 / AVX2 clones picked at load time; the build itself stays
-// portable (no -march flags).
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define DCAE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DCAE_CPU_CLONES
-#endif
 
 namespace dcae_ext {
 namespace {
@@ -37,9 +31,9 @@ struct VecOf {
 // Rows [i, i + kRows) of C (m x n, ldc) += A (m x k, lda) * B (k x n, ldb), columns [j, j + width):
 // the C block stays in registers over the k loop, each B vector load feeds kRows FMAs.
 template <typename T, int kBytes, int kRows>
-inline __attribute__((always_inline)) void matmul_block(int64_t k, const T* __restrict A, int64_t lda,
-                                                        const T* __restrict B, int64_t ldb, T* __restrict C,
-                                                        int64_t ldc) {
+DCAE_FORCE_INLINE void matmul_block(int64_t k, const T* __restrict A, int64_t lda,
+                                    const T* __restrict B, int64_t ldb, T* __restrict C,
+                                    int64_t ldc) {
   using V = typename VecOf<T, kBytes>::type;
   V acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = *reinterpret_cast<const V*>(C + r * ldc);
@@ -51,9 +45,9 @@ inline __attribute__((always_inline)) void matmul_block(int64_t k, const T* __re
 }
 
 template <typename T, int kRows>
-inline __attribute__((always_inline)) void matmul_rows(int64_t k, int64_t n, const T* __restrict A, int64_t lda,
-                                                       const T* __restrict B, int64_t ldb, T* __restrict C,
-                                                       int64_t ldc) {
+DCAE_FORCE_INLINE void matmul_rows(int64_t k, int64_t n, const T* __restrict A, int64_t lda,
+                                   const T* __restrict B, int64_t ldb, T* __restrict C,
+                                   int64_t ldc) {
   constexpr int64_t kWide = 64 / sizeof(T), kNarrow = 32 / sizeof(T);
   int64_t j = 0;
   for (; j + kWide <= n; j += kWide) matmul_block<T, 64, kRows>(k, A, lda, B + j, ldb, C + j, ldc);
@@ -68,20 +62,20 @@ inline __attribute__((always_inline)) void matmul_rows(int64_t k, int64_t n, con
 
 // C (m x n, ldc) += A (m x k, lda) * B (k x n, ldb), rows four at a time.
 template <typename T>
-inline __attribute__((always_inline)) void matmul_acc_impl(int64_t m, int64_t k, int64_t n, const T* __restrict A,
-                                                           int64_t lda, const T* __restrict B, int64_t ldb,
-                                                           T* __restrict C, int64_t ldc) {
+DCAE_FORCE_INLINE void matmul_acc_impl(int64_t m, int64_t k, int64_t n, const T* __restrict A,
+                                       int64_t lda, const T* __restrict B, int64_t ldb,
+                                       T* __restrict C, int64_t ldc) {
   int64_t i = 0;
   for (; i + 4 <= m; i += 4) matmul_rows<T, 4>(k, n, A + i * lda, lda, B, ldb, C + i * ldc, ldc);
   for (; i < m; ++i) matmul_rows<T, 1>(k, n, A + i * lda, lda, B, ldb, C + i * ldc, ldc);
 }
 
-DCAE_CPU_CLONES void matmul_acc(int64_t m, int64_t k, int64_t n, const float* A, int64_t lda, const float* B,
+DCAE_SIMD_CLONES void matmul_acc(int64_t m, int64_t k, int64_t n, const float* A, int64_t lda, const float* B,
                                 int64_t ldb, float* C, int64_t ldc) {
   matmul_acc_impl<float>(m, k, n, A, lda, B, ldb, C, ldc);
 }
 
-DCAE_CPU_CLONES void matmul_acc(int64_t m, int64_t k, int64_t n, const double* A, int64_t lda, const double* B,
+DCAE_SIMD_CLONES void matmul_acc(int64_t m, int64_t k, int64_t n, const double* A, int64_t lda, const double* B,
                                 int64_t ldb, double* C, int64_t ldc) {
   matmul_acc_impl<double>(m, k, n, A, lda, B, ldb, C, ldc);
 }
@@ -90,8 +84,8 @@ DCAE_CPU_CLONES void matmul_acc(int64_t m, int64_t k, int64_t n, const double* A
 // branch mispredicts half the time) and with restrict so they vectorise.
 // dk: io[t] = 1[k_t > 0] (io[t] + dksum_c)
 template <typename T>
-inline __attribute__((always_inline)) void key_grad_impl(int64_t n, T* __restrict io, T dksum_c,
-                                                         const T* __restrict relu_k) {
+DCAE_FORCE_INLINE void key_grad_impl(int64_t n, T* __restrict io, T dksum_c,
+                                     const T* __restrict relu_k) {
   for (int64_t t = 0; t < n; ++t) {
     const T value = io[t] + dksum_c;
     io[t] = relu_k[t] > T(0) ? value : T(0);
@@ -99,9 +93,9 @@ inline __attribute__((always_inline)) void key_grad_impl(int64_t n, T* __restric
 }
 // dq: w[t] = 1[q_t > 0] (w[t] / den_t + ksum_c dden_t); g[t] = g[t] / den_t (becomes dnum).
 template <typename T>
-inline __attribute__((always_inline)) void query_grad_impl(int64_t n, T* __restrict w, T* __restrict g,
-                                                           const T* __restrict relu_q, const T* __restrict inv_den,
-                                                           const T* __restrict dden, T ksum_c) {
+DCAE_FORCE_INLINE void query_grad_impl(int64_t n, T* __restrict w, T* __restrict g,
+                                       const T* __restrict relu_q, const T* __restrict inv_den,
+                                       const T* __restrict dden, T ksum_c) {
   for (int64_t t = 0; t < n; ++t) {
     const T value = w[t] * inv_den[t] + ksum_c * dden[t];
     w[t] = relu_q[t] > T(0) ? value : T(0);
@@ -109,17 +103,17 @@ inline __attribute__((always_inline)) void query_grad_impl(int64_t n, T* __restr
   }
 }
 
-DCAE_CPU_CLONES void key_grad(int64_t n, float* io, float dksum_c, const float* relu_k) {
+DCAE_SIMD_CLONES void key_grad(int64_t n, float* io, float dksum_c, const float* relu_k) {
   key_grad_impl<float>(n, io, dksum_c, relu_k);
 }
-DCAE_CPU_CLONES void key_grad(int64_t n, double* io, double dksum_c, const double* relu_k) {
+DCAE_SIMD_CLONES void key_grad(int64_t n, double* io, double dksum_c, const double* relu_k) {
   key_grad_impl<double>(n, io, dksum_c, relu_k);
 }
-DCAE_CPU_CLONES void query_grad(int64_t n, float* w, float* g, const float* relu_q, const float* inv_den,
+DCAE_SIMD_CLONES void query_grad(int64_t n, float* w, float* g, const float* relu_q, const float* inv_den,
                                 const float* dden, float ksum_c) {
   query_grad_impl<float>(n, w, g, relu_q, inv_den, dden, ksum_c);
 }
-DCAE_CPU_CLONES void query_grad(int64_t n, double* w, double* g, const double* relu_q, const double* inv_den,
+DCAE_SIMD_CLONES void query_grad(int64_t n, double* w, double* g, const double* relu_q, const double* inv_den,
                                 const double* dden, double ksum_c) {
   query_grad_impl<double>(n, w, g, relu_q, inv_den, dden, ksum_c);
 }
@@ -132,12 +126,12 @@ inline acc relu(acc x) {
 // Copies tokens [n0, n0 + len) of one head's (d, N) slice into acc buffers.
 // channel-major: dst[c * kTile + t]; token-major: dst[t * d + c].
 template <typename scalar_t, typename acc>
-void load_channel_major(const scalar_t* src, HeadStrides s, int64_t d, int64_t n0, int64_t len, bool apply_relu,
+void load_channel_major(const scalar_t* src, Strides4 s, int64_t d, int64_t n0, int64_t len, bool apply_relu,
                         acc* dst) {
   for (int64_t c = 0; c < d; ++c) {
-    const scalar_t* row = src + c * s.c + n0 * s.n;
+    const scalar_t* row = src + c * s.dim2 + n0 * s.dim3;
     acc* out = dst + c * kTile;
-    if (s.n == 1) {  // the common layout: a plain loop the compiler vectorises
+    if (s.dim3 == 1) {  // the common layout: a plain loop the compiler vectorises
       // 32+ rows per tile are too many streams for the hardware prefetcher: ask for the next
       // tile's lines now (prefetching past the tensor's end is harmless).
       for (int64_t line = 0; line < kTile; line += 64 / static_cast<int64_t>(sizeof(scalar_t)))
@@ -148,9 +142,9 @@ void load_channel_major(const scalar_t* src, HeadStrides s, int64_t d, int64_t n
         for (int64_t t = 0; t < len; ++t) out[t] = static_cast<acc>(row[t]);
       }
     } else if (apply_relu) {
-      for (int64_t t = 0; t < len; ++t) out[t] = relu(static_cast<acc>(row[t * s.n]));
+      for (int64_t t = 0; t < len; ++t) out[t] = relu(static_cast<acc>(row[t * s.dim3]));
     } else {
-      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<acc>(row[t * s.n]);
+      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<acc>(row[t * s.dim3]);
     }
   }
 }
@@ -162,14 +156,14 @@ void transpose_tile(const acc* channel_major, int64_t d, int64_t len, acc* token
 }
 
 template <typename scalar_t, typename acc>
-void store_channel_major(const acc* src, int64_t d, int64_t len, scalar_t* dst, HeadStrides s, int64_t n0) {
+void store_channel_major(const acc* src, int64_t d, int64_t len, scalar_t* dst, Strides4 s, int64_t n0) {
   for (int64_t c = 0; c < d; ++c) {
-    scalar_t* row = dst + c * s.c + n0 * s.n;
+    scalar_t* row = dst + c * s.dim2 + n0 * s.dim3;
     const acc* in = src + c * kTile;
-    if (s.n == 1) {
+    if (s.dim3 == 1) {
       for (int64_t t = 0; t < len; ++t) row[t] = static_cast<scalar_t>(in[t]);
     } else {
-      for (int64_t t = 0; t < len; ++t) row[t * s.n] = static_cast<scalar_t>(in[t]);
+      for (int64_t t = 0; t < len; ++t) row[t * s.dim3] = static_cast<scalar_t>(in[t]);
     }
   }
 }
@@ -198,12 +192,12 @@ Plan make_plan(const AttentionGeometry& geo) {
 }
 
 template <typename scalar_t>
-const scalar_t* head_ptr(const scalar_t* base, HeadStrides s, int64_t bh, int64_t heads) {
-  return base + (bh / heads) * s.b + (bh % heads) * s.h;
+const scalar_t* head_ptr(const scalar_t* base, Strides4 s, int64_t bh, int64_t heads) {
+  return base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1;
 }
 template <typename scalar_t>
-scalar_t* head_ptr(scalar_t* base, HeadStrides s, int64_t bh, int64_t heads) {
-  return base + (bh / heads) * s.b + (bh % heads) * s.h;
+scalar_t* head_ptr(scalar_t* base, Strides4 s, int64_t bh, int64_t heads) {
+  return base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1;
 }
 
 // Runs fn(bh, n_begin, n_end, partial) over all items, each with a zeroed (d+1) x d partial,
@@ -251,7 +245,7 @@ std::vector<acc> compute_state(const Plan& plan, int64_t heads, const at::Tensor
   const int64_t d = plan.dim;
   const scalar_t* kp = k.const_data_ptr<scalar_t>();
   const scalar_t* vp = v.const_data_ptr<scalar_t>();
-  const HeadStrides ks = head_strides_of(k), vs = head_strides_of(v);
+  const Strides4 ks = strides_of(k), vs = strides_of(v);
   return reduce_over_tokens<acc>(plan, [&](int64_t bh, int64_t n_begin, int64_t n_end, acc* state) {
     std::vector<acc> kbuf(d * kTile), kt(kTile * d), vbuf((d + 1) * kTile, acc(0));
     std::fill(vbuf.begin() + d * kTile, vbuf.end(), acc(1));  // the ones row: gives ksum
@@ -279,7 +273,7 @@ at::Tensor linear_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
     const std::vector<acc> state = compute_state<scalar_t, acc>(plan, geo.heads, k, v);
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const HeadStrides qs = head_strides_of(q), os = head_strides_of(out);
+    const Strides4 qs = strides_of(q), os = strides_of(out);
     for_each_item(plan, [&](int64_t bh, int64_t n_begin, int64_t n_end) {
       std::vector<acc> qbuf(d * kTile), numden((d + 1) * kTile);
       const acc* st = state.data() + bh * plan.state_size();
@@ -324,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cpu(con
 
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
-    const HeadStrides qs = head_strides_of(q), gs = head_strides_of(grad_out), dqs = head_strides_of(dq);
+    const Strides4 qs = strides_of(q), gs = strides_of(grad_out), dqs = strides_of(dq);
     scalar_t* dqp = dq.mutable_data_ptr<scalar_t>();
     const std::vector<acc> dstate = reduce_over_tokens<acc>(plan, [&](int64_t bh, int64_t n_begin, int64_t n_end,
                                                                       acc* dst) {
@@ -369,8 +363,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cpu(con
         for (int64_t j = 0; j < d; ++j) dvk_t[bh * d * d + j * d + i] = dstate[bh * size + i * d + j];
     const scalar_t* kp = k.const_data_ptr<scalar_t>();
     const scalar_t* vp = v.const_data_ptr<scalar_t>();
-    const HeadStrides ks = head_strides_of(k), vs = head_strides_of(v);
-    const HeadStrides dks = head_strides_of(dk), dvs = head_strides_of(dv);
+    const Strides4 ks = strides_of(k), vs = strides_of(v);
+    const Strides4 dks = strides_of(dk), dvs = strides_of(dv);
     scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
     scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
     for_each_item(plan, [&](int64_t bh, int64_t n_begin, int64_t n_end) {

@@ -1,26 +1,6 @@
-// CUDA kernels of linear attention, templated on the padded head dim D in {8, 16, 32, 64}
-// (a head of d <= 64 runs the smallest D >= d with zero-filled channels; larger heads, and
-// float64, the gradcheck dtype, run the ATen composite). float32, float16 and bfloat16 inputs,
-// float32 accumulation throughout.
-//
-// Forward, two kernels per call:
-//   state_kernel   grid (B*heads, splits), 128 threads. A block owns one head and every
-//                  splits-th tile of 128 tokens of it. Per tile it loads relu(k) and v into shared
-//                  memory token-major ([token][D+4] floats, 16-byte global loads when the token
-//                  stride is 1 and the rows are aligned) and adds sum_t [v_t; 1] relu(k_t)^T to a
-//                  register state: lane j of a warp owns column j of the (D+1) x D state (two
-//                  columns for D = 64, several tokens per warp step for D < 32) and reads the v
-//                  row of each token as float4 broadcasts. At the end the warps' states are summed
-//                  in shared memory and added to a float32 workspace (B*heads, D+1, D) with atomics,
-//                  which is how the N-reduction is split across blocks.
-//   output_kernel  grid (B*heads, splits), 128 threads, one token per thread: the head's state
-//                  sits in shared memory, the thread keeps relu(q_n) in registers and writes
-//                  out_n = vk relu(q_n) / (ksum . relu(q_n) + eps), coalesced across the warp.
-// Backward (nothing saved but q, k, v): state_kernel again, then
-//   query_kernel   like state_kernel, but each tile first runs one token per thread: dq_n, plus
-//                  [G_n / den_n; dden_n] and relu(q_n) written to shared memory, whose outer
-//                  products are then accumulated into the (D+1) x D gradient of the state.
-//   key_kernel     like output_kernel: dv_m = dvk relu(k_m), dk_m = 1[k_m > 0] (dvk^T v_m + dksum).
+// CUDA kernels of linear attention (docs/linear_attention.md), templated on the head dim padded
+// to D in {8, 16, 32, 64}; larger heads and float64 run the ATen composite. Forward: state_kernel
+// then output_kernel; backward: state_kernel, query_kernel, key_kernel. float32 accumulation.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -29,6 +9,8 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
+#include "common/static_switch.h"
 #include "linear_attention/linear_attention.h"
 
 namespace dcae_ext {
@@ -79,13 +61,13 @@ struct HeadView {
 };
 
 template <typename scalar_t>
-__device__ __forceinline__ HeadView<scalar_t> head_view(const scalar_t* base, HeadStrides s, int64_t bh, int heads) {
-  return {base + (bh / heads) * s.b + (bh % heads) * s.h, s.c, s.n};
+__device__ __forceinline__ HeadView<scalar_t> head_view(const scalar_t* base, Strides4 s, int64_t bh, int heads) {
+  return {base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1, s.dim2, s.dim3};
 }
 
 template <typename scalar_t>
-__device__ __forceinline__ scalar_t* head_out(scalar_t* base, HeadStrides s, int64_t bh, int heads) {
-  return base + (bh / heads) * s.b + (bh % heads) * s.h;
+__device__ __forceinline__ scalar_t* head_out(scalar_t* base, Strides4 s, int64_t bh, int heads) {
+  return base + (bh / heads) * s.dim0 + (bh % heads) * s.dim1;
 }
 
 // True when every row of every head of t starts 16-byte aligned and tokens are contiguous.
@@ -166,8 +148,12 @@ struct StateAccumulator {
     }
   }
 
-  // Sums the block's states and adds them to out ((D+1) x D, row-major). scratch: shared
-  // memory of >= (D+1) * D elements that no thread reads any more.
+  // Sums the block's states in a fixed order (lane groups, then warps) and adds the total to
+  // out ((D+1) x D, row-major) with atomics (kAtomic: other blocks add to the same head), or
+  // stores it (out is this block's own slot). scratch: shared memory of >= kScratch elements
+  // that no thread reads any more.
+  static constexpr int kScratch = kWarps * (D + 1) * D;
+  template <bool kAtomic>
   __device__ void flush(acc* scratch, acc* out) {
 #pragma unroll
     for (int offset = kLanes; offset < 32; offset <<= 1)
@@ -176,19 +162,46 @@ struct StateAccumulator {
 #pragma unroll
         for (int i = 0; i <= D; ++i) st[l][i] += __shfl_xor_sync(0xffffffffu, st[l][i], offset);
     __syncthreads();
-    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) scratch[idx] = acc(0);
-    __syncthreads();
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    acc* warp_state = scratch + warp * (D + 1) * D;
     if (lane < kLanes) {
 #pragma unroll
       for (int l = 0; l < kCols; ++l)
 #pragma unroll
-        for (int i = 0; i <= D; ++i) atomicAdd(&scratch[i * D + lane + l * kLanes], st[l][i]);
+        for (int i = 0; i <= D; ++i) warp_state[i * D + lane + l * kLanes] = st[l][i];
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) atomicAdd(&out[idx], scratch[idx]);
+    for (int idx = threadIdx.x; idx < (D + 1) * D; idx += kThreads) {
+      acc total = scratch[idx];
+      for (int w = 1; w < kWarps; ++w) total += scratch[w * (D + 1) * D + idx];
+      if (kAtomic) {
+        atomicAdd(&out[idx], total);
+      } else {
+        out[idx] = total;
+      }
+    }
   }
 };
+
+// The (D+1) x D state of a head when its token splits were flushed to their own slots:
+// slots (heads, splits, D+1, D) summed in split order, so the result never depends on timing.
+template <typename acc, int D>
+__global__ void __launch_bounds__(kThreads) sum_split_slots(const acc* __restrict__ slots, int64_t splits,
+                                                            acc* __restrict__ state) {
+  constexpr int kSize = (D + 1) * D;
+  const int64_t bh = blockIdx.x;
+  for (int idx = threadIdx.x; idx < kSize; idx += kThreads) {
+    acc total = acc(0);
+    for (int64_t split = 0; split < splits; ++split) total += slots[(bh * splits + split) * kSize + idx];
+    state[bh * kSize + idx] = total;
+  }
+}
+
+// Where a block flushes its part of a head's state: the head's state (atomics) or its own slot.
+template <int D, bool kAtomic>
+__device__ __forceinline__ int64_t state_offset(int64_t bh) {
+  return (kAtomic ? bh : bh * gridDim.y + blockIdx.y) * (D + 1) * D;
+}
 
 struct Launch {
   int heads, d;
@@ -213,12 +226,15 @@ __device__ __forceinline__ acc dot_row(const acc* row, const acc (&x)[D]) {
   return sum;
 }
 
-template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
+// The (D+1) x D state sum_t [v_t; 1] relu(k_t)^T of a head: grid (B x heads, splits), a block
+// sums every splits-th tile of 128 tokens, loaded token-major into shared memory.
+template <typename scalar_t, typename acc, int D, bool kAtomic>
+__global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restrict__ k, Strides4 ks,
                                                          bool k_vec, const scalar_t* __restrict__ v,
-                                                         HeadStrides vs, bool v_vec, Launch p,
+                                                         Strides4 vs, bool v_vec, Launch p,
                                                          acc* __restrict__ state) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  static_assert(StateAccumulator<acc, D, true>::kScratch <= 2 * kTile * kStride, "flush scratch");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* k_tile = reinterpret_cast<acc*>(smem_raw);
   acc* v_tile = k_tile + kTile * kStride;
@@ -236,12 +252,13 @@ __global__ void __launch_bounds__(kThreads) state_kernel(const scalar_t* __restr
     sum.add_tile(v_tile, k_tile, len);
     __syncthreads();
   }
-  sum.flush(k_tile, state + bh * (D + 1) * D);
+  sum.template flush<kAtomic>(k_tile, state + state_offset<D, kAtomic>(bh));
 }
 
+// out_n = vk relu(q_n) / (ksum . relu(q_n) + eps): one token per thread, the state in shared memory.
 template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
-                                                          scalar_t* __restrict__ out, HeadStrides os, Launch p,
+__global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __restrict__ q, Strides4 qs,
+                                                          scalar_t* __restrict__ out, Strides4 os, Launch p,
                                                           const acc* __restrict__ state, acc eps) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* st = reinterpret_cast<acc*>(smem_raw);
@@ -256,17 +273,19 @@ __global__ void __launch_bounds__(kThreads) output_kernel(const scalar_t* __rest
     const acc inv_den = acc(1) / (dot_row<acc, D>(st + D * D, rq) + eps);
 #pragma unroll
     for (int i = 0; i < D; ++i)
-      if (i < p.d) oh[i * os.c + n * os.n] = static_cast<scalar_t>(dot_row<acc, D>(st + i * D, rq) * inv_den);
+      if (i < p.d) oh[i * os.dim2 + n * os.dim3] = static_cast<scalar_t>(dot_row<acc, D>(st + i * D, rq) * inv_den);
   }
 }
 
-template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, HeadStrides qs,
-                                                         const scalar_t* __restrict__ grad, HeadStrides gs,
-                                                         scalar_t* __restrict__ dq, HeadStrides dqs, Launch p,
+// dq per token (one per thread), then the state's gradient [dvk; dksum] summed like state_kernel.
+template <typename scalar_t, typename acc, int D, bool kAtomic>
+__global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restrict__ q, Strides4 qs,
+                                                         const scalar_t* __restrict__ grad, Strides4 gs,
+                                                         scalar_t* __restrict__ dq, Strides4 dqs, Launch p,
                                                          const acc* __restrict__ state, acc eps,
                                                          acc* __restrict__ dstate) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
+  static_assert(StateAccumulator<acc, D, false>::kScratch <= 2 * kTile * kStride, "flush scratch");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* st = reinterpret_cast<acc*>(smem_raw);  // [vk; ksum]
   acc* dn_tile = st + (D + 1) * D;             // [G / den, dden] per token
@@ -318,7 +337,7 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
       for (int c = 0; c < D; ++c) {
         if (c < p.d) {
           const acc value = w[c] * inv_den + st[D * D + c] * dden;
-          dqh[c * dqs.c + n * dqs.n] = static_cast<scalar_t>(rq[c] > acc(0) ? value : acc(0));
+          dqh[c * dqs.dim2 + n * dqs.dim3] = static_cast<scalar_t>(rq[c] > acc(0) ? value : acc(0));
         }
       }
       acc* q_row = q_tile + t * kStride;
@@ -329,14 +348,15 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
     sum.add_tile(dn_tile, q_tile, len);
     __syncthreads();
   }
-  sum.flush(dn_tile, dstate + bh * (D + 1) * D);
+  sum.template flush<kAtomic>(dn_tile, dstate + state_offset<D, kAtomic>(bh));
 }
 
+// dv_m = dvk relu(k_m), dk_m = 1[k_m > 0] (dvk^T v_m + dksum): one token per thread.
 template <typename scalar_t, typename acc, int D>
-__global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restrict__ k, HeadStrides ks,
-                                                       const scalar_t* __restrict__ v, HeadStrides vs,
-                                                       scalar_t* __restrict__ dk, HeadStrides dks,
-                                                       scalar_t* __restrict__ dv, HeadStrides dvs, Launch p,
+__global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restrict__ k, Strides4 ks,
+                                                       const scalar_t* __restrict__ v, Strides4 vs,
+                                                       scalar_t* __restrict__ dk, Strides4 dks,
+                                                       scalar_t* __restrict__ dv, Strides4 dvs, Launch p,
                                                        const acc* __restrict__ dstate) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* dst = reinterpret_cast<acc*>(smem_raw);  // [dvk; dksum]
@@ -355,7 +375,7 @@ __global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restric
 #pragma unroll
     for (int i = 0; i < D; ++i) {
       if (i < p.d) {
-        dvh[i * dvs.c + m * dvs.n] = static_cast<scalar_t>(dot_row<acc, D>(dst + i * D, rk));
+        dvh[i * dvs.dim2 + m * dvs.dim3] = static_cast<scalar_t>(dot_row<acc, D>(dst + i * D, rk));
         const acc vi = static_cast<acc>(vh.at(i, m));
 #pragma unroll
         for (int j = 0; j < D; j += 4) {  // g += v_i dvk[i, :], i.e. dvk^T v
@@ -369,34 +389,14 @@ __global__ void __launch_bounds__(kThreads) key_kernel(const scalar_t* __restric
     }
 #pragma unroll
     for (int c = 0; c < D; ++c)
-      if (c < p.d) dkh[c * dks.c + m * dks.n] = static_cast<scalar_t>(rk[c] > acc(0) ? g[c] : acc(0));
+      if (c < p.d) dkh[c * dks.dim2 + m * dks.dim3] = static_cast<scalar_t>(rk[c] > acc(0) ? g[c] : acc(0));
   }
 }
 
 // ---- host side ------------------------------------------------------------------------------
 
-// Calls fn(scalar_t{}) for the fused dtypes; float64 never gets here (composite).
-template <typename Fn>
-void dispatch_fused_dtype(at::ScalarType type, Fn fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kHalf: fn(c10::Half{}); break;
-    case at::kBFloat16: fn(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, "dcae_ext linear_attention CUDA: no fused kernel for ", type);
-  }
-}
-
 bool use_composite(const at::Tensor& q, const AttentionGeometry& geo) {
   return geo.dim > kMaxFusedCudaHeadDim || q.scalar_type() == at::kDouble;
-}
-
-// Calls fn(std::integral_constant<int, D>) with the smallest supported D >= d.
-template <typename Fn>
-void with_padded_dim(int64_t d, Fn fn) {
-  if (d <= 8) fn(std::integral_constant<int, 8>());
-  else if (d <= 16) fn(std::integral_constant<int, 16>());
-  else if (d <= 32) fn(std::integral_constant<int, 32>());
-  else fn(std::integral_constant<int, 64>());
 }
 
 // Blocks per head along the tokens: enough blocks in all to fill the GPU a few times over.
@@ -414,25 +414,122 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
   }
 }
 
+// A per-head (D+1) x D sum over the blocks of each head's token splits; `launch(out, atomic)`
+// runs the kernel that flushes into `out`. One split: each block stores its head's state.
+// Several: they add into one zeroed state with float atomics, whose order (so the rounding)
+// varies from run to run; under torch.use_deterministic_algorithms(True) each block stores its
+// own slot instead and sum_split_slots adds the slots in split order (one more small kernel,
+// heads x splits x (D+1) x D floats of workspace).
+template <typename acc, int D, typename LaunchFn>
+at::Tensor sum_over_splits(const at::Tensor& like, const AttentionGeometry& geo, int64_t splits, cudaStream_t stream,
+                           LaunchFn launch) {
+  const auto options = like.options().dtype(c10::CppTypeToScalarType<acc>::value);
+  const int64_t heads = geo.heads_total();
+  if (splits == 1) {
+    at::Tensor state = at::empty({heads, D + 1, D}, options);
+    launch(state, /*atomic=*/false);
+    return state;
+  }
+  if (!at::globalContext().deterministicAlgorithms()) {
+    at::Tensor state = at::zeros({heads, D + 1, D}, options);
+    launch(state, /*atomic=*/true);
+    return state;
+  }
+  const at::Tensor slots = at::empty({heads, splits, D + 1, D}, options);
+  launch(slots, /*atomic=*/false);
+  at::Tensor state = at::empty({heads, D + 1, D}, options);
+  sum_split_slots<acc, D><<<static_cast<unsigned int>(heads), kThreads, 0, stream>>>(
+      slots.const_data_ptr<acc>(), splits, state.mutable_data_ptr<acc>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return state;
+}
+
 template <typename scalar_t, typename acc, int D>
 at::Tensor compute_state(const at::Tensor& k, const at::Tensor& v, const AttentionGeometry& geo, Launch p,
                          cudaStream_t stream) {
   constexpr int kTile = TileSize<acc>::value;
-  at::Tensor state = at::zeros({geo.heads_total(), D + 1, D}, k.options().dtype(c10::CppTypeToScalarType<acc>::value));
   const size_t smem = 2 * kTile * Padded<D>::kStride * sizeof(acc);
-  auto kernel = state_kernel<scalar_t, acc, D>;
-  allow_shared_memory(kernel, smem);
-  const dim3 grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(splits_for(geo, kTile)));
-  kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), head_strides_of(k), vector_loads_ok(k),
-                                           v.const_data_ptr<scalar_t>(), head_strides_of(v), vector_loads_ok(v), p,
-                                           state.mutable_data_ptr<acc>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return state;
+  const int64_t splits = splits_for(geo, kTile);
+  const dim3 grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(splits));
+  return sum_over_splits<acc, D>(k, geo, splits, stream, [&](const at::Tensor& out, bool atomic) {
+    DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
+      auto kernel = state_kernel<scalar_t, acc, D, kAtomic>;
+      allow_shared_memory(kernel, smem);
+      kernel<<<grid, kThreads, smem, stream>>>(k.const_data_ptr<scalar_t>(), strides_of(k), vector_loads_ok(k),
+                                               v.const_data_ptr<scalar_t>(), strides_of(v), vector_loads_ok(v), p,
+                                               out.mutable_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
 }
 
 void check_grid(const AttentionGeometry& geo) {
   DCAE_CHECK_ARG(geo.heads_total() <= std::numeric_limits<int32_t>::max(), "q",
                  "batch * heads = ", geo.heads_total(), " exceeds the CUDA grid limit");
+}
+
+// The fused kernels on float32 / float16 / bfloat16; float64 goes to the composite before this.
+template <typename scalar_t>
+void forward_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps,
+                   const AttentionGeometry& geo, at::Tensor& out) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    TORCH_CHECK(false, "dcae_ext: linear_attention has no fused CUDA kernel for float64");
+  } else {
+    using acc = acc_t<scalar_t>;
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+    DCAE_HEAD_DIM_SWITCH(geo.dim, D, [&] {
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+      const size_t smem = (D + 1) * D * sizeof(acc);
+      const dim3 grid(static_cast<unsigned int>(geo.heads_total()),
+                      static_cast<unsigned int>(splits_for(geo, kThreads)));
+      output_kernel<scalar_t, acc, D><<<grid, kThreads, smem, stream>>>(
+          q.const_data_ptr<scalar_t>(), strides_of(q), out.mutable_data_ptr<scalar_t>(), strides_of(out), p,
+          state.const_data_ptr<acc>(), static_cast<acc>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_fused(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    double eps, const AttentionGeometry& geo, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    TORCH_CHECK(false, "dcae_ext: linear_attention has no fused CUDA kernel for float64");
+  } else {
+    using acc = acc_t<scalar_t>;
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
+    DCAE_HEAD_DIM_SWITCH(geo.dim, D, [&] {
+      constexpr int kTile = TileSize<acc>::value;
+      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
+
+      const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
+      const int64_t query_splits = splits_for(geo, kTile);
+      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()), static_cast<unsigned int>(query_splits));
+      const auto launch_query = [&](const at::Tensor& dstate_out, bool atomic) {
+        DCAE_BOOL_SWITCH(atomic, kAtomic, [&] {
+          auto query = query_kernel<scalar_t, acc, D, kAtomic>;
+          allow_shared_memory(query, query_smem);
+          query<<<query_grid, kThreads, query_smem, stream>>>(
+              q.const_data_ptr<scalar_t>(), strides_of(q), grad_out.const_data_ptr<scalar_t>(),
+              strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), strides_of(dq), p,
+              state.const_data_ptr<acc>(), static_cast<acc>(eps), dstate_out.mutable_data_ptr<acc>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      };
+      const at::Tensor dstate = sum_over_splits<acc, D>(q, geo, query_splits, stream, launch_query);
+
+      const size_t key_smem = (D + 1) * D * sizeof(acc);
+      const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
+                          static_cast<unsigned int>(splits_for(geo, kThreads)));
+      key_kernel<scalar_t, acc, D><<<key_grid, kThreads, key_smem, stream>>>(
+          k.const_data_ptr<scalar_t>(), strides_of(k), v.const_data_ptr<scalar_t>(), strides_of(v),
+          dk.mutable_data_ptr<scalar_t>(), strides_of(dk), dv.mutable_data_ptr<scalar_t>(), strides_of(dv), p,
+          dstate.const_data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 }
 
 at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double eps) {
@@ -443,23 +540,8 @@ at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   check_grid(geo);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    using acc = acc_t<scalar_t>;
-    with_padded_dim(geo.dim, [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
-      const size_t smem = (D + 1) * D * sizeof(acc);
-      const dim3 grid(static_cast<unsigned int>(geo.heads_total()),
-                      static_cast<unsigned int>(splits_for(geo, kThreads)));
-      output_kernel<scalar_t, acc, D><<<grid, kThreads, smem, stream>>>(
-          q.const_data_ptr<scalar_t>(), head_strides_of(q), out.mutable_data_ptr<scalar_t>(), head_strides_of(out),
-          p, state.const_data_ptr<acc>(), static_cast<acc>(eps));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_cuda",
+                         [&] { forward_fused<scalar_t>(q, k, v, eps, geo, out); });
   return out;
 }
 
@@ -476,38 +558,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(co
   at::Tensor dv = at::empty(q.sizes(), q.options());
   if (dq.numel() == 0) return {dq, dk, dv};
   check_grid(geo);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Launch p{static_cast<int>(geo.heads), static_cast<int>(geo.dim), geo.tokens};
-  dispatch_fused_dtype(q.scalar_type(), [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    using acc = acc_t<scalar_t>;
-    with_padded_dim(geo.dim, [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      constexpr int kTile = TileSize<acc>::value;
-      const at::Tensor state = compute_state<scalar_t, acc, D>(k, v, geo, p, stream);
-      at::Tensor dstate = at::zeros_like(state);
-
-      const size_t query_smem = ((D + 1) * D + 2 * kTile * Padded<D>::kStride) * sizeof(acc);
-      auto query = query_kernel<scalar_t, acc, D>;
-      allow_shared_memory(query, query_smem);
-      const dim3 query_grid(static_cast<unsigned int>(geo.heads_total()),
-                            static_cast<unsigned int>(splits_for(geo, kTile)));
-      query<<<query_grid, kThreads, query_smem, stream>>>(
-          q.const_data_ptr<scalar_t>(), head_strides_of(q), grad_out.const_data_ptr<scalar_t>(),
-          head_strides_of(grad_out), dq.mutable_data_ptr<scalar_t>(), head_strides_of(dq), p,
-          state.const_data_ptr<acc>(), static_cast<acc>(eps), dstate.mutable_data_ptr<acc>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-      const size_t key_smem = (D + 1) * D * sizeof(acc);
-      const dim3 key_grid(static_cast<unsigned int>(geo.heads_total()),
-                          static_cast<unsigned int>(splits_for(geo, kThreads)));
-      key_kernel<scalar_t, acc, D><<<key_grid, kThreads, key_smem, stream>>>(
-          k.const_data_ptr<scalar_t>(), head_strides_of(k), v.const_data_ptr<scalar_t>(), head_strides_of(v),
-          dk.mutable_data_ptr<scalar_t>(), head_strides_of(dk), dv.mutable_data_ptr<scalar_t>(), head_strides_of(dv),
-          p, dstate.const_data_ptr<acc>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  DCAE_DISPATCH_FLOATING(q.scalar_type(), "dcae_ext_linear_attention_backward_cuda",
+                         [&] { backward_fused<scalar_t>(grad_out, q, k, v, eps, geo, dq, dk, dv); });
   return {dq, dk, dv};
 }
 

@@ -57,7 +57,21 @@ at::Tensor allocate_shortcut_output(const ShortcutGeometry& geo, const at::Tenso
 
 }  // namespace dcae_ext
 
+namespace {
+
+// The argument checks alone, for the Python side when it runs the reference instead.
+void check_shortcut_args_op(const at::Tensor& x, int64_t factor, int64_t out_channels,
+                            const c10::optional<at::Tensor>& residual, bool unshuffle) {
+  using dcae_ext::ShortcutKind;
+  dcae_ext::check_shortcut_args(unshuffle ? ShortcutKind::kUnshuffleMean : ShortcutKind::kShuffleRepeat, x, factor,
+                                out_channels, residual);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
+  m.def("_check_shortcut_args(Tensor x, int factor, int out_channels, Tensor? residual, bool unshuffle) -> ()",
+        &check_shortcut_args_op);
   m.def("pixel_unshuffle_mean(Tensor x, int factor, int out_channels, float scale, Tensor? residual) -> Tensor");
   m.def("pixel_shuffle_repeat(Tensor x, int factor, int out_channels, float scale, Tensor? residual) -> Tensor");
 }

@@ -1,4 +1,4 @@
-// DC-AE residual shortcuts (DESIGN.md 2.3): space-to-channel averaging and
+// DC-AE residual shortcuts (docs/shortcuts.md): space-to-channel averaging and
 // channel-to-space duplication, each with an optional fused residual add:
 //   pixel_unshuffle_mean: y = residual + scale * mean over G of pixel_unshuffle(x, r) channel groups
 //   pixel_shuffle_repeat: y = residual + scale * pixel_shuffle(repeat_interleave(x, R), r)
@@ -8,15 +8,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include "common/tensor_access.h"
+
 namespace dcae_ext {
-
-struct Strides4 {
-  int64_t b, c, h, w;
-};
-
-inline Strides4 strides_of(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
 
 enum class ShortcutKind { kUnshuffleMean, kShuffleRepeat };
 

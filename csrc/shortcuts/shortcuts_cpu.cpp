@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "shortcuts/shortcuts.h"
 
 namespace dcae_ext {
@@ -22,28 +23,28 @@ void unshuffle_mean_rows(const ShortcutGeometry& geo, const scalar_t* x, Strides
   std::vector<int64_t> source_offset(geo.out_channels * G);
   for (int64_t src = 0; src < geo.out_channels * G; ++src) {
     const int64_t c = src / r2, dy = (src % r2) / r, dx = src % r;
-    source_offset[src] = c * xs.c + dy * xs.h + dx * xs.w;
+    source_offset[src] = c * xs.dim1 + dy * xs.dim2 + dx * xs.dim3;
   }
-  const int64_t step = r * xs.w;
+  const int64_t step = r * xs.dim3;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> sum(geo.out_width);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % geo.out_height;
       const int64_t o = (row / geo.out_height) % geo.out_channels;
       const int64_t b = row / (geo.out_height * geo.out_channels);
-      const scalar_t* row_base = x + b * xs.b + i * r * xs.h;
+      const scalar_t* row_base = x + b * xs.dim0 + i * r * xs.dim2;
       std::fill(sum.begin(), sum.end(), acc(0));
       for (int64_t g = 0; g < G; ++g) {
         const scalar_t* in = row_base + source_offset[o * G + g];
         for (int64_t j = 0; j < geo.out_width; ++j) sum[j] += static_cast<acc>(in[j * step]);
       }
-      scalar_t* out = y + b * ys.b + o * ys.c + i * ys.h;
+      scalar_t* out = y + b * ys.dim0 + o * ys.dim1 + i * ys.dim2;
       if (res != nullptr) {
-        const scalar_t* rr = res + b * rs.b + o * rs.c + i * rs.h;
+        const scalar_t* rr = res + b * rs.dim0 + o * rs.dim1 + i * rs.dim2;
         for (int64_t j = 0; j < geo.out_width; ++j)
-          out[j * ys.w] = static_cast<scalar_t>(static_cast<acc>(rr[j * rs.w]) + weight * sum[j]);
+          out[j * ys.dim3] = static_cast<scalar_t>(static_cast<acc>(rr[j * rs.dim3]) + weight * sum[j]);
       } else {
-        for (int64_t j = 0; j < geo.out_width; ++j) out[j * ys.w] = static_cast<scalar_t>(weight * sum[j]);
+        for (int64_t j = 0; j < geo.out_width; ++j) out[j * ys.dim3] = static_cast<scalar_t>(weight * sum[j]);
       }
     }
   });
@@ -62,22 +63,22 @@ void shuffle_repeat_rows(const ShortcutGeometry& geo, const scalar_t* x, Strides
       const int64_t o = (row / geo.out_height) % geo.out_channels;
       const int64_t b = row / (geo.out_height * geo.out_channels);
       const int64_t h = ho / r, dy = ho % r;
-      scalar_t* out = y + b * ys.b + o * ys.c + ho * ys.h;
-      const scalar_t* rr = res != nullptr ? res + b * rs.b + o * rs.c + ho * rs.h : nullptr;
+      scalar_t* out = y + b * ys.dim0 + o * ys.dim1 + ho * ys.dim2;
+      const scalar_t* rr = res != nullptr ? res + b * rs.dim0 + o * rs.dim1 + ho * rs.dim2 : nullptr;
       for (int64_t dx = 0; dx < r; ++dx) {
         const int64_t c = (o * r2 + dy * r + dx) / R;  // source channel of the repeated copy
-        const scalar_t* in = x + b * xs.b + c * xs.c + h * xs.h;
-        scalar_t* dst = out + dx * ys.w;
-        const int64_t step = r * ys.w;
+        const scalar_t* in = x + b * xs.dim0 + c * xs.dim1 + h * xs.dim2;
+        scalar_t* dst = out + dx * ys.dim3;
+        const int64_t step = r * ys.dim3;
         if (rr != nullptr) {
-          const scalar_t* rsrc = rr + dx * rs.w;
-          const int64_t rstep = r * rs.w;
+          const scalar_t* rsrc = rr + dx * rs.dim3;
+          const int64_t rstep = r * rs.dim3;
           for (int64_t w = 0; w < geo.in_width; ++w)
             dst[w * step] = static_cast<scalar_t>(static_cast<acc>(rsrc[w * rstep]) +
-                                                  weight * static_cast<acc>(in[w * xs.w]));
+                                                  weight * static_cast<acc>(in[w * xs.dim3]));
         } else {
           for (int64_t w = 0; w < geo.in_width; ++w)
-            dst[w * step] = static_cast<scalar_t>(weight * static_cast<acc>(in[w * xs.w]));
+            dst[w * step] = static_cast<scalar_t>(weight * static_cast<acc>(in[w * xs.dim3]));
         }
       }
     }
@@ -91,7 +92,7 @@ at::Tensor shortcut_cpu(ShortcutKind kind, const at::Tensor& x, int64_t factor, 
   at::Tensor y = allocate_shortcut_output(geo, x);
   if (y.numel() == 0) return y;
   const bool has_res = residual.has_value();
-  const Strides4 rs = has_res ? strides_of(*residual) : Strides4{0, 0, 0, 0};
+  const Strides4 rs = has_res ? strides_of(*residual) : Strides4{};
   DCAE_DISPATCH_FLOATING(x.scalar_type(), "dcae_ext_shortcut_cpu", [&] {
     const scalar_t* res = has_res ? residual->const_data_ptr<scalar_t>() : nullptr;
     if (kind == ShortcutKind::kUnshuffleMean) {

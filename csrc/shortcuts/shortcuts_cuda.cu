@@ -5,6 +5,8 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
+#include "common/static_switch.h"
 #include "shortcuts/shortcuts.h"
 
 namespace dcae_ext {
@@ -29,20 +31,20 @@ __global__ void unshuffle_mean_planes(ShortcutGeometry geo, const scalar_t* __re
   const int r = static_cast<int>(geo.factor), r2 = r * r, G = static_cast<int>(geo.group);
   for (int g = threadIdx.x; g < G; g += blockDim.x) {
     const int64_t src = o * G + g;
-    source_offset[g] = (src / r2) * xs.c + ((src % r2) / r) * xs.h + (src % r) * xs.w;
+    source_offset[g] = (src / r2) * xs.dim1 + ((src % r2) / r) * xs.dim2 + (src % r) * xs.dim3;
   }
   __syncthreads();
   const int wo = static_cast<int>(geo.out_width);
   const int pixels = static_cast<int>(geo.out_height) * wo;
-  const scalar_t* xb = x + b * xs.b;
+  const scalar_t* xb = x + b * xs.dim0;
   for (int s = blockIdx.y * blockDim.x + threadIdx.x; s < pixels; s += gridDim.y * blockDim.x) {
     const int i = s / wo, j = s - i * wo;
-    const scalar_t* in = xb + (int64_t)i * r * xs.h + (int64_t)j * r * xs.w;
+    const scalar_t* in = xb + (int64_t)i * r * xs.dim2 + (int64_t)j * r * xs.dim3;
     acc sum = 0;
     for (int g = 0; g < G; ++g) sum += static_cast<acc>(in[source_offset[g]]);
     acc value = weight * sum;
-    if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
-    y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+    if (kResidual) value += static_cast<acc>(res[b * rs.dim0 + o * rs.dim1 + i * rs.dim2 + j * rs.dim3]);
+    y[b * ys.dim0 + o * ys.dim1 + i * ys.dim2 + j * ys.dim3] = static_cast<scalar_t>(value);
   }
 }
 
@@ -55,18 +57,18 @@ __global__ void shuffle_repeat_planes(ShortcutGeometry geo, const scalar_t* __re
   const int64_t plane = blockIdx.x;
   const int64_t o = plane % geo.out_channels, b = plane / geo.out_channels;
   const int r = static_cast<int>(geo.factor), r2 = r * r;
-  for (int q = threadIdx.x; q < r2; q += blockDim.x) channel_offset[q] = ((o * r2 + q) / geo.group) * xs.c;
+  for (int q = threadIdx.x; q < r2; q += blockDim.x) channel_offset[q] = ((o * r2 + q) / geo.group) * xs.dim1;
   __syncthreads();
   const int wo = static_cast<int>(geo.out_width);
   const int pixels = static_cast<int>(geo.out_height) * wo;
-  const scalar_t* xb = x + b * xs.b;
+  const scalar_t* xb = x + b * xs.dim0;
   for (int s = blockIdx.y * blockDim.x + threadIdx.x; s < pixels; s += gridDim.y * blockDim.x) {
     const int i = s / wo, j = s - i * wo;
     const int h = i / r, w = j / r;
     const int q = (i - h * r) * r + (j - w * r);
-    acc value = weight * static_cast<acc>(xb[channel_offset[q] + h * xs.h + w * xs.w]);
-    if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
-    y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+    acc value = weight * static_cast<acc>(xb[channel_offset[q] + h * xs.dim2 + w * xs.dim3]);
+    if (kResidual) value += static_cast<acc>(res[b * rs.dim0 + o * rs.dim1 + i * rs.dim2 + j * rs.dim3]);
+    y[b * ys.dim0 + o * ys.dim1 + i * ys.dim2 + j * ys.dim3] = static_cast<scalar_t>(value);
   }
 }
 
@@ -80,17 +82,17 @@ __global__ void unshuffle_mean_pixels(ShortcutGeometry geo, const scalar_t* __re
   for (int64_t p = blockIdx.x; p < pixels; p += gridDim.x) {
     const int64_t j = p % geo.out_width, rest = p / geo.out_width;
     const int64_t i = rest % geo.out_height, b = rest / geo.out_height;
-    const scalar_t* in = x + b * xs.b + i * r * xs.h + j * r * xs.w;
+    const scalar_t* in = x + b * xs.dim0 + i * r * xs.dim2 + j * r * xs.dim3;
     for (int o = threadIdx.x; o < channels; o += blockDim.x) {
       acc sum = 0;
       for (int g = 0; g < G; ++g) {
         const int src = o * G + g;
         const int c = src / r2, rem = src - c * r2, dy = rem / r, dx = rem - dy * r;
-        sum += static_cast<acc>(in[c * xs.c + dy * xs.h + dx * xs.w]);
+        sum += static_cast<acc>(in[c * xs.dim1 + dy * xs.dim2 + dx * xs.dim3]);
       }
       acc value = weight * sum;
-      if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
-      y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+      if (kResidual) value += static_cast<acc>(res[b * rs.dim0 + o * rs.dim1 + i * rs.dim2 + j * rs.dim3]);
+      y[b * ys.dim0 + o * ys.dim1 + i * ys.dim2 + j * ys.dim3] = static_cast<scalar_t>(value);
     }
   }
 }
@@ -106,11 +108,11 @@ __global__ void shuffle_repeat_pixels(ShortcutGeometry geo, const scalar_t* __re
     const int64_t j = p % geo.out_width, rest = p / geo.out_width;
     const int64_t i = rest % geo.out_height, b = rest / geo.out_height;
     const int q = static_cast<int>((i % r) * r + (j % r));
-    const scalar_t* in = x + b * xs.b + (i / r) * xs.h + (j / r) * xs.w;
+    const scalar_t* in = x + b * xs.dim0 + (i / r) * xs.dim2 + (j / r) * xs.dim3;
     for (int o = threadIdx.x; o < channels; o += blockDim.x) {
-      acc value = weight * static_cast<acc>(in[static_cast<int64_t>((o * r2 + q) / R) * xs.c]);
-      if (kResidual) value += static_cast<acc>(res[b * rs.b + o * rs.c + i * rs.h + j * rs.w]);
-      y[b * ys.b + o * ys.c + i * ys.h + j * ys.w] = static_cast<scalar_t>(value);
+      acc value = weight * static_cast<acc>(in[static_cast<int64_t>((o * r2 + q) / R) * xs.dim1]);
+      if (kResidual) value += static_cast<acc>(res[b * rs.dim0 + o * rs.dim1 + i * rs.dim2 + j * rs.dim3]);
+      y[b * ys.dim0 + o * ys.dim1 + i * ys.dim2 + j * ys.dim3] = static_cast<scalar_t>(value);
     }
   }
 }
@@ -124,7 +126,7 @@ at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor,
   if (y.numel() == 0) return y;
   const bool has_res = residual.has_value();
   const bool channels_last = layout_of(x) == at::MemoryFormat::ChannelsLast;
-  const Strides4 rs = has_res ? strides_of(*residual) : Strides4{0, 0, 0, 0};
+  const Strides4 rs = has_res ? strides_of(*residual) : Strides4{};
   const bool unshuffle = kind == ShortcutKind::kUnshuffleMean;
   const int64_t plane_pixels = geo.out_height * geo.out_width;
   const int64_t pixels = geo.batch * plane_pixels;
@@ -145,21 +147,21 @@ at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor,
     if (by_pixels) {
       const int threads = static_cast<int>(std::min<int64_t>(kThreadsPerBlock, (geo.out_channels + 31) / 32 * 32));
       const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(pixels, int64_t(1) << 20));
-      auto launch = [&](auto kernel) {
+      DCAE_BOOL_SWITCH(has_res, kResidual, [&] {
+        auto kernel =
+            unshuffle ? unshuffle_mean_pixels<scalar_t, kResidual> : shuffle_repeat_pixels<scalar_t, kResidual>;
         kernel<<<blocks, threads, 0, stream>>>(geo, xp, xs, yp, ys, res, rs, weight, pixels);
-      };
-      if (unshuffle) has_res ? launch(unshuffle_mean_pixels<scalar_t, true>) : launch(unshuffle_mean_pixels<scalar_t, false>);
-      else has_res ? launch(shuffle_repeat_pixels<scalar_t, true>) : launch(shuffle_repeat_pixels<scalar_t, false>);
+      });
     } else {
       const dim3 grid(static_cast<unsigned int>(geo.batch * geo.out_channels),
                       static_cast<unsigned int>(std::min<int64_t>((plane_pixels + kThreadsPerBlock - 1) / kThreadsPerBlock,
                                                                   kMaxPlaneBlocksY)));
       const size_t shared = sizeof(int64_t) * plane_table;
-      auto launch = [&](auto kernel) {
+      DCAE_BOOL_SWITCH(has_res, kResidual, [&] {
+        auto kernel =
+            unshuffle ? unshuffle_mean_planes<scalar_t, kResidual> : shuffle_repeat_planes<scalar_t, kResidual>;
         kernel<<<grid, kThreadsPerBlock, shared, stream>>>(geo, xp, xs, yp, ys, res, rs, weight);
-      };
-      if (unshuffle) has_res ? launch(unshuffle_mean_planes<scalar_t, true>) : launch(unshuffle_mean_planes<scalar_t, false>);
-      else has_res ? launch(shuffle_repeat_planes<scalar_t, true>) : launch(shuffle_repeat_planes<scalar_t, false>);
+      });
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -1,4 +1,4 @@
-"""Benchmark of the IBQ quantizer: fused tiled op vs the N x K PyTorch formulation (DESIGN.md 5).
+"""Benchmark of the IBQ quantizer: fused tiled op vs the N x K PyTorch formulation (docs/ibq.md).
 
 Variants: `quantize` (ibq_quantize) and `quantize+entropy` (ibq_quantize_with_entropy, T = 0.01),
 each forward and forward+backward. The limit is GEMM throughput: 2*N*K*D flops per GEMM, with

@@ -2,7 +2,6 @@
 report PSNR, SSIM, LPIPS, rFID (and codebook usage / perplexity for an IBQ tokenizer)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,19 +16,24 @@ def add_parser(subparsers):
     parser.add_argument("--model", required=True,
                         help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
                              "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
+    parser.add_argument("--config", default=None,
+                        help="DC-AE preset name for efficientvit weights whose folder and path name none")
+    parser.add_argument("--ema", action="store_true",
+                        help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
     parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE; default: no tiling)")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
                              "without it rFID is reported unavailable")
     parser.add_argument("--lpips-weights", default=None,
                         help="LPIPS trunk weights (LPIPS or torchvision state dict); without it LPIPS is unavailable")
-    parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"], help="LPIPS trunk")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                        help="where the model runs (default: cuda when visible, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast dtype of the model")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
     parser.add_argument("--strict-data", action="store_true",
@@ -37,28 +41,28 @@ def add_parser(subparsers):
     return parser
 
 
-def load_model(name_or_path: str):
-    """(model, description, pretrained?) for a folder path, a DC-AE preset name or ibq-<preset>."""
+def load_model(name_or_path: str, config: str | None = None, ema: bool = False):
+    """(model, description, pretrained?) for a local path (see models.load_model_from_path), a DC-AE
+    preset name or ibq-<preset>."""
     from dcae_ext import models
 
     if os.path.exists(name_or_path):
-        config_file = os.path.join(name_or_path, "config.json")
-        if os.path.isfile(config_file):
-            with open(config_file) as stream:
-                if json.load(stream).get("_class_name") == "IBQTokenizer":
-                    return models.IBQTokenizer.from_pretrained(name_or_path), "IBQ tokenizer", True
-        return models.DCAE.from_pretrained(name_or_path), "DC-AE", True
+        model = models.load_model_from_path(name_or_path, config=config, ema=ema)
+        kind = "IBQ tokenizer" if isinstance(model, models.IBQTokenizer) else "DC-AE"
+        return model, kind, True
+    if ema:
+        raise SystemExit("--ema: only a training run or checkpoint holds EMA weights")
     torch.manual_seed(0)  # a preset's random weights: the same numbers on every run
     if name_or_path.startswith("ibq-"):
         errors = []
         for preset in (name_or_path, name_or_path[len("ibq-"):]):  # "ibq-f16-16384" or "ibq-tiny" -> "tiny"
             try:
-                return models.IBQTokenizer.from_config(preset), "IBQ tokenizer", False
+                return models.IBQTokenizer.from_config(preset).eval(), "IBQ tokenizer", False
             except ValueError as error:
                 errors.append(str(error))
         raise SystemExit(f"--model: {errors[-1]}")
     if name_or_path in models.preset_names():
-        return models.DCAE.from_config(name_or_path), "DC-AE", False
+        return models.DCAE.from_config(name_or_path).eval(), "DC-AE", False
     raise SystemExit(f"--model: {name_or_path!r} is neither an existing path nor a preset; DC-AE presets: "
                      f"{', '.join(models.preset_names())}; IBQ: ibq-<preset>")
 
@@ -100,16 +104,24 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     resolution = args.resolution or None
-    model, kind, pretrained = load_model(args.model)
+    if resolution is None and args.batch_size != 1:
+        raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
+    try:
+        paths = image_paths(args.data, args.limit)
+    except (FileNotFoundError, ValueError) as error:
+        detail = str(error).replace("argument 'data': ", "")
+        raise SystemExit(f"--data {args.data}: {detail}")
+    model, kind, pretrained = load_model(args.model, args.config, args.ema)
     factor = model.spatial_compression
     if resolution is not None and resolution % factor:
         raise SystemExit(f"--resolution: {resolution} must be a multiple of the model's spatial factor {factor}")
-    if resolution is None and args.batch_size != 1:
-        raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
     if args.tile is not None:
         if not hasattr(model, "enable_tiling"):
             raise SystemExit(f"--tile: a {kind} has no tiled encode/decode")
-        model.enable_tiling(args.tile)
+        try:
+            model.enable_tiling(args.tile)
+        except ValueError as error:
+            raise SystemExit(f"--tile {args.tile}: {str(error).split(': ', 1)[-1]}")
     if not pretrained:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
@@ -129,7 +141,7 @@ def run(args) -> int:
     for message in notes.values():
         _note(f"note: {message}")
 
-    dataset = EvalImages(image_paths(args.data, args.limit), resolution)
+    dataset = EvalImages(paths, resolution)
     loader = ReadableBatches(
         DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                    pin_memory=args.device == "cuda", collate_fn=collate_readable),

@@ -1,59 +1,90 @@
 """`dcae-ext train dcae|ibq`: train a DC-AE (phase 1, 2 or 3) or an IBQ tokenizer.
 
-  dcae-ext train dcae --preset tiny --steps N --batch-size B --resolution R --out DIR [--data DIR] [--resume] [--phase 1|2|3]
-  dcae-ext train ibq  --preset tiny --steps N --batch-size B --resolution R --out DIR [--data DIR] [--resume]
+  dcae-ext train dcae --preset tiny --steps N --batch-size B --resolution R --out DIR [--data DIR] [--phase 1|2|3]
+  dcae-ext train ibq  --preset tiny --steps N --batch-size B --resolution R --out DIR [--data DIR]
+  dcae-ext train dcae --out DIR --resume        (continue a run with its saved settings; flags given change them)
 
-Options come from the phase's recipe, then --config FILE (.yaml/.json, the names of
-dcae_ext.train.config.TrainConfig), then the flags. Under torchrun every process runs this
-command; rank 0 alone writes files and shows progress.
+Options come from the recipe of the model and phase, then --config FILE (.yaml/.json, the option
+names below with underscores), then the flags. A folder that holds a run is refused unless
+--resume or --overwrite. Under torchrun every process runs this command; rank 0 alone writes
+files and shows progress.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+
+from dcae_ext.train.config import FIELDS, MODELS, RECIPES, ConfigError, defaults, value_type
+
+POSITIONAL = ("model",)
+
+
+def _default_text(name: str) -> str:
+    """The dataclass default, and what each recipe sets instead."""
+    spec = FIELDS[name]
+    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    text = f"default: {_show(default)}"
+    recipes = [f"{model}{f' phase {phase}' if model == 'dcae' else ''} {_show(values[name])}"
+               for model, phase in RECIPES
+               for values in [defaults(model, phase)]
+               if name not in ("model", "phase") and name in values and values[name] != default]
+    return text + (f"; recipe: {', '.join(recipes)}" if recipes else "")
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def add_option(parser: argparse.ArgumentParser, name: str) -> None:
+    """A flag for TrainConfig field `name`: type, choices and help from the field."""
+    spec = FIELDS[name]
+    kind, _ = value_type(name)
+    flag = "--" + name.replace("_", "-")
+    help_text = spec.metadata.get("help", "")
+    if "default" not in help_text:
+        help_text += f" ({_default_text(name)})"
+    kwargs = dict(dest=name, default=None, help=help_text)
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind is tuple and spec.default:  # fixed length (betas)
+        count = len(spec.default)
+        kwargs.update(type=float, nargs=count, metavar=tuple(f"B{i + 1}" for i in range(count)))
+    elif kind is tuple:  # any length (lr_drop_steps)
+        kwargs.update(type=float, nargs="*", metavar="N")
+    elif kind is list:
+        kwargs.update(nargs="+", metavar="PATTERN")
+    else:
+        kwargs["type"] = kind
+        if spec.metadata.get("choices") is not None:
+            kwargs["choices"] = spec.metadata["choices"]
+    parser.add_argument(flag, **kwargs)
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("train", help="train a DC-AE or an IBQ tokenizer",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["dcae", "ibq"], help="what to train")
-    parser.add_argument("--preset", help="model preset (tiny, dc-ae-f32c32-in-1.0, ibq-f16-16384, ...) "
-                                         "or a DC-AE config.json")
-    parser.add_argument("--phase", type=int, choices=[1, 2, 3], help="DC-AE phase: 1 full low-res training, "
-                        "2 high-res latent adaptation, 3 low-res GAN refinement of the decoder head")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int, help="per process")
-    parser.add_argument("--resolution", type=int, help="training crop size")
-    parser.add_argument("--out", help="output folder (checkpoint, metrics.jsonl, images, weights)")
-    parser.add_argument("--data", help="image folder (ImageFolder tree or flat) or list file; "
-                                       "default: scikit-image's bundled sample images")
-    parser.add_argument("--strict-data", action="store_true", default=None,
-                        help="stop at the first unreadable image (default: skip it with a warning)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig options")
-    parser.add_argument("--init-weights", help="start from these weights (a save_pretrained folder)")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--grad-accum", type=int)
-    parser.add_argument("--grad-checkpointing", action="store_true", default=None)
-    parser.add_argument("--lpips-weights", help="local LPIPS trunk weights (or env DCAE_EXT_LPIPS_WEIGHTS)")
-    parser.add_argument("--lpips-net", choices=["vgg", "alex", "squeeze"])
-    parser.add_argument("--num-workers", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--checkpoint-every", type=int)
-    parser.add_argument("--image-every", type=int)
+    parser.add_argument("model", choices=MODELS, help="what to train")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint.pt, with its saved settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run in --out (checkpoint, metrics, images, weights) and start afresh")
+    parser.add_argument("--config", help="YAML or JSON file of the options below (names with underscores), or "
+                                         "a named recipe: ibq-paper-16384, ibq-paper-262144 (the official IBQ "
+                                         "ImageNet runs)")
+    options = parser.add_argument_group("training options (TrainConfig fields)")
+    for name in FIELDS:
+        if name not in POSITIONAL:
+            add_option(options, name)
     return parser
 
 
-OVERRIDES = ("preset", "phase", "steps", "batch_size", "resolution", "out", "data", "strict_data", "init_weights", "lr",
-             "device", "precision", "grad_accum", "grad_checkpointing", "lpips_weights", "lpips_net",
-             "num_workers", "seed", "log_every", "checkpoint_every", "image_every")
-
-
-def progress_callback(total_hint: int | None = None, stream=None):
+def progress_callback(stream=None):
     """A trainer callback drawing a tqdm bar and writing warnings/checkpoints above it
     (on sys.stderr as it is when the callback is made, unless `stream` is given)."""
     from tqdm import tqdm
@@ -82,21 +113,46 @@ def progress_callback(total_hint: int | None = None, stream=None):
     return callback
 
 
+def _flag_message(error: ConfigError, given: dict) -> str:
+    """A ConfigError in the words of the command line: the flag when the value came from one."""
+    if error.option in given and error.source is None:
+        return f"--{error.option.replace('_', '-')} {_show(given[error.option])}: {error.detail}"
+    if error.option in FIELDS and error.source is None:
+        return f"option {error.option} (--{error.option.replace('_', '-')}): {error.detail}"
+    return str(error)
+
+
+def make_run_config(args, given: dict):
+    """The run's TrainConfig from the flags `given` (and, with --resume, the run's saved settings)."""
+    from dcae_ext.train.config import make_config, read_config_file
+    from dcae_ext.train.run_folder import CONFIG_NAME, check_out
+
+    if args.model == "ibq" and given.get("phase", 1) != 1:
+        raise ConfigError("phase", "applies to dcae only (the IBQ trainer has a single phase)")
+    config = make_config(args.model, file=args.config, **given)
+    saved = os.path.join(config.out, CONFIG_NAME)
+    if args.resume and os.path.isfile(saved):
+        config = make_config(args.model, file=args.config, base=read_config_file(saved), **given)
+    check_out(config.out, args.resume, args.overwrite)
+    return config
+
+
 def run(args) -> int:
-    from dcae_ext.train.config import make_config
+    from dcae_ext.train import distributed
     from dcae_ext.train.trainer import Trainer
 
-    overrides = {name: getattr(args, name, None) for name in OVERRIDES}
-    if args.model == "ibq" and args.phase not in (None, 1):
-        print("dcae-ext train ibq: --phase applies to dcae only", file=sys.stderr)
-        return 2
-    config = make_config(args.model, file=args.config, **overrides)
+    given = {name: getattr(args, name) for name in FIELDS
+             if name not in POSITIONAL and getattr(args, name, None) is not None}
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    trainer = Trainer(config, callback=progress_callback() if main_rank else None)
-    metrics = trainer.train(resume=args.resume)
+    try:
+        config = make_run_config(args, given)
+        trainer = Trainer(config, callback=progress_callback() if main_rank else None)
+    except ConfigError as error:
+        flags = dict(given, config=args.config) if args.config else given
+        raise ValueError(_flag_message(error, flags)) from None
+    metrics = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if main_rank:
         terms = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss") or k == "codebook_usage")
         print(f"step {trainer.step}: {terms}; skipped steps {trainer.skipped_steps}; outputs in {config.out}")
-    from dcae_ext.train import distributed
     distributed.teardown(trainer.context)
     return 0

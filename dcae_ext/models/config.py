@@ -215,6 +215,32 @@ def get_config(name: str) -> DCAEConfig:
     return PRESETS[key](key)
 
 
+# The names efficientvit's `DCAE_HF(model_name)` accepts (REGISTERED_DCAE_MODEL in
+# efficientvit/ae_model_zoo.py); its from_pretrained reads `model_name` from config.json.
+EFFICIENTVIT_MODEL_NAMES = (
+    "dc-ae-f32c32-in-1.0", "dc-ae-f64c128-in-1.0", "dc-ae-f128c512-in-1.0",
+    "dc-ae-f32c32-mix-1.0", "dc-ae-f64c128-mix-1.0", "dc-ae-f128c512-mix-1.0",
+    "dc-ae-f32c32-sana-1.0",
+)
+
+
+def _architecture(config: DCAEConfig) -> DCAEConfig:
+    """The config without what leaves the module tree unchanged (scaling factor, spelling of "conv")."""
+    downsample = "conv" if config.downsample_block_type == "Conv" else config.downsample_block_type
+    return config.replace(scaling_factor=1.0, downsample_block_type=downsample)
+
+
+def efficientvit_model_name(config: DCAEConfig) -> str | None:
+    """The efficientvit model name of the preset whose architecture `config` has (the scaling factor
+    tells in-1.0 from mix-1.0), or None for an architecture efficientvit does not name."""
+    if config.name in EFFICIENTVIT_MODEL_NAMES:
+        return config.name
+    target = _architecture(config)
+    same = [name for name in EFFICIENTVIT_MODEL_NAMES if _architecture(get_config(name)) == target]
+    exact = [name for name in same if get_config(name).scaling_factor == config.scaling_factor]
+    return (exact or same or [None])[0]
+
+
 def find_preset_in(text: str) -> str | None:
     """The longest preset name occurring in `text` (e.g. a checkpoint path), or None."""
     hits = [name for name in PRESETS if name != "tiny" and name in text]

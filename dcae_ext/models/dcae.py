@@ -1,4 +1,5 @@
-"""DC-AE encoder, decoder and autoencoder (DESIGN.md section 3).
+"""DC-AE encoder, decoder and autoencoder (Chen et al., arXiv 2410.10733; its ops: docs/shortcuts.md,
+docs/linear_attention.md).
 
 The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
 encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so
@@ -136,13 +137,21 @@ class DCAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: DCAEConfig | str | None = None,
-                        strict: bool = True) -> "DCAE":
+                        strict: bool = True, *, subfolder: str | None = None,
+                        torch_dtype: torch.dtype | None = None) -> "DCAE":
         """Load a local diffusers-format dir (config.json + diffusion_pytorch_model.safetensors) or an
         efficientvit-format dir / file (model.safetensors or .pt; config by `config`, by a config.json
-        holding `model_name`, or by a preset name in the path)."""
+        holding `model_name`, or by a preset name in the path). As in diffusers, the model comes back
+        in eval mode (BatchNorm uses its running statistics), in `torch_dtype` if given, read from
+        `path/subfolder` if given."""
         from dcae_ext.models.weights import load_pretrained
 
-        return load_pretrained(cls, path, config=config, strict=strict)
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        model = load_pretrained(cls, path, config=config, strict=strict)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model.eval()
 
     def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
         """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""
@@ -155,12 +164,16 @@ class DCAE(nn.Module):
     def enable_tiling(self, tile: int = 512, overlap: int | None = None) -> None:
         """Encode/decode images larger than `tile` pixels in overlapping tiles. `tile` and `overlap`
         are in image pixels and must be multiples of the spatial factor f; overlap defaults to the
-        largest multiple of f not above tile / 4."""
+        largest multiple of f not above tile / 4, and to at least f (one latent pixel), so tiles
+        always blend across a seam."""
         f = self.spatial_compression
-        if overlap is None:
-            overlap = (tile // 4) // f * f
         if tile <= 0 or tile % f:
             raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {f}")
+        if overlap is None:
+            if tile < 2 * f:
+                raise ValueError(f"argument 'tile': {tile} pixels is one latent pixel at spatial factor {f}, too "
+                                 f"small for tiles to overlap; use tile >= {2 * f} (e.g. {max(4 * f, 512)})")
+            overlap = max(f, (tile // 4) // f * f)
         if overlap < 0 or overlap % f or overlap >= tile:
             raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {f} "
                              f"in [0, tile={tile})")

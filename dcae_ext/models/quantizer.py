@@ -1,4 +1,4 @@
-"""IBQ: index-backpropagation quantizer (DESIGN.md 2.1) around `dcae_ext.ops.ibq_quantize*`.
+"""IBQ: index-backpropagation quantizer (docs/ibq.md) around `dcae_ext.ops.ibq_quantize*`.
 
 The nearest code is chosen by the plain dot product; the straight-through one-hot
 `hard - sg(soft) + soft` lets every code receive gradient. The loss follows SEED-Voken:
@@ -53,12 +53,12 @@ def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor
 class IBQuantizer(nn.Module):
     """z (B, D, H, W) (channels at `channel_dim`, 1 by default for 4-D) or (..., D) -> QuantizerOutput.
 
-    The quantizer always computes in float32 (autocast is switched off inside), as
-    nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
+    The quantizer computes in float32 (float64 for float64 input; autocast is switched off inside),
+    as nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, entropy_weight: float = 0.05,
-                 entropy_temperature: float = 0.01, beta_on_codebook_term: bool = True):
+                 entropy_temperature: float = 0.01, beta_on_codebook_term: bool = True, init_std: float = 1.0):
         super().__init__()
         if num_codes < 1:
             raise ValueError(f"argument 'num_codes': expected >= 1, got {num_codes}")
@@ -72,7 +72,9 @@ class IBQuantizer(nn.Module):
         self.entropy_weight = float(entropy_weight)
         self.entropy_temperature = float(entropy_temperature)
         self.beta_on_codebook_term = bool(beta_on_codebook_term)
-        self.codebook = nn.Parameter(torch.randn(num_codes, dim))
+        if init_std <= 0:
+            raise ValueError(f"argument 'init_std': expected > 0, got {init_std}")
+        self.codebook = nn.Parameter(torch.randn(num_codes, dim) * init_std)
 
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, "
@@ -94,8 +96,9 @@ class IBQuantizer(nn.Module):
         channel_dim = self._channel_dim(z, channel_dim)
         input_dtype = z.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
-            rows = z.float().movedim(channel_dim, -1)
-            codebook = self.codebook.float()
+            compute = torch.promote_types(z.dtype, torch.float32)
+            rows = z.to(compute).movedim(channel_dim, -1)
+            codebook = self.codebook.to(compute)
             if self.entropy_weight != 0:
                 z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature)
             else:

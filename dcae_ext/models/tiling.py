@@ -27,18 +27,18 @@ def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:
     return starts
 
 
-def _ramp(length: int, device) -> torch.Tensor:
+def _ramp(length: int, device, floor: float = 0.0) -> torch.Tensor:
     """Rising blend weights across an overlap of `length`: 0 over the first quarter (a tile's border
     outputs lack context), linear through the middle half, 1 over the last quarter. Mirrored, it is
-    the neighbour's weight, so the two sum to 1; a floor keeps every weight sum positive."""
+    the neighbour's weight, so the two sum to 1."""
     position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
-    return ((position - length / 4) / (length / 2)).clamp(0, 1).clamp_min(_WEIGHT_FLOOR)
+    return ((position - length / 4) / (length / 2)).clamp(0, 1).clamp_min(floor)
 
 
 _WEIGHT_FLOOR = 1e-3
 
 
-def axis_weights(starts: list[int], tile: int, size: int, device) -> list[torch.Tensor]:
+def axis_weights(starts: list[int], tile: int, size: int, device, floor: float = 0.0) -> list[torch.Tensor]:
     """Per-tile 1-D blend weights (float32, length min(tile, size)), in output units."""
     length = min(tile, size)
     weights = []
@@ -47,13 +47,26 @@ def axis_weights(starts: list[int], tile: int, size: int, device) -> list[torch.
         if i > 0:
             rise = starts[i - 1] + length - start  # overlap with the previous tile
             if rise > 0:
-                w[:rise] = _ramp(rise, device)
+                w[:rise] = _ramp(rise, device, floor)
         if i + 1 < len(starts):
             fall = start + length - starts[i + 1]
             if fall > 0:
-                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device).flip(0))
+                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device, floor).flip(0))
         weights.append(w)
     return weights
+
+
+def _weights_and_sum(starts: list[int], tile: int, size: int, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Blend weights and their sum along one axis. Zero weights (outputs without context) are kept
+    exact; only where tiles overlap so much that some sum would be 0 does a small floor come in."""
+    for floor in (0.0, _WEIGHT_FLOOR):
+        weights = axis_weights(starts, tile, size, device, floor)
+        total = torch.zeros(size, device=device)
+        for start, w in zip(starts, weights):
+            total[start:start + w.numel()] += w
+        if bool((total > 0).all()):
+            break
+    return weights, total
 
 
 def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
@@ -71,14 +84,8 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
         return v * up // down
 
     out_h, out_w, out_tile = out_units(height), out_units(width), out_units(tile)
-    row_w = axis_weights([out_units(s) for s in rows], out_tile, out_h, x.device)
-    col_w = axis_weights([out_units(s) for s in cols], out_tile, out_w, x.device)
-    row_sum = torch.zeros(out_h, device=x.device)
-    col_sum = torch.zeros(out_w, device=x.device)
-    for start, w in zip(rows, row_w):
-        row_sum[out_units(start):out_units(start) + w.numel()] += w
-    for start, w in zip(cols, col_w):
-        col_sum[out_units(start):out_units(start) + w.numel()] += w
+    row_w, row_sum = _weights_and_sum([out_units(s) for s in rows], out_tile, out_h, x.device)
+    col_w, col_sum = _weights_and_sum([out_units(s) for s in cols], out_tile, out_w, x.device)
 
     out = None
     for r, wr in zip(rows, row_w):

@@ -1,26 +1,33 @@
 """IBQ tokenizer: encoder -> 1x1 conv to the code dim -> IBQuantizer -> 1x1 conv -> decoder.
 
-The encoder and decoder are the DC-AE `Encoder`/`Decoder` built from a convolution-only
-configuration (residual conv blocks, stride-2 conv down / interpolate up sampling), the shape of
-the IBQ paper's VQGAN backbone (16x downsampling: five stages, widths 128-128-256-256-512).
+Two backbones: the VQGAN encoder/decoder of the paper's tokenizers (dcae_ext.models.vqgan, the
+official parameter names: official checkpoints load through `from_pretrained`), and the DC-AE
+`Encoder`/`Decoder` built from a convolution-only configuration (residual conv blocks, stride-2
+conv down / interpolate up), kept as the `ibq-dcae-*` presets and the CPU-sized `tiny`.
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from dcae_ext.models import dcae, vqgan
 from dcae_ext.models.config import DCAEConfig
-from dcae_ext.models.dcae import Decoder, Encoder
+from dcae_ext.models.ibq_weights import convert_official_state, infer_vqgan_config, is_official_layout, \
+    read_official_file
 from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.quantizer import IBQuantizer, QuantizerOutput
+from dcae_ext.models.vqgan import VQGANConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+BACKBONE_TYPES = {"vqgan": VQGANConfig, "dc-ae": DCAEConfig}
 
 
 def _conv_backbone(widths: tuple, encoder_layers: int, decoder_layers: int, latent_channels: int) -> DCAEConfig:
@@ -38,22 +45,34 @@ def _conv_backbone(widths: tuple, encoder_layers: int, decoder_layers: int, late
 
 @dataclass
 class IBQConfig:
-    backbone: DCAEConfig = field(default_factory=lambda: _conv_backbone((128, 128, 256, 256, 512), 4, 5, 256))
+    """The official IBQ configs' values by default (SEED-Voken configs/IBQ/gpu/imagenet_ibqgan_*.yaml)."""
+    backbone: VQGANConfig | DCAEConfig = field(default_factory=VQGANConfig)
     num_codes: int = 16384
     dim: int = 256
     beta: float = 0.25
     entropy_weight: float = 0.05
     entropy_temperature: float = 0.01
     beta_on_codebook_term: bool = True
+    codebook_init_std: float = 1.0    # the official codebook is an nn.Embedding: N(0, 1)
     name: str | None = None
+
+    @property
+    def backbone_type(self) -> str:
+        return "vqgan" if isinstance(self.backbone, VQGANConfig) else "dc-ae"
 
     @property
     def spatial_compression(self) -> int:
         return self.backbone.spatial_compression
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels between the encoder/decoder and the 1x1 convolutions around the quantizer."""
+        backbone = self.backbone
+        return backbone.z_channels if isinstance(backbone, VQGANConfig) else backbone.latent_channels
+
     def to_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "backbone"}
-        values["backbone"] = self.backbone.to_dict()
+        values["backbone"] = dict(self.backbone.to_dict(), type=self.backbone_type)
         return values
 
     @classmethod
@@ -64,17 +83,38 @@ class IBQConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"IBQ config: unknown fields {unknown}")
+        if isinstance(backbone, dict):
+            backbone = dict(backbone)
+            kind = backbone.pop("type", "dc-ae")  # configs saved before the VQGAN backbone have no type
+            if kind not in BACKBONE_TYPES:
+                raise ValueError(f"IBQ config 'backbone.type': expected one of {sorted(BACKBONE_TYPES)}, got {kind!r}")
+            backbone = BACKBONE_TYPES[kind].from_dict(backbone)
         if backbone is not None:
-            values["backbone"] = DCAEConfig.from_dict(backbone) if isinstance(backbone, dict) else backbone
+            values["backbone"] = backbone
         return cls(**values)
 
 
+def _paper(num_codes: int, name: str, backbone=None) -> IBQConfig:
+    return IBQConfig(backbone if backbone is not None else VQGANConfig(), num_codes=num_codes, name=name)
+
+
 PRESETS = {
-    # CPU-sized: 4x downsampling, widths 16-32-64, 512 codes of dim 16.
-    "tiny": lambda: IBQConfig(_conv_backbone((16, 32, 64), 1, 1, 32), num_codes=512, dim=16, name="tiny"),
-    # The paper's tokenizers: 16x downsampling, code dim 256, 2^14 and 2^18 codes.
-    "ibq-f16-16384": lambda: IBQConfig(num_codes=2 ** 14, name="ibq-f16-16384"),
-    "ibq-f16-262144": lambda: IBQConfig(num_codes=2 ** 18, name="ibq-f16-262144"),
+    # CPU-sized: 4x downsampling, widths 16-32-64, 512 codes of dim 16. Its codebook starts at N(0, 0.1^2),
+    # not the paper's N(0, 1): a run of a few hundred steps must move the codes across their own scale
+    # (Adam moves a coordinate by at most ~lr a step) and keep the top logits within a few entropy
+    # temperatures of each other; with N(0, 1) the demo collapses onto a few codes (docs/ibq_training.md).
+    "tiny": lambda: IBQConfig(_conv_backbone((16, 32, 64), 1, 1, 32), num_codes=512, dim=16,
+                              codebook_init_std=0.1, name="tiny"),
+    # The paper's tokenizers (VQGAN backbone, 16x downsampling, code dim 256), as released.
+    "ibq-f16-1024": lambda: _paper(2 ** 10, "ibq-f16-1024"),
+    "ibq-f16-8192": lambda: _paper(2 ** 13, "ibq-f16-8192"),
+    "ibq-f16-16384": lambda: _paper(2 ** 14, "ibq-f16-16384"),
+    "ibq-f16-262144": lambda: _paper(2 ** 18, "ibq-f16-262144"),
+    # The same quantizer on a DC-AE convolution backbone (widths 128-128-256-256-512).
+    "ibq-dcae-f16-16384": lambda: _paper(2 ** 14, "ibq-dcae-f16-16384",
+                                         _conv_backbone((128, 128, 256, 256, 512), 4, 5, 256)),
+    "ibq-dcae-f16-262144": lambda: _paper(2 ** 18, "ibq-dcae-f16-262144",
+                                          _conv_backbone((128, 128, 256, 256, 512), 4, 5, 256)),
 }
 
 
@@ -95,15 +135,17 @@ class IBQTokenizer(nn.Module):
         if isinstance(config, str):
             config = get_ibq_config(config)
         self.config = config
-        latent = config.backbone.latent_channels
-        self.encoder = Encoder(config.backbone)
+        latent = config.latent_channels
+        family = vqgan if isinstance(config.backbone, VQGANConfig) else dcae
+        self.encoder = family.Encoder(config.backbone)
         self.quant_conv = nn.Conv2d(latent, config.dim, 1)
         self.quantizer = IBQuantizer(config.num_codes, config.dim, beta=config.beta,
                                      entropy_weight=config.entropy_weight,
                                      entropy_temperature=config.entropy_temperature,
-                                     beta_on_codebook_term=config.beta_on_codebook_term)
+                                     beta_on_codebook_term=config.beta_on_codebook_term,
+                                     init_std=config.codebook_init_std)
         self.post_quant_conv = nn.Conv2d(config.dim, latent, 1)
-        self.decoder = Decoder(config.backbone)
+        self.decoder = family.Decoder(config.backbone)
         self.spatial_compression = config.spatial_compression
 
     @classmethod
@@ -152,22 +194,84 @@ class IBQTokenizer(nn.Module):
                                  indices=quantized.indices)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """config.json + model.safetensors in folder `path`."""
+        """config.json + model.safetensors in folder `path`, each written whole or not at all."""
         from safetensors.torch import save_file
 
+        from dcae_ext.models.files import atomic_write
+
         os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_NAME), "w") as stream:
-            json.dump(dict(self.config.to_dict(), _class_name="IBQTokenizer"), stream, indent=2)
+        config = json.dumps(dict(self.config.to_dict(), _class_name="IBQTokenizer"), indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(path, WEIGHTS_NAME))
+        atomic_write(Path(path, WEIGHTS_NAME), lambda tmp: save_file(state, tmp))
+        atomic_write(Path(path, CONFIG_NAME), lambda tmp: Path(tmp).write_text(config))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "IBQTokenizer":
-        from safetensors.torch import load_file
+    def from_pretrained(cls, path: str | os.PathLike, *, subfolder: str | None = None,
+                        torch_dtype: torch.dtype | None = None, config: IBQConfig | str | dict | None = None,
+                        use_ema: bool = False) -> "IBQTokenizer":
+        """A tokenizer in eval mode, from a local path (nothing is downloaded):
 
-        with open(os.path.join(path, CONFIG_NAME)) as stream:
-            values = json.load(stream)
-        values.pop("_class_name", None)
-        model = cls(IBQConfig.from_dict(values))
-        model.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)))
-        return model
+        - a folder written by `save_pretrained` (config.json + model.safetensors);
+        - an official SEED-Voken checkpoint: the Lightning .ckpt (read without running pickled code,
+          see dcae_ext.models.ibq_weights), a safetensors export of its state dict, or a folder
+          holding one such file. Its configuration is read from the weight shapes unless `config`
+          (a preset name, IBQConfig or dict) is given; `use_ema` takes the EMA weights.
+
+        `subfolder`: a folder inside `path`; `torch_dtype`: cast the weights (the quantizer still
+        computes in float32).
+        """
+        path = os.fspath(path)
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"argument 'path': {path} does not exist (loading needs a local path)")
+        if isinstance(config, str):
+            config = get_ibq_config(config)
+        elif isinstance(config, dict):
+            config = IBQConfig.from_dict(config)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            model, state = _from_saved_folder(cls, path, config)
+        else:
+            model, state = _from_official(cls, _official_file(path), config, use_ema)
+        model.load_state_dict(state)
+        if torch_dtype is not None:
+            model.to(torch_dtype)
+        return model.eval()
+
+
+def _from_saved_folder(cls, path: str, config: IBQConfig | None):
+    from safetensors.torch import load_file
+
+    with open(os.path.join(path, CONFIG_NAME)) as stream:
+        values = json.load(stream)
+    if values.pop("_class_name", "IBQTokenizer") != "IBQTokenizer":
+        raise ValueError(f"argument 'path': {path}/{CONFIG_NAME} describes no IBQ tokenizer")
+    weights = os.path.join(path, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"argument 'path': {path} has a {CONFIG_NAME} but no {WEIGHTS_NAME}")
+    return cls(config or IBQConfig.from_dict(values)), load_file(weights)
+
+
+def _official_file(path: str) -> str:
+    if os.path.isfile(path):
+        return path
+    found = sorted(glob.glob(os.path.join(path, "*.ckpt")) + glob.glob(os.path.join(path, "*.safetensors")))
+    if len(found) != 1:
+        raise FileNotFoundError(f"argument 'path': {path} holds no {CONFIG_NAME} and {len(found)} .ckpt/.safetensors "
+                                "files (expected one official checkpoint); pass the file itself")
+    return found[0]
+
+
+def _from_official(cls, file: str, config: IBQConfig | None, use_ema: bool):
+    state = read_official_file(file)
+    if not is_official_layout(state):
+        raise ValueError(f"argument 'path': {file} is neither an official IBQ checkpoint (no "
+                         "quantize.embedding.weight) nor a folder written by save_pretrained")
+    state = convert_official_state(state, use_ema=use_ema)
+    num_codes, dim = state["quantizer.codebook"].shape
+    if config is None:
+        config = IBQConfig(infer_vqgan_config(state), num_codes=num_codes, dim=dim)
+    elif (config.num_codes, config.dim) != (num_codes, dim):
+        raise ValueError(f"argument 'config': {config.num_codes} codes of dim {config.dim}, but the checkpoint "
+                         f"{file} holds {num_codes} of dim {dim}")
+    return cls(config), state

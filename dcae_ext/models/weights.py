@@ -10,7 +10,6 @@ projection conv (C, inner', 1, 1) becomes the Linear-shaped to_out (C, inner').
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
-from dcae_ext.models.config import DCAEConfig, find_preset_in, get_config
+from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
+from dcae_ext.models.files import atomic_write, safe_torch_load
+from dcae_ext.models.loading import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 EFFICIENTVIT_WEIGHTS = "model.safetensors"
@@ -153,7 +154,7 @@ def read_weights(file: Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(file))
-    data = torch.load(str(file), map_location="cpu", weights_only=True)
+    data = safe_torch_load(file)
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             return data[key]
@@ -179,6 +180,18 @@ def _config_from_json(data: dict) -> DCAEConfig | None:
     return None
 
 
+def _describe_config(data: dict) -> str:
+    """What a config.json that is not a DC-AE one holds, and what loads it."""
+    if data.get("_class_name") == "IBQTokenizer":
+        return "it holds an IBQ tokenizer; load it with IBQTokenizer.from_pretrained or load_model_from_path"
+    if is_run_config(data):
+        return ("it holds a training run's settings; load the run's checkpoint.pt with load_model_from_path, "
+                "or the exported weights in its model/ folder")
+    if data.get("_class_name"):
+        return f"it describes a {data['_class_name']}, not an AutoencoderDC"
+    return f"none of model_name, dcae_ext_config or AutoencoderDC fields in its keys {sorted(data)[:8]}"
+
+
 def _weights_file(directory: Path) -> Path:
     for name in (DIFFUSERS_WEIGHTS, EFFICIENTVIT_WEIGHTS, "diffusion_pytorch_model.bin", "model.pt",
                  "model.pth", "pytorch_model.bin"):
@@ -195,12 +208,16 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
     if isinstance(config, str):
         config = get_config(config)
     if config is None and (file.parent / CONFIG_FILE).is_file():
-        config = _config_from_json(_read_json(file.parent / CONFIG_FILE))
+        data = _read_json(file.parent / CONFIG_FILE)
+        config = _config_from_json(data)
+        if config is None:
+            raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
     if config is None:
         preset = find_preset_in(str(path.resolve()))
         if preset is None:
-            raise ValueError(f"argument 'config': cannot tell the DC-AE configuration of {path}: no config.json "
-                             f"and no preset name in the path; pass config=<preset name or DCAEConfig>")
+            raise ValueError(f"cannot tell the DC-AE configuration of {path}: no config.json beside the weights "
+                             f"and no preset name in the path; name the preset (Python: config=<preset name>, "
+                             f"command line: --config <preset name>)")
         config = get_config(preset)
     model = cls(config)
     state = read_weights(file)
@@ -213,16 +230,6 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
 
 
 # --- saving ---------------------------------------------------------------------------------------
-
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
 
 def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
     from safetensors.torch import save_file
@@ -237,8 +244,9 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
     else:
         state, weights_name = to_efficientvit(model), EFFICIENTVIT_WEIGHTS
         meta = {"dcae_ext_config": config.to_dict()}
-        if config.name and find_preset_in(config.name) == config.name:
-            meta["model_name"] = config.name
+        model_name = efficientvit_model_name(config)
+        if model_name is not None:
+            meta["model_name"] = model_name
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    _atomic_write(directory / weights_name, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_FILE, lambda f: f.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / weights_name, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))

@@ -1,6 +1,7 @@
-"""The fast ops (DESIGN.md section 2). Each public function validates its arguments, then runs
-the compiled kernel, or its pure-PyTorch twin in `dcae_ext.ops.reference` when reference mode
-is on (`use_reference(True)` or DCAE_EXT_REFERENCE=1) or no kernel exists for the device."""
+"""The fast ops (docs/ibq.md, docs/linear_attention.md, docs/shortcuts.md). Each public function
+validates its arguments, then runs the compiled kernel, or its pure-PyTorch twin in
+`dcae_ext.ops.reference` when reference mode is on (`use_reference(True)` or
+DCAE_EXT_REFERENCE=1) or no kernel exists for the device."""
 from dcae_ext.ops import reference
 from dcae_ext.ops._library import compiled_backends, reference_mode, use_reference
 from dcae_ext.ops.ibq import ibq_entropy_loss, ibq_quantize, ibq_quantize_with_entropy

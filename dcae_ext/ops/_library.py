@@ -53,26 +53,15 @@ def reference_mode() -> bool:
     return _reference_mode
 
 
-_registered_ops: set[str] = set()
-
-
-def register_python_side(op_names: tuple[str, ...], register) -> None:
-    """Run `register` (fake impls, autograd) once the compiled ops `op_names` exist; otherwise
-    the public functions keep using the references."""
-    if ops_registered(*op_names):
-        register()
-        _registered_ops.update(op_names)
-
-
 def compiled_backends() -> list[str]:
     if not LOADED:
         return []
     return ["cpu", "cuda"] if WITH_CUDA else ["cpu"]
 
 
-def ops_registered(*op_names: str) -> bool:
-    """True when the compiled library registered every op named (a library built from older
-    sources lacks the newer ops: those then run their references, with a warning)."""
+def has_ops(*op_names: str) -> bool:
+    """True when the compiled library registered every op named. A library built from older
+    sources lacks the newer ops: those then run their references, with a warning."""
     if not LOADED:
         return False
     missing = [name for name in op_names if not hasattr(torch.ops.dcae_ext, name)]
@@ -80,6 +69,14 @@ def ops_registered(*op_names: str) -> bool:
         _warn_once("missing-" + ",".join(missing), f"dcae_ext: the compiled library lacks {', '.join(missing)} "
                    "(built from older sources? rebuild the package); those ops run their references")
     return not missing
+
+
+# The ops whose kernels, fake impls and autograd formulas are registered (by dcae_ext.ops.<op>).
+_registered_ops: set[str] = set()
+
+
+def mark_registered(*op_names: str) -> None:
+    _registered_ops.update(op_names)
 
 
 def use_kernel(op_name: str, tensor: torch.Tensor) -> bool:
@@ -96,3 +93,11 @@ def use_kernel(op_name: str, tensor: torch.Tensor) -> bool:
         return False
     _warn_once(f"device-{device}", f"dcae_ext has no kernels for device '{device}'; running the references")
     return False
+
+
+def check_arguments(check_op: str, *args) -> None:
+    """Runs the compiled op's argument checks (`torch.ops.dcae_ext.<check_op>`) before a
+    reference runs in its place, so that both raise the same ValueError. Skipped while
+    torch.compile traces (the compiled call checks at run time) and without the library."""
+    if LOADED and hasattr(torch.ops.dcae_ext, check_op) and not torch.compiler.is_compiling():
+        getattr(torch.ops.dcae_ext, check_op)(*args)

@@ -1,4 +1,4 @@
-"""IBQ large-codebook quantisation (DESIGN.md 2.1).
+"""IBQ large-codebook quantization (docs/ibq.md).
 
 The compiled op `dcae_ext::ibq_forward` streams codebook tiles (never an N x K tensor) and saves
 O((N + K) D) for its backward op `dcae_ext::_ibq_backward`, which recomputes the logits tile by
@@ -8,74 +8,73 @@ Autocast: the ops run in z's dtype (no cast is inserted); codebook must match it
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from dcae_ext.ops import reference
-from dcae_ext.ops._library import register_python_side, use_kernel
-from dcae_ext.ops._validate import check_positive_float, check_same, check_tensor
+from dcae_ext.ops import _library, reference
+from dcae_ext.ops._library import use_kernel
+from dcae_ext.ops._validate import check_number, check_same_device, check_tensor
 
 
-def _validate(z, codebook):
-    check_tensor(z, "z", min_ndim=1)
-    check_tensor(codebook, "codebook", ndim=2)
-    check_same(z, "z", codebook, "codebook")
-    if z.shape[-1] != codebook.shape[1]:
-        raise ValueError(f"argument 'codebook': dimension {codebook.shape[1]} does not match z's last "
-                         f"dimension {z.shape[-1]}")
-    if codebook.shape[0] == 0:
-        raise ValueError("argument 'codebook': needs at least one code")
+def _rows(z):
+    """z (..., D) as an (N, D) matrix; N is explicit because reshape(-1, 0) is ambiguous."""
+    return z.reshape(math.prod(z.shape[:-1]), z.shape[-1])
 
 
 def _run(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
     """The compiled forward on z flattened to (N, D); returns (z_q (..., D), idx (...), entropy)."""
-    flat = z.reshape(-1, codebook.shape[1])
-    z_q, idx, ent, *_ = torch.ops.dcae_ext.ibq_forward(flat, codebook, float(temperature), quantize,
+    z_q, idx, ent, *_ = torch.ops.dcae_ext.ibq_forward(_rows(z), codebook, float(temperature), quantize,
                                                        entropy, codes_per_tile)
     return z_q.reshape(z.shape), idx.reshape(z.shape[:-1]), ent
+
+
+def _forward(z, codebook, temperature, quantize, entropy):
+    """(z_q, idx, entropy) from the kernel, or from the reference after the kernel's checks."""
+    check_tensor(z, "z")
+    check_tensor(codebook, "codebook")
+    check_same_device(z, "z", codebook, "codebook")
+    temperature = check_number(temperature, "temperature")
+    if z.dim() == 0:
+        raise ValueError("argument 'z': expected a tensor of shape (..., D), got a 0-d tensor")
+    if use_kernel("ibq_forward", z):
+        return _run(z, codebook, temperature, quantize, entropy)
+    _library.check_arguments("_check_ibq_args", _rows(z), codebook, temperature)
+    z_q, idx = reference.ibq_quantize(z, codebook) if quantize else (None, None)
+    return z_q, idx, reference.ibq_entropy_loss(z, codebook, temperature) if entropy else None
 
 
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     """Nearest code by dot product, with IBQ's straight-through one-hot gradient.
 
     z (..., D), codebook (K, D) -> z_q (..., D) = codebook[idx] exactly, idx (...) int64 =
-    argmax_k z . C_k (ties -> lowest k). Backward: d z_q flows to z and to every code through
-    softmax(z . C), plus straight into the chosen rows of the codebook.
+    argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k). Backward: d z_q flows to
+    z and to every code through softmax(z . C), plus straight into the chosen rows of the
+    codebook. A row whose softmax is undefined (a NaN or +inf logit) gets a NaN z_q.
     """
-    _validate(z, codebook)
-    if not use_kernel("ibq_forward", z):
-        return reference.ibq_quantize(z, codebook)
-    z_q, idx, _ = _run(z, codebook, 1.0, True, False)
+    z_q, idx, _ = _forward(z, codebook, 1.0, True, False)
     return z_q, idx
 
 
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    """Codebook-utilisation loss: mean_n H(p_n) - H(mean_n p_n), p = softmax(z . C / T).
+    """Codebook-utilisation loss: mean_n H(p_n) - H_eps(mean_n p_n), p = softmax(z . C / T).
 
-    z (..., D), codebook (K, D) -> scalar in z's dtype; H(p) = -sum p log(p + 1e-5).
+    z (..., D), codebook (K, D) -> scalar in z's dtype; H(p) = -sum p log p (exact),
+    H_eps(pbar) = -sum pbar log(pbar + 1e-5), as the official IBQ code computes them.
     """
-    _validate(z, codebook)
-    check_positive_float(temperature, "temperature")
-    if not use_kernel("ibq_forward", z):
-        return reference.ibq_entropy_loss(z, codebook, temperature)
-    return _run(z, codebook, temperature, False, True)[2]
+    return _forward(z, codebook, temperature, False, True)[2]
 
 
 def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
     """(z_q, idx, entropy) of `ibq_quantize` and `ibq_entropy_loss` from shared passes."""
-    _validate(z, codebook)
-    check_positive_float(temperature, "temperature")
-    if not use_kernel("ibq_forward", z):
-        return reference.ibq_quantize_with_entropy(z, codebook, temperature)
-    return _run(z, codebook, temperature, True, True)
+    return _forward(z, codebook, temperature, True, True)
 
 
-def _register():
-    backward_op = torch.ops.dcae_ext._ibq_backward
-
+if _library.has_ops("ibq_forward", "_ibq_backward"):
     @torch.library.register_fake("dcae_ext::ibq_forward")
     def _forward_fake(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
         n, d = z.shape
-        acc = reference._accumulation_dtype(z)
+        acc = reference.accumulation_dtype(z.dtype)
         return (z.new_empty((n, d)), z.new_empty((n,), dtype=torch.int64), z.new_empty(()),
                 z.new_empty((n, 4), dtype=acc), z.new_empty((n if quantize else 0, d), dtype=acc),
                 z.new_empty((codebook.shape[0] if entropy else 0,), dtype=acc))
@@ -83,23 +82,21 @@ def _register():
     @torch.library.register_fake("dcae_ext::_ibq_backward")
     def _backward_fake(grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes, code_coef,
                        temperature, codes_per_tile=0):
-        return torch.empty_like(z, memory_format=torch.contiguous_format), \
-            torch.empty_like(codebook, memory_format=torch.contiguous_format)
+        return (torch.empty_like(z, memory_format=torch.contiguous_format),
+                torch.empty_like(codebook, memory_format=torch.contiguous_format))
 
-    def _setup(ctx, inputs, output):
+    def _setup_context(ctx, inputs, output):
         z, codebook, temperature, quantize, entropy, codes_per_tile = inputs
         _, idx, _, row_stats, soft_codes, code_coef = output
         ctx.save_for_backward(z, codebook, idx, row_stats, soft_codes, code_coef)
         ctx.temperature, ctx.quantize, ctx.entropy, ctx.codes_per_tile = temperature, quantize, entropy, codes_per_tile
 
-    def _backward(ctx, grad_z_q, grad_idx, grad_entropy, grad_rows, grad_soft, grad_codes):
+    def _backward(ctx, grad_z_q, grad_idx, grad_entropy, grad_row_stats, grad_soft_codes, grad_code_coef):
         z, codebook, idx, row_stats, soft_codes, code_coef = ctx.saved_tensors
-        grad_z, grad_codebook = backward_op(
+        grad_z, grad_codebook = torch.ops.dcae_ext._ibq_backward(
             grad_z_q if ctx.quantize else None, grad_entropy if ctx.entropy else None, z, codebook, idx,
             row_stats, soft_codes, code_coef, ctx.temperature, ctx.codes_per_tile)
         return grad_z, grad_codebook, None, None, None, None
 
-    torch.library.register_autograd("dcae_ext::ibq_forward", _backward, setup_context=_setup)
-
-
-register_python_side(("ibq_forward", "_ibq_backward"), _register)
+    torch.library.register_autograd("dcae_ext::ibq_forward", _backward, setup_context=_setup_context)
+    _library.mark_registered("ibq_forward", "_ibq_backward")

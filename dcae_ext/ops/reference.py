@@ -1,4 +1,5 @@
-"""The math of every op, in plain PyTorch (DESIGN.md section 2).
+"""The math of every op, in plain PyTorch (derivations in docs/ibq.md, docs/linear_attention.md,
+docs/shortcuts.md).
 
 Same signatures as the public ops. These are what the kernels are tested against and
 raced against; they favour clarity over speed and build every intermediate tensor.
@@ -10,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for every reduced-precision dtype, float64 for float64 (csrc/common/dispatch.h)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --- 2.3 DC-AE residual shortcuts -------------------------------------------------------------
+# --- DC-AE residual shortcuts (docs/shortcuts.md) ----------------------------------------------------------
 
 def pixel_unshuffle_mean(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
     """x (B, C, H, W) -> (B, out_channels, H/r, W/r): space-to-channel, then mean over channel groups."""
@@ -31,19 +33,20 @@ def pixel_shuffle_repeat(x: torch.Tensor, factor: int, out_channels: int, residu
     return y if residual is None else residual + y
 
 
-# --- 2.1 IBQ ------------------------------------------------------------------------------------
+# --- IBQ (docs/ibq.md) ---------------------------------------------------------------------------
 
 def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, K) logits z . C_k of the flattened rows, in the accumulation dtype."""
-    acc = _accumulation_dtype(z)
+    acc = accumulation_dtype(z.dtype)
     return z.reshape(-1, codebook.shape[1]).to(acc) @ codebook.to(acc).t()
 
 
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     """z (..., D), codebook (K, D) -> z_q (..., D), idx (...) int64.
 
-    idx = argmax_k z . C_k (ties -> lowest k); z_q = onehot @ C with the straight-through
-    one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets gradient.
+    idx = argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k); z_q = onehot @ C
+    with the straight-through one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets
+    gradient. A row whose softmax is undefined (a NaN or +inf logit, every logit -inf) gives NaN.
     """
     logits = ibq_logits(z, codebook)
     idx = logits.argmax(dim=-1)
@@ -54,17 +57,19 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     return z_q.reshape(z.shape).to(z.dtype), idx.reshape(z.shape[:-1])
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p + 1e-5)).sum(dim=-1)
-
-
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    """mean_n H(softmax(logits_n / T)) - H(mean_n softmax(logits_n / T)), a scalar in z's dtype."""
-    probs = (ibq_logits(z, codebook) / temperature).softmax(dim=-1)
-    if probs.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
-        return (probs.sum() * 0).to(z.dtype)
-    loss = _entropy(probs).mean() - _entropy(probs.mean(dim=0))
-    return loss.to(z.dtype)
+    """mean_n H(p_n) - H_eps(mean_n p_n), p_n = softmax(logits_n / T): a scalar in z's dtype.
+
+    H(p) = -sum p log p exactly (log p from log_softmax); H_eps(pbar) = -sum pbar log(pbar + 1e-5).
+    """
+    scaled = ibq_logits(z, codebook) / temperature
+    if scaled.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
+        return (scaled.sum() * 0).to(z.dtype)
+    probs = scaled.softmax(dim=-1)
+    row_entropy = -(probs * scaled.log_softmax(dim=-1)).sum(dim=-1)
+    mean_probs = probs.mean(dim=0)
+    mean_entropy = -(mean_probs * torch.log(mean_probs + 1e-5)).sum()
+    return (row_entropy.mean() - mean_entropy).to(z.dtype)
 
 
 def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
@@ -72,7 +77,7 @@ def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperatu
     return z_q, idx, ibq_entropy_loss(z, codebook, temperature)
 
 
-# --- 2.2 ReLU linear attention ------------------------------------------------------------------
+# --- ReLU linear attention (docs/linear_attention.md) --------------------------------------------
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-15):
     """q, k, v (B, heads, d, N) -> out (B, heads, d, N).
@@ -80,7 +85,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     out_n = (sum_m v_m relu(k_m)^T) relu(q_n) / (relu(q_n) . sum_m relu(k_m) + eps),
     computed in float32 (float64 for float64) because half precision overflows.
     """
-    dtype, acc = q.dtype, _accumulation_dtype(q)
+    dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     q, k, v = F.relu(q.to(acc)), F.relu(k.to(acc)), v.to(acc)
     d, n = q.shape[-2], q.shape[-1]
     if n <= d:  # the quadratic form: cheaper when there are fewer tokens than dimensions

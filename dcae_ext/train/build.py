@@ -3,29 +3,49 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 
 from torch import nn
 
-from dcae_ext.train.config import TrainConfig
+from dcae_ext.train.config import ConfigError, TrainConfig
 
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The generator: a DC-AE (`preset` a preset name or a diffusers config.json path) or an IBQ
     tokenizer (an IBQ preset name); `init_weights` loads saved weights instead of random ones."""
-    if config.model == "dcae":
-        from dcae_ext.models.dcae import DCAE
+    from dcae_ext.models import DCAE, IBQTokenizer, load_model_from_path, preset_names
+    from dcae_ext.models.tokenizer import PRESETS as IBQ_PRESETS
 
-        if config.init_weights:
-            return DCAE.from_pretrained(config.init_weights)
-        if config.preset.endswith(".json"):
-            with open(config.preset) as stream:
-                return DCAE.from_config(json.load(stream))
-        return DCAE.from_config(config.preset)
-    from dcae_ext.models.tokenizer import IBQTokenizer
-
+    cls = DCAE if config.model == "dcae" else IBQTokenizer
     if config.init_weights:
-        return IBQTokenizer.from_pretrained(config.init_weights)
-    return IBQTokenizer(config.preset)
+        if not os.path.exists(config.init_weights):
+            raise ConfigError("init_weights", f"{config.init_weights} does not exist")
+        model = load_model_from_path(config.init_weights)
+        if not isinstance(model, cls):
+            raise ConfigError("init_weights", f"{config.init_weights} holds a {type(model).__name__}; "
+                                              f"training {config.model} needs a {cls.__name__}")
+        return model
+    if config.model == "dcae" and config.preset.endswith(".json"):
+        if not os.path.isfile(config.preset):
+            raise ConfigError("preset", f"{config.preset} does not exist")
+        with open(config.preset) as stream:
+            return DCAE.from_config(json.load(stream))
+    known = preset_names() if config.model == "dcae" else list(IBQ_PRESETS)
+    if config.preset not in known:
+        raise ConfigError("preset", f"unknown {config.model} preset {config.preset!r}; known: {', '.join(known)}"
+                                    + ("" if config.model == "ibq" else ", or a DC-AE config.json"))
+    return cls.from_config(config.preset)
+
+
+def check_inputs(config: TrainConfig, model: nn.Module) -> None:
+    """What the config alone cannot tell: the resolution fits the model, given files exist."""
+    if config.lpips_weight > 0 and config.lpips_weights and not os.path.isfile(config.lpips_weights):
+        raise ConfigError("lpips_weights", f"{config.lpips_weights} does not exist")
+    factor = model.spatial_compression
+    if config.resolution % factor:
+        lower = max(factor, config.resolution // factor * factor)
+        raise ConfigError("resolution", f"{config.resolution} is not a multiple of the model's spatial factor "
+                                        f"{factor}; use {lower} or {lower + factor}")
 
 
 def matches(name: str, patterns) -> bool:

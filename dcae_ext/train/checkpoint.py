@@ -1,52 +1,66 @@
-"""Checkpoint files: atomic writes (a crash mid-write leaves the previous file intact) and the
-RNG state needed for an exact resume."""
+"""Checkpoint files: atomic writes (a crash mid-write leaves the previous file intact), safe loading
+(tensors and plain values only: `torch.load(weights_only=True)`, so a checkpoint cannot run code)
+and the RNG state needed for an exact resume, stored as tensors and plain values."""
 from __future__ import annotations
 
+import glob
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
+from dcae_ext.models.files import atomic_write, safe_torch_load
+
 
 def atomic_save(obj, path: str, save=torch.save) -> None:
-    """Write `obj` to `path` through a temporary file in the same folder, fsync, then os.replace:
-    readers see either the old file or the complete new one, never a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    """`save(obj, stream)` into `path` atomically (see models.files.atomic_write)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as stream:
             save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
+
+
+def stale_temporary_files(path: str) -> list[str]:
+    """Temporary files `atomic_save(..., path)` leaves behind when the process is killed mid-write."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return sorted(glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint written by `atomic_save(trainer.state_dict(), path)`; never unpickles code."""
+    state = safe_torch_load(path, map_location=map_location)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a dcae-ext training checkpoint (holds a {type(state).__name__})")
+    return state
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy, torch (and CUDA) generator states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    numpy = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"bit_generator": numpy["bit_generator"], "pos": int(numpy["state"]["pos"]),
+                  "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+                  "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss"]))
+    np.random.set_state({"bit_generator": numpy["bit_generator"], "has_gauss": numpy["has_gauss"],
+                         "gauss": numpy["gauss"],
+                         "state": {"key": numpy["key"].cpu().numpy().astype(np.uint32), "pos": numpy["pos"]}})
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def seed_everything(seed: int) -> None:

@@ -21,8 +21,10 @@ def demo_configs(out: str, dcae_steps: int = 300, ibq_steps: int = 300, resoluti
                   num_workers=0, log_every=10, checkpoint_every=0, warmup_steps=20, seed=0)
     dcae = make_config("dcae", phase=1, steps=dcae_steps, out=os.path.join(out, "dcae"),
                        image_every=max(1, dcae_steps // 3), lr=2e-3, weight_decay=0.0, **shared)
+    # IBQ: the official loss, update order and no clipping; a cosine lr instead of the official constant
+    # one, which settles a 300-step run (PSNR 18.8 vs 16.5 dB over the embedded images, docs/ibq_training.md).
     ibq = make_config("ibq", steps=ibq_steps, out=os.path.join(out, "ibq"), image_every=max(1, ibq_steps // 3),
-                      lr=1e-3, disc_start=ibq_steps // 2, disc_channels=32, **shared)
+                      lr=1e-3, lr_schedule="cosine", disc_start=ibq_steps // 2, disc_channels=32, **shared)
     return dcae, ibq
 
 
@@ -30,7 +32,8 @@ def run_demo(out: str = "demo_out", dcae_steps: int = 300, ibq_steps: int = 300,
              batch_size: int = 8, device: str = "auto", callback=None, threads: int | None = 1) -> dict:
     """Train both tiny models; returns {model: {"out", "metrics" (last logged row), "seconds"}}.
 
-    The demo's higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run.
+    The demo's higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run; the tiny
+    IBQ preset's small initial codebook is what keeps its codes in use at this budget.
     `threads` (default 1) bounds torch's CPU threads during the demo: these layers are too small
     to gain from a second thread, and on a busy 2-core machine two spinning OpenMP threads ran
     up to 8x slower than one. None leaves torch's setting alone."""
@@ -42,7 +45,7 @@ def run_demo(out: str = "demo_out", dcae_steps: int = 300, ibq_steps: int = 300,
         for config in demo_configs(out, dcae_steps, ibq_steps, resolution, batch_size, device):
             start = time.perf_counter()
             trainer = Trainer(config, callback=callback)
-            metrics = trainer.train()
+            metrics = trainer.train(overwrite=True)  # a rerun of the demo replaces its own outputs
             results[config.model] = {"out": config.out, "metrics": metrics,
                                      "seconds": time.perf_counter() - start}
     finally:

@@ -1,8 +1,10 @@
 """One trainer for DC-AE (phases 1-3) and the IBQ tokenizer; the phase is configuration.
 
-A step: `grad_accum` micro-batches through the generator (reconstruction + LPIPS [+ quantizer]
-[+ GAN]), clip, skip the update if the loss or gradient norm is not finite (counted), EMA; then,
-when the GAN is on, the same micro-batches through the discriminator (hinge [+ LeCAM]).
+A step: `grad_accum` micro-batches through the generator (reconstruction + LPIPS [+ the model's
+own losses] [+ GAN]), clip, skip the update if the loss or gradient norm is not finite (counted),
+EMA; then, when the GAN is on, the same micro-batches through the discriminator (hinge [+ LeCAM]).
+With `disc_first` (IBQ's official order) the discriminator step comes first, on reconstructions of
+a gradient-free generator pass, and the generator's GAN loss then sees the updated discriminator.
 Everything a resume needs (weights, EMA, optimisers, schedulers, scaler, RNG, step) goes into an
 atomic checkpoint; the data position is the step itself (see data.ResumableSampler).
 
@@ -26,18 +28,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dcae_ext.train import distributed
-from dcae_ext.train.build import apply_trainable, build_model, last_decoder_weight, set_frozen_modules_to_eval
+from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
+                                  set_frozen_modules_to_eval)
 from dcae_ext.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
-from dcae_ext.train.config import TrainConfig, save_config, to_dict
+from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, save_config, to_dict
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
 from dcae_ext.models.perceptual import PerceptualLoss
-from dcae_ext.train.losses import (LeCAM, adaptive_gan_weight, hinge_discriminator_loss,
-                                   hinge_generator_loss, reconstruction_loss)
+from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight, at_least_float32,
+                                   hinge_discriminator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
-
-CHECKPOINT_NAME = "checkpoint.pt"
+from dcae_ext.train.run_folder import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_out, tidy_out
 
 
 class DiscriminatorLoss(nn.Module):
@@ -52,12 +54,17 @@ class DiscriminatorLoss(nn.Module):
         return self.net(real), self.net(fake)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine",
+              drops: tuple = (), drop_rate: float = 0.1) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps or constant; times
+    `drop_rate` for each of the `drops` steps already reached."""
+    decay = drop_rate ** sum(1 for drop in drops if step >= int(drop))
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return decay * (step + 1) / warmup
+    if schedule == "constant":
+        return decay
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return decay * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class Trainer:
@@ -69,6 +76,7 @@ class Trainer:
         self.device = self.context.device
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = (model if model is not None else build_model(config)).to(self.device)
+        check_inputs(config, self.model)
         self.trainable_names = apply_trainable(self.model, config.trainable, config.frozen)
         if hasattr(self.model, "set_gradient_checkpointing"):
             self.model.set_gradient_checkpointing(config.grad_checkpointing)
@@ -85,9 +93,7 @@ class Trainer:
         self._wrap_ddp()
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self._setup_optimisers()
-        if dataset is None:
-            dataset = build_dataset(config.data, config.resolution, config.seed, strict=config.strict_data)
-        self.dataset = dataset
+        self.dataset = dataset if dataset is not None else self._build_dataset()
         self.sampler = ResumableSampler(self.dataset, self.context.world_size, self.context.rank, config.seed)
         count = min(8, len(self.dataset))
         self.preview = torch.stack([self.dataset[i] for i in range(count)])
@@ -96,6 +102,13 @@ class Trainer:
         self.skipped_disc_steps = 0
 
     # --- setup ----------------------------------------------------------------------------------
+
+    def _build_dataset(self):
+        try:
+            return build_dataset(self.config.data, self.config.resolution, self.config.seed,
+                                 strict=self.config.strict_data)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError("data", str(error).replace("argument 'data': ", "")) from None
 
     def _setup_precision(self) -> None:
         precision = self.config.precision
@@ -129,7 +142,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
-        factor = lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)  # noqa: E731
+        factor = lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio,  # noqa: E731
+                                        config.lr_schedule, tuple(config.lr_drop_steps), config.lr_drop_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.disc_optimizer = self.disc_scheduler = None
         if self.discriminator is not None:
@@ -152,7 +166,7 @@ class Trainer:
         nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
         terms[f"loss_{config.reconstruction}"] = nll.detach()
         if self.perceptual is not None:
-            perceptual = self.perceptual(reconstruction, images).float()
+            perceptual = at_least_float32(self.perceptual(reconstruction, images))
             terms["loss_lpips"] = perceptual.detach()
             nll = nll + config.lpips_weight * perceptual
         total = nll
@@ -162,7 +176,7 @@ class Trainer:
         terms.update(output.stats)
         if self._gan_active():
             self.discriminator.requires_grad_(False)
-            generator_gan = hinge_generator_loss(self.discriminator.net(reconstruction))
+            generator_gan = GENERATOR_LOSSES[config.gan_generator_loss](self.discriminator.net(reconstruction))
             self.discriminator.requires_grad_(True)
             weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
                       if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
@@ -174,8 +188,8 @@ class Trainer:
     def discriminator_losses(self, images: torch.Tensor, reconstruction: torch.Tensor):
         logits_real, logits_fake = self.discriminator_ddp(images, reconstruction.detach())
         loss = hinge_discriminator_loss(logits_real, logits_fake)
-        terms = {"loss_disc": loss.detach(), "logits_real": logits_real.detach().float().mean(),
-                 "logits_fake": logits_fake.detach().float().mean()}
+        terms = {"loss_disc": loss.detach(), "logits_real": at_least_float32(logits_real.detach()).mean(),
+                 "logits_fake": at_least_float32(logits_fake.detach()).mean()}
         lecam = self.discriminator.lecam
         if lecam is not None:
             lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
@@ -214,6 +228,13 @@ class Trainer:
         self.model.train()
         set_frozen_modules_to_eval(self.model)
         gan_active = self._gan_active()
+        metrics = {}
+        if gan_active and self.config.disc_first:
+            # The reconstructions of the weights before this step, as the generator pass below makes them
+            # (a BatchNorm in the generator, none in the IBQ backbones, would count both passes).
+            with torch.no_grad(), self._autocast():
+                reconstructions = [self.model_ddp(x).reconstruction for x in micro_batches]
+            metrics.update(self._discriminator_step(micro_batches, reconstructions))
         finite, grad_norm, terms, reconstructions = self._backward_all(
             self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
         if finite:
@@ -222,17 +243,9 @@ class Trainer:
                 self.ema.update(self.model)
         else:
             self.skipped_steps += 1
-        metrics = dict(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
-        if gan_active:
-            self.discriminator.train()
-            pairs = list(zip(micro_batches, reconstructions))
-            d_finite, d_norm, d_terms, _ = self._backward_all(
-                self.discriminator_ddp, pairs, self._disc_loss_fn, self.disc_optimizer)
-            if d_finite:
-                self.scaler.step(self.disc_optimizer)
-            else:
-                self.skipped_disc_steps += 1
-            metrics.update(d_terms, disc_grad_norm=d_norm)
+        metrics.update(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        if gan_active and not self.config.disc_first:
+            metrics.update(self._discriminator_step(micro_batches, reconstructions))
         self.scaler.update()
         with warnings.catch_warnings():  # skipped steps and a late-starting discriminator are intended
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -242,6 +255,16 @@ class Trainer:
         self.step += 1
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics
+
+    def _discriminator_step(self, micro_batches, reconstructions) -> dict:
+        self.discriminator.train()
+        d_finite, d_norm, d_terms, _ = self._backward_all(
+            self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn, self.disc_optimizer)
+        if d_finite:
+            self.scaler.step(self.disc_optimizer)
+        else:
+            self.skipped_disc_steps += 1
+        return dict(d_terms, disc_grad_norm=d_norm)
 
     def _generator_loss_fn(self, images):
         total, reconstruction, terms = self.generator_losses(images)
@@ -262,7 +285,8 @@ class Trainer:
                  "skipped_disc_steps": self.skipped_disc_steps, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
-                 "world_size": self.context.world_size}
+                 "world_size": self.context.world_size, "model_class": type(self.model).__name__,
+                 "model_config": self.model.config.to_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.discriminator is not None:
@@ -304,6 +328,9 @@ class Trainer:
             self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
             return False
         state = load_checkpoint(path, map_location=self.device)
+        changed = changed_settings(state["config"], to_dict(self.config))
+        if changed:
+            self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})
         if state.get("world_size", 1) * state["config"]["batch_size"] != \
                 self.context.world_size * self.config.batch_size:
             self.callback("warning", {"message": "resuming with a different global batch size: the data "
@@ -324,17 +351,17 @@ class Trainer:
 
     def _write_metrics(self, row: dict) -> None:
         if self.context.is_main:
-            with open(os.path.join(self.config.out, "metrics.jsonl"), "a") as stream:
+            with open(os.path.join(self.config.out, METRICS_NAME), "a") as stream:
                 stream.write(json.dumps(row) + "\n")
 
-    def _truncate_metrics(self) -> None:
-        """After a resume, drop logged rows past the checkpoint so the file reads as one run."""
-        path = os.path.join(self.config.out, "metrics.jsonl")
-        if self.context.is_main and os.path.isfile(path):
-            with open(path) as stream:
-                rows = [line for line in stream if line.strip() and json.loads(line)["step"] <= self.step]
-            with open(path, "w") as stream:
-                stream.writelines(rows)
+    def _prepare_out(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix a new run into an earlier one; clear it (overwrite) or tidy it for a resume."""
+        check_out(self.config.out, resume, overwrite, flags=False)
+        if resume:
+            self.resume()
+        if self.context.is_main:
+            for note in tidy_out(self.config.out, overwrite, self.step if resume else None):
+                self.callback("warning", {"message": note})
 
     @torch.no_grad()
     def save_preview(self, name: str | None = None) -> str | None:
@@ -345,20 +372,29 @@ class Trainer:
         with self._autocast():
             reconstruction = self.model(images).reconstruction
         path = os.path.join(self.config.out, "images", name or f"reconstruction_{self.step:07d}.png")
-        save_reconstruction_grid(images, reconstruction, path)
+        save_reconstruction_grid(images, reconstruction, path, step=self.step)
         self.callback("image", {"path": path, "step": self.step})
         return path
 
-    def train(self, resume: bool = False, until: int | None = None) -> dict:
+    def train(self, resume: bool = False, until: int | None = None, overwrite: bool = False) -> dict:
         """Run to `config.steps` (or stop early at step `until`, checkpointing there, as a killed
-        run would have). Returns the last logged metrics."""
+        run would have). A folder holding a run is refused unless `resume` (continue it from its
+        checkpoint) or `overwrite` (delete it first). Returns the last logged metrics."""
         config = self.config
+        self._prepare_out(resume, overwrite)
         os.makedirs(config.out, exist_ok=True)
-        if resume:
-            self.resume()
-            self._truncate_metrics()
+        config_path = os.path.join(config.out, CONFIG_NAME)
         if self.context.is_main:
-            save_config(config, os.path.join(config.out, "config.json"))
+            save_config(config, config_path)
+        try:
+            return self._run(until)
+        except BaseException:
+            if self.step == 0 and self.context.is_main and os.path.isfile(config_path):
+                os.unlink(config_path)  # a run that never took a step leaves nothing behind
+            raise
+
+    def _run(self, until: int | None) -> dict:
+        config = self.config
         stop = min(config.steps, until) if until is not None else config.steps
         self.callback("start", {"step": self.step, "steps": config.steps, "trainable": len(self.trainable_names),
                                 "device": str(self.device), "precision": self.precision})

@@ -130,6 +130,7 @@ def test_eval_command_rejects_a_resolution_off_the_factor(tmp_path):
     pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
     from dcae_ext.cli import main
 
+    _write_images(tmp_path, count=1)
     with pytest.raises(SystemExit, match="multiple"):
         main(["eval", "--model", "tiny", "--data", str(tmp_path), "--resolution", "30"])
 
@@ -147,3 +148,24 @@ def test_eval_command_native_sizes_pad_a_dcae(tmp_path, monkeypatch):
           "--out", str(tmp_path / "out")])
     document = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert document["metrics"]["num_images"] == 2 and document["resolution"] is None
+
+
+def test_eval_command_reads_a_training_run_and_its_checkpoint(tmp_path, capsys, monkeypatch):
+    from dcae_ext.cli import main
+
+    monkeypatch.delenv("DCAE_EXT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_images(data, count=2, size=(32, 32))
+    settings = tmp_path / "quick.json"
+    settings.write_text(json.dumps({"lpips_weight": 0.0, "num_workers": 0, "device": "cpu", "image_every": 0}))
+    run = tmp_path / "run"
+    assert main(["train", "dcae", "--steps", "1", "--batch-size", "1", "--resolution", "16", "--data", str(data),
+                 "--out", str(run), "--config", str(settings)]) == 0
+    for model in (run, run / "checkpoint.pt"):
+        main(["eval", "--model", str(model), "--data", str(data), "--resolution", "32", "--batch-size", "2",
+              "--out", str(tmp_path / "eval"), "--ema"])
+        document = json.loads((tmp_path / "eval" / "eval.json").read_text())
+        assert document["pretrained"] and document["model_kind"] == "DC-AE"
+        assert document["metrics"]["num_images"] == 2

@@ -95,3 +95,49 @@ def test_enable_tiling_validates_against_the_factor():
         model.enable_tiling(tile=64, overlap=64)
     model.enable_tiling(tile=64)
     assert (model.tile_size, model.tile_overlap) == (64, 16)
+
+
+class LocalDecoder(torch.nn.Module):
+    """Each output f x f patch depends only on the latents within `radius` latent pixels: with
+    radius 0 a tile's outputs are right everywhere, with radius r only away from its borders."""
+
+    def __init__(self, factor, radius, latent_channels=4):
+        super().__init__()
+        self.factor = factor
+        self.conv = torch.nn.Conv2d(latent_channels, 3 * factor * factor, 2 * radius + 1, padding=radius)
+
+    def forward(self, z):
+        return F.pixel_shuffle(self.conv(z), self.factor)
+
+
+@pytest.mark.parametrize("factor", [32, 64, 128])
+def test_default_overlap_is_nonzero_for_every_tile_and_tiled_equals_untiled(factor):
+    torch.manual_seed(0)
+    model = DCAE(tiny_config(factor)).eval()
+    model.decoder = LocalDecoder(factor, radius=0)
+    z = torch.randn(1, 4, 9, 7)
+    with torch.no_grad():
+        expected = model.decode(z)
+        for tile in sorted({2 * factor, 3 * factor, 5 * factor, 256, 384, 512, 1024}):
+            model.enable_tiling(tile)
+            assert 0 < model.tile_overlap < tile and model.tile_overlap % factor == 0, (tile, model.tile_overlap)
+            torch.testing.assert_close(model.decode(z), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=f"tile >= {2 * factor}"):
+        model.enable_tiling(factor)
+
+
+def test_default_overlap_hides_the_seams_of_a_decoder_with_context():
+    """A decoder that sees one latent pixel around each output: the default overlap's ramps give
+    zero weight to every output computed without that context, so tiled == untiled exactly,
+    where tiles without overlap leave seams."""
+    torch.manual_seed(0)
+    model = DCAE(tiny_config(8)).eval()
+    model.decoder = LocalDecoder(8, radius=1)
+    z = torch.randn(1, 4, 37, 29)
+    with torch.no_grad():
+        expected = model.decode(z)
+        model.enable_tiling(128)
+        assert model.tile_overlap == 32
+        torch.testing.assert_close(model.decode(z), expected, rtol=1e-5, atol=1e-5)
+        model.enable_tiling(128, overlap=0)
+        assert (model.decode(z) - expected).abs().max() > 0.1

@@ -5,24 +5,16 @@ import pytest
 import torch
 
 from dcae_ext import ops
-from dcae_ext.ops import _library, reference
+from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
 from dcae_ext.testing import device_dtypes, devices
-
-needs_kernels = pytest.mark.skipif(not _library.LOADED, reason="compiled library not built")
-pytestmark = needs_kernels
+from dcae_ext.testing import ibq_inputs as _inputs
 
 MODES = {"quantize": (True, False), "entropy": (False, True), "both": (True, True)}
 # Fused result vs the reference run on the same inputs (both accumulate in float32, float64 for
-# float64); low-precision results are rounded to the dtype once.
+# float64); low-precision results are rounded to the dtype once. Gradients are judged against
+# their own scale: the error may be this fraction of the gradient's largest element.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def _inputs(n, k, d, device, dtype, batch=(), scale=1.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn((*batch, n, d), generator=gen, dtype=torch.float64) * scale
-    codebook = torch.randn((k, d), generator=gen, dtype=torch.float64)
-    return z.to(device, dtype), codebook.to(device, dtype)
 
 
 def _losses(fn, z, codebook, mode, grad_z_q, grad_entropy):
@@ -47,29 +39,74 @@ def _reference(z, codebook, temperature):
 
 def _same_precision_reference(z, codebook, temperature):
     """The reference math with every intermediate in z's own dtype (no float32 accumulation)."""
-    with mock.patch.object(reference, "_accumulation_dtype", lambda t: t.dtype):
+    with mock.patch.object(reference, "accumulation_dtype", lambda dtype: dtype):
         return _reference(z, codebook, temperature)
 
 
-def _check_against_reference(z, codebook, mode, temperature=0.5, codes_per_tile=0, tol_scale=1.0):
+def _upstream(z, codebook, mode, temperature):
+    """The upstream gradients (G of z_q, gE of the entropy). With both losses, gE is chosen so
+    that the entropy's part of d z is as large as the quantize part: at D = 1024 the entropy
+    gradient is 1e4 times smaller at equal weights, and a wrong one would hide in the rounding
+    of the other."""
+    grad_z_q = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad_z_q = grad_z_q.to(z.device, torch.float32)
+    if mode != "both":
+        return grad_z_q, 0.75
+    z64, codebook64 = z.double(), codebook.double()
+    reference_fn = lambda a, b: _reference(a, b, temperature)  # noqa: E731
+    quantize_scale = _losses(reference_fn, z64, codebook64, "quantize", grad_z_q, 0.0)[3].abs().max().item()
+    entropy_scale = _losses(reference_fn, z64, codebook64, "entropy", grad_z_q, 1.0)[3].abs().max().item()
+    return grad_z_q, (quantize_scale / entropy_scale if entropy_scale > 0 and quantize_scale > 0 else 0.75)
+
+
+def _without_scatter(result, grad_z_q, quantize):
+    """d codebook of a result minus the scatter of G into its rows idx (the only part of
+    d codebook that depends on idx, which may differ at near-ties)."""
+    grad_codebook, codes = result[4].double(), result[1]
+    if not quantize:
+        return grad_codebook
+    flat = grad_z_q.reshape(-1, grad_codebook.shape[1]).double().to(grad_codebook.device)
+    return grad_codebook.index_add(0, codes.reshape(-1), -flat)
+
+
+def _max_error(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _assert_grads_match(got, want64, baselines, mode, grad_z_q, tol, floor=0.0):
+    """Gradients of `got` against the float64 reference on the same inputs, each judged against
+    its own scale: the error may be `tol` of the gradient's largest element, or twice the error
+    of a baseline (the reference run in the input precision) where that is larger (flash
+    attention's rule). d codebook is compared without the scatter of G but on the scale of the
+    whole gradient, the value that was rounded to the dtype."""
+    quantize, _ = MODES[mode]
+    pairs = {"d z": (lambda r: r[3].double(), want64[3]),
+             "d codebook": (lambda r: _without_scatter(r, grad_z_q, quantize), want64[4])}
+    for what, (part, whole) in pairs.items():
+        scale = whole.abs().max().item() if whole.numel() else 0.0
+        atol = max([tol * scale, floor] + [2 * _max_error(part(base), part(want64)) for base in baselines])
+        torch.testing.assert_close(part(got).cpu(), part(want64).cpu(), rtol=tol, atol=atol,
+                                   msg=lambda m, what=what: f"{what}: {m}")
+
+
+def _check_against_reference(z, codebook, mode, temperature=0.5, codes_per_tile=0, tol_scale=1.0, floor=0.0):
     quantize, entropy = MODES[mode]
     dtype = z.dtype
     tol = TOL[dtype] * tol_scale
-    gen = torch.Generator().manual_seed(1)
-    grad_z_q = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(z.device, torch.float32)
-    grad_entropy = 0.75
+    grad_z_q, grad_entropy = _upstream(z, codebook, mode, temperature)
+    reference_fn = lambda a, b: _reference(a, b, temperature)  # noqa: E731
     got = _losses(lambda a, b: _run(a, b, temperature, quantize, entropy, codes_per_tile),
                   z, codebook, mode, grad_z_q, grad_entropy)
-    want = _losses(lambda a, b: _reference(a, b, temperature), z, codebook, mode, grad_z_q, grad_entropy)
-    z_q, idx, ent, grad_z, grad_c = got
-    ref_z_q, ref_idx, ref_ent, ref_grad_z, ref_grad_c = want
+    want = _losses(reference_fn, z, codebook, mode, grad_z_q, grad_entropy)
+    want64 = _losses(reference_fn, z.double(), codebook.double(), mode, grad_z_q, grad_entropy)
+    z_q, idx, ent, _, _ = got
 
     # Forward: z_q is exactly codebook[idx]; idx matches except where the top-2 logits tie
     # within the rounding of the accumulation dtype.
     assert idx.dtype == torch.int64 and idx.shape == z.shape[:-1]
     assert torch.equal(z_q, codebook[idx])
     logits = z.reshape(-1, z.shape[-1]).double() @ codebook.double().t()
-    flat_idx, flat_ref = idx.reshape(-1), ref_idx.reshape(-1)
+    flat_idx, flat_ref = idx.reshape(-1), want[1].reshape(-1)
     differ = (flat_idx != flat_ref).nonzero().flatten()
     if dtype == torch.float64:
         assert differ.numel() == 0
@@ -77,26 +114,14 @@ def _check_against_reference(z, codebook, mode, temperature=0.5, codes_per_tile=
         gap = (logits[n, flat_idx[n]] - logits[n, flat_ref[n]]).abs().item()
         assert gap <= 1e-5 * logits[n].abs().max().item() + 1e-6, (n, gap)
     if entropy:
-        torch.testing.assert_close(ent.double().cpu(), ref_ent.double().cpu(), atol=tol, rtol=tol)
-    # Gradients: d z never depends on idx; d codebook does through the scatter of G into rows
-    # idx, so that part is compared on each side's own idx.
+        torch.testing.assert_close(ent.double().cpu(), want[2].double().cpu(), atol=tol, rtol=tol)
     # On CUDA the GEMM operands are in the half dtype (d(logits) too, like flash attention's P
-    # before P @ V); the tolerance there follows flash attention's rule: at most twice the error
-    # of PyTorch doing the same math with every tensor in the low precision.
-    z_tol = c_tol = tol
-    flat_grad = grad_z_q.reshape(-1, z.shape[-1]).double().to(z.device)
-
-    def without_scatter(grad_codebook, codes):  # d codebook minus the scatter of G into rows idx
-        return grad_codebook.double().index_add(0, codes.reshape(-1), -flat_grad) if quantize else grad_codebook.double()
-
+    # before P @ V): the baseline there is PyTorch with every tensor in the low precision.
+    baselines = [want]
     if z.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        base = _losses(lambda a, b: _same_precision_reference(a, b, temperature), z, codebook, mode,
-                       grad_z_q, grad_entropy)
-        z_tol = max(tol, 2 * (base[3].double() - ref_grad_z.double()).abs().max().item())
-        c_tol = max(tol, 2 * (without_scatter(base[4], base[1]) - without_scatter(ref_grad_c, ref_idx)).abs().max().item())
-    torch.testing.assert_close(grad_z.double().cpu(), ref_grad_z.double().cpu(), atol=z_tol, rtol=tol)
-    torch.testing.assert_close(without_scatter(grad_c, idx).cpu(), without_scatter(ref_grad_c, ref_idx).cpu(),
-                               atol=max(tol * 4, c_tol), rtol=tol)
+        baselines.append(_losses(lambda a, b: _same_precision_reference(a, b, temperature), z, codebook, mode,
+                                 grad_z_q, grad_entropy))
+    _assert_grads_match(got, want64, baselines, mode, grad_z_q, tol, floor)
 
 
 # (N, K, D, codes_per_tile): single code, partial tiles, many tiles, D = 1024; 0 = automatic.
@@ -110,6 +135,27 @@ def test_matches_reference(device, dtype, shape, mode):
     n, k, d, tile = shape
     z, codebook = _inputs(n, k, d, device, dtype)
     _check_against_reference(z, codebook, mode, codes_per_tile=tile)
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.float32, (5, 33, 1024)), (torch.bfloat16, (5, 33, 1024)),
+                                         (torch.bfloat16, (13, 257, 17)), (torch.bfloat16, (130, 2053, 13))])
+@pytest.mark.parametrize("mode", ["entropy", "both"])
+@pytest.mark.parametrize("entropy_factor", [0.0, -1.0], ids=["zeroed", "sign-flipped"])
+@pytest.mark.parametrize("what", ["d z", "d codebook"])
+def test_checker_rejects_a_wrong_entropy_gradient(dtype, shape, mode, entropy_factor, what):
+    # The gradient checker itself, fed the reference's gradients with the entropy part zeroed or
+    # sign-flipped: d z and d codebook must each be rejected.
+    z, codebook = _inputs(*shape, "cpu", dtype)
+    grad_z_q, grad_entropy = _upstream(z, codebook, mode, 0.5)
+    reference_fn = lambda a, b: _reference(a, b, 0.5)  # noqa: E731
+    want = _losses(reference_fn, z, codebook, mode, grad_z_q, grad_entropy)
+    want64 = _losses(reference_fn, z.double(), codebook.double(), mode, grad_z_q, grad_entropy)
+    mutant = list(_losses(reference_fn, z, codebook, mode, grad_z_q, grad_entropy * entropy_factor))
+    other = 4 if what == "d z" else 3  # keep the other gradient right: each check must fail alone
+    mutant[other] = want[other]
+    _assert_grads_match(want, want64, [want], mode, grad_z_q, TOL[dtype])
+    with pytest.raises(AssertionError, match=what):
+        _assert_grads_match(mutant, want64, [want], mode, grad_z_q, TOL[dtype])
 
 
 @pytest.mark.parametrize("device,dtype", device_dtypes())
@@ -143,7 +189,8 @@ def test_huge_magnitudes_stay_finite(device, mode):
     # |logits| ~ 1e4 - 1e5: the online max keeps every exp in range. At T = 0.01 the exponents
     # reach 1e7, so float64 itself only resolves them to ~1e-9: the tolerance says so.
     z, codebook = _inputs(33, 300, 16, device, torch.float64, scale=1e3)
-    _check_against_reference(z, codebook, mode, temperature=0.01, codes_per_tile=64, tol_scale=1e3)
+    # The entropy's share of the gradient is 0 in float64 here (saturated softmax): the same ~1e-9.
+    _check_against_reference(z, codebook, mode, temperature=0.01, codes_per_tile=64, tol_scale=1e3, floor=1e-9)
     z32, c32 = z.float(), codebook.float()
     z32.requires_grad_(True)
     c32.requires_grad_(True)
@@ -264,24 +311,3 @@ def test_peak_memory_is_linear_in_rows_plus_codes():
     full_logits_mb = n * k * 4 / 2**20
     assert reference_mb > full_logits_mb  # the measurement sees N x K tensors when they exist
     assert fused_mb < bound_mb < full_logits_mb, (fused_mb, bound_mb, reference_mb)
-
-
-@pytest.mark.parametrize("call,match", [
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 4)), "'codebook': dimension 4"),
-    (lambda: ops.ibq_quantize(torch.ones(4, 3, dtype=torch.int64), torch.randn(5, 3)), "'z': expected a floating"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)), "'codebook': dtype"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(2, 5, 3)), "'codebook': expected a 2-D"),
-    (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(0, 3)), "'codebook': needs at least one"),
-    (lambda: ops.ibq_entropy_loss(torch.randn(4, 3), torch.randn(5, 3), 0.0), "'temperature'"),
-    (lambda: ops.ibq_quantize_with_entropy(torch.randn(()), torch.randn(5, 3)), "'z'"),
-])
-def test_bad_inputs_raise_value_error(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_kernel_checks_arguments_too():
-    with pytest.raises(ValueError, match="argument 'codebook'"):
-        torch.ops.dcae_ext.ibq_forward(torch.randn(4, 3), torch.randn(5, 4), 1.0, True, False, 0)
-    with pytest.raises(ValueError, match="argument 'temperature'"):
-        torch.ops.dcae_ext.ibq_forward(torch.randn(4, 3), torch.randn(5, 3), -1.0, True, False, 0)

@@ -1,0 +1,100 @@
+"""One entry point for every model file this package writes or reads: `load_model_from_path`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dcae_ext.models.files import safe_torch_load
+from dcae_ext.models.ibq_weights import is_official_ibq_file
+
+TRAINING_CHECKPOINT = "checkpoint.pt"
+
+
+def _model_classes() -> dict:
+    from dcae_ext.models.dcae import DCAE
+    from dcae_ext.models.tokenizer import IBQTokenizer
+
+    return {"DCAE": DCAE, "IBQTokenizer": IBQTokenizer}
+
+
+def is_training_checkpoint(state) -> bool:
+    return isinstance(state, dict) and "model_class" in state and "model_config" in state and "model" in state
+
+
+def model_from_training_checkpoint(state: dict, source: str, ema: bool = False) -> nn.Module:
+    """The generator of a training checkpoint (the live weights, or the EMA weights with ema=True)."""
+    classes = _model_classes()
+    if state["model_class"] not in classes:
+        raise ValueError(f"{source}: unknown model class {state['model_class']!r} (known: {sorted(classes)})")
+    model = classes[state["model_class"]].from_config(state["model_config"])
+    if ema:
+        if "ema" not in state:
+            raise ValueError(f"{source}: the run kept no EMA weights (ema_decay 0); load its live weights "
+                             "(without --ema / ema=True)")
+        weights = state["ema"]["model"]
+    else:
+        weights = state["model"]
+    model.load_state_dict(weights)
+    return model
+
+
+def _read_json(file: Path) -> dict:
+    with open(file) as stream:
+        data = json.load(stream)
+    return data if isinstance(data, dict) else {}
+
+
+def is_run_config(data: dict) -> bool:
+    """The config.json a training run writes next to its checkpoint (a TrainConfig)."""
+    return "batch_size" in data and "steps" in data and "model" in data
+
+
+def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = False,
+                         torch_dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a model from a local path, in eval mode. `path` may be:
+
+    - a training run folder or its checkpoint.pt (the live weights; the EMA weights with ema=True),
+    - an IBQ tokenizer folder written by `IBQTokenizer.save_pretrained`, or an official IBQ checkpoint
+      (SEED-Voken's Lightning .ckpt or a safetensors export of it; its EMA weights with ema=True),
+    - a DC-AE folder or weights file in diffusers or efficientvit format (`config`: a preset name or
+      DCAEConfig for efficientvit weights whose folder and path name none).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (models load from local paths only)")
+    if path.is_dir():
+        config_file = path / "config.json"
+        data = _read_json(config_file) if config_file.is_file() else {}
+        if (path / TRAINING_CHECKPOINT).is_file() and (is_run_config(data) or not data):
+            return load_model_from_path(path / TRAINING_CHECKPOINT, ema=ema, torch_dtype=torch_dtype)
+        if is_run_config(data):
+            raise FileNotFoundError(f"{path} holds a training run's config.json but no {TRAINING_CHECKPOINT}; "
+                                    f"its exported weights are in {path / 'model'} once the run finished")
+        if data.get("_class_name") == "IBQTokenizer":
+            from dcae_ext.models.tokenizer import IBQTokenizer
+
+            model = IBQTokenizer.from_pretrained(path)
+            return _finish(model, torch_dtype)
+    elif is_official_ibq_file(path):
+        from dcae_ext.models.tokenizer import IBQTokenizer
+
+        return _finish(IBQTokenizer.from_pretrained(path, use_ema=ema), torch_dtype)
+    elif path.suffix not in (".safetensors",):
+        state = safe_torch_load(path)
+        if is_training_checkpoint(state):
+            return _finish(model_from_training_checkpoint(state, str(path), ema=ema), torch_dtype)
+    if ema:
+        raise ValueError(f"ema=True (--ema): {path} is not a training run or checkpoint, so it holds no EMA weights")
+    from dcae_ext.models.dcae import DCAE
+
+    return DCAE.from_pretrained(path, config=config, torch_dtype=torch_dtype)
+
+
+def _finish(model: nn.Module, torch_dtype: torch.dtype | None) -> nn.Module:
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    return model.eval()
