@@ -14,7 +14,8 @@ def add_parser(subparsers):
     parser = subparsers.add_parser("reconstruct", help="reconstruct images with a DC-AE and report PSNR",
                                    description=__doc__)
     parser.add_argument("--model", required=True,
-                        help="preset name (random weights) or a local checkpoint dir/file (diffusers or efficientvit)")
+                        help="preset name (random weights), or a local DC-AE: diffusers or efficientvit folder/file, "
+                             "a training run or its checkpoint.pt")
     parser.add_argument("--config", default=None, help="preset name for an efficientvit checkpoint whose path names none")
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
     parser.add_argument("--out", required=True, help="output directory for the reconstructed PNGs")
@@ -40,10 +41,19 @@ def list_inputs(path: str) -> list[str]:
 
 
 def load_model(name_or_path: str, config: str | None):
-    from dcae_ext.models import DCAE, preset_names
+    """A DC-AE from any local model file or folder `load_model_from_path` reads (a training run or its
+    checkpoint.pt included), or a preset's random weights."""
+    from dcae_ext.models import DCAE, load_model_from_path, preset_names
 
     if os.path.exists(name_or_path):
-        return DCAE.from_pretrained(name_or_path, config=config)
+        try:
+            model = load_model_from_path(name_or_path, config=config)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--model: {error}") from None
+        if not isinstance(model, DCAE):
+            raise SystemExit(f"--model: {name_or_path} holds a {type(model).__name__}; reconstruct takes a DC-AE "
+                             "(dcae-ext eval measures either)")
+        return model
     if name_or_path in preset_names():
         print(f"warning: '{name_or_path}' is a preset name, not a checkpoint: the weights are RANDOM, "
               "so the reconstructions are noise (pass a local checkpoint path for real results)")

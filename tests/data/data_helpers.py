@@ -13,3 +13,17 @@ def write_image(path, height, width, seed):
     Image.fromarray(pixels).save(path)
 
 
+
+
+def cli_error(argv, capsys) -> str:
+    """The one-line error of a failing `dcae-ext` command: its SystemExit message, or what the CLI
+    printed before returning a non-zero status."""
+    from dcae_ext.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        return str(exit.code)
+    assert code != 0, f"{argv} succeeded"
+    return capsys.readouterr().err

@@ -44,3 +44,23 @@ def test_bad_arguments_exit_with_a_message(images, tmp_path):
               "--device", "cpu"])
     with pytest.raises(SystemExit, match="--model"):
         main(["reconstruct", "--model", "no-such-model", "--input", str(images), "--out", str(tmp_path)])
+
+
+def test_a_training_run_and_its_checkpoint(images, tmp_path, capsys):
+    import json
+
+    from dcae_ext.models import IBQTokenizer
+
+    settings = tmp_path / "quick.json"
+    settings.write_text(json.dumps({"lpips_weight": 0.0, "num_workers": 0, "device": "cpu", "image_every": 0}))
+    run = tmp_path / "run"
+    assert main(["train", "dcae", "--steps", "1", "--batch-size", "1", "--resolution", "16", "--data", str(images),
+                 "--out", str(run), "--config", str(settings)]) == 0
+    for model in (run, run / "checkpoint.pt"):
+        out = tmp_path / "out"
+        assert main(["reconstruct", "--model", str(model), "--input", str(images), "--out", str(out),
+                     "--device", "cpu"]) == 0
+        assert "RANDOM" not in capsys.readouterr().out and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    IBQTokenizer.from_config("tiny").save_pretrained(tmp_path / "ibq")
+    with pytest.raises(SystemExit, match="--model: .* IBQTokenizer; reconstruct takes a DC-AE"):
+        main(["reconstruct", "--model", str(tmp_path / "ibq"), "--input", str(images), "--out", str(out)])
