@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
@@ -31,21 +30,15 @@ METADATA_FILE = "metadata.json"
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
-    """Write through a temporary file in the same folder, fsync, os.replace: a reader (or a run
-    killed at any instant) sees the old file or the complete new one, never part of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    """`data` into `path` through the package's one atomic writer: a reader, or a run killed at any
+    instant, sees the old file or the complete new one, never part of one."""
+    from dcae_ext.models.files import atomic_write as write_atomically
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as stream:
             stream.write(data.encode() if isinstance(data, str) else data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomically(path, write)
 
 
 def remove_stale_temporaries(root: str) -> None:
