@@ -76,7 +76,7 @@ def _device(name: str | None, local_rank: int) -> torch.device:
 
 def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None):
     """The model behind `name_or_path` wrapped for `kind`, on `device` in `dtype`."""
-    from dcae_ext.commands.eval import load_model
+    from dcae_ext.commands._models import load_model
     from dcae_ext.encode.codecs import CODECS
 
     command, model_kind, _ = KINDS[kind]

@@ -2,7 +2,6 @@
 report PSNR, SSIM, LPIPS, rFID (and codebook usage / perplexity for an IBQ tokenizer)."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -39,32 +38,6 @@ def add_parser(subparsers):
     parser.add_argument("--strict-data", action="store_true",
                         help="stop at the first unreadable image (default: skip it with a warning and count it)")
     return parser
-
-
-def load_model(name_or_path: str, config: str | None = None, ema: bool = False):
-    """(model, description, pretrained?) for a local path (see models.load_model_from_path), a DC-AE
-    preset name or ibq-<preset>."""
-    from dcae_ext import models
-
-    if os.path.exists(name_or_path):
-        model = models.load_model_from_path(name_or_path, config=config, ema=ema)
-        kind = "IBQ tokenizer" if isinstance(model, models.IBQTokenizer) else "DC-AE"
-        return model, kind, True
-    if ema:
-        raise SystemExit("--ema: only a training run or checkpoint holds EMA weights")
-    torch.manual_seed(0)  # a preset's random weights: the same numbers on every run
-    if name_or_path.startswith("ibq-"):
-        errors = []
-        for preset in (name_or_path, name_or_path[len("ibq-"):]):  # "ibq-f16-16384" or "ibq-tiny" -> "tiny"
-            try:
-                return models.IBQTokenizer.from_config(preset).eval(), "IBQ tokenizer", False
-            except ValueError as error:
-                errors.append(str(error))
-        raise SystemExit(f"--model: {errors[-1]}")
-    if name_or_path in models.preset_names():
-        return models.DCAE.from_config(name_or_path).eval(), "DC-AE", False
-    raise SystemExit(f"--model: {name_or_path!r} is neither an existing path nor a preset; DC-AE presets: "
-                     f"{', '.join(models.preset_names())}; IBQ: ibq-<preset>")
 
 
 class _PadToFactor(torch.nn.Module):
@@ -111,6 +84,8 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         detail = str(error).replace("argument 'data': ", "")
         raise SystemExit(f"--data {args.data}: {detail}")
+    from dcae_ext.commands._models import load_model
+
     model, kind, pretrained = load_model(args.model, args.config, args.ema)
     factor = model.spatial_compression
     if resolution is not None and resolution % factor:

@@ -40,25 +40,18 @@ def list_inputs(path: str) -> list[str]:
         raise SystemExit(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}") from None
 
 
-def load_model(name_or_path: str, config: str | None):
-    """A DC-AE from any local model file or folder `load_model_from_path` reads (a training run or its
-    checkpoint.pt included), or a preset's random weights."""
-    from dcae_ext.models import DCAE, load_model_from_path, preset_names
+def load_dcae(name_or_path: str, config: str | None):
+    """A DC-AE from --model (see commands._models.load_model); a preset's weights are random, said aloud."""
+    from dcae_ext.commands._models import load_model
 
-    if os.path.exists(name_or_path):
-        try:
-            model = load_model_from_path(name_or_path, config=config)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"--model: {error}") from None
-        if not isinstance(model, DCAE):
-            raise SystemExit(f"--model: {name_or_path} holds a {type(model).__name__}; reconstruct takes a DC-AE "
-                             "(dcae-ext eval measures either)")
-        return model
-    if name_or_path in preset_names():
+    model, kind, pretrained = load_model(name_or_path, config)
+    if kind != "DC-AE":
+        raise SystemExit(f"--model: {name_or_path} holds a {type(model).__name__}; reconstruct takes a DC-AE "
+                         "(dcae-ext eval measures either)")
+    if not pretrained:
         print(f"warning: '{name_or_path}' is a preset name, not a checkpoint: the weights are RANDOM, "
               "so the reconstructions are noise (pass a local checkpoint path for real results)")
-        return DCAE.from_config(name_or_path)
-    raise SystemExit(f"--model: {name_or_path} is neither a local path nor a preset ({', '.join(preset_names())})")
+    return model
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +78,7 @@ def _prepare(args):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     paths = list_inputs(args.input)
-    model = load_model(args.model, args.config).to(device).eval()
+    model = load_dcae(args.model, args.config).to(device).eval()
     if args.tile is not None:
         try:
             model.enable_tiling(args.tile)
