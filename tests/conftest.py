@@ -4,6 +4,16 @@ import torch
 from dcae_ext.ops import use_reference
 
 
+@pytest.fixture
+def one_thread():
+    """For tests of small models: one thread is faster, and far faster on a shared, loaded CPU.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _kernels_on():
     """Every test starts with the kernels on (reference mode off) and restores the setting."""

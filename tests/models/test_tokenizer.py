@@ -5,13 +5,7 @@ from dcae_ext.models import IBQTokenizer
 from dcae_ext.models.tokenizer import IBQConfig, get_ibq_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is faster, and far faster on a shared, loaded CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

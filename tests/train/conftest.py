@@ -40,13 +40,9 @@ def quick_config(tmp_path):
     return build
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """The models here are tiny: one thread is faster, and far faster on a shared, loaded CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+@pytest.fixture(autouse=True)
+def _small_models_one_thread(one_thread):
+    """Every test here runs small models: one thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(autouse=True)
