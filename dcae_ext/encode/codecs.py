@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcae_ext.models import DCAE, IBQTokenizer
-from dcae_ext.models.tiling import tiled_map
+from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 
 def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -92,10 +92,7 @@ class TokenCodec(Codec):
         super().__init__(model, dtype)
         self.tile = tile
         if tile is not None:
-            self.overlap = max(self.factor, tile // 4 // self.factor * self.factor)
-            if tile % self.factor or tile <= self.overlap:
-                raise ValueError(f"argument 'tile': {tile} must be a multiple of the spatial factor {self.factor} "
-                                 f"above {self.overlap} (the overlap)")
+            self.overlap = checked_overlap(tile, self.factor)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

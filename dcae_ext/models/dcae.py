@@ -18,7 +18,7 @@ from dcae_ext import ops
 from dcae_ext.models.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
 from dcae_ext.models.config import DCAEConfig, get_config
 from dcae_ext.models.output import AutoencoderOutput
-from dcae_ext.models.tiling import tiled_map
+from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 
 class _Stages(nn.Module):
@@ -163,20 +163,9 @@ class DCAE(nn.Module):
 
     def enable_tiling(self, tile: int = 512, overlap: int | None = None) -> None:
         """Encode/decode images larger than `tile` pixels in overlapping tiles. `tile` and `overlap`
-        are in image pixels and must be multiples of the spatial factor f; overlap defaults to the
-        largest multiple of f not above tile / 4, and to at least f (one latent pixel), so tiles
-        always blend across a seam."""
-        f = self.spatial_compression
-        if tile <= 0 or tile % f:
-            raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {f}")
-        if overlap is None:
-            if tile < 2 * f:
-                raise ValueError(f"argument 'tile': {tile} pixels is one latent pixel at spatial factor {f}, too "
-                                 f"small for tiles to overlap; use tile >= {2 * f} (e.g. {max(4 * f, 512)})")
-            overlap = max(f, (tile // 4) // f * f)
-        if overlap < 0 or overlap % f or overlap >= tile:
-            raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {f} "
-                             f"in [0, tile={tile})")
+        are in image pixels and must be multiples of the spatial factor f; the default overlap is
+        `tiling.checked_overlap`'s (about tile / 4, at least f)."""
+        overlap = checked_overlap(tile, self.spatial_compression, overlap)
         self.tile_size, self.tile_overlap = tile, overlap
 
     def disable_tiling(self) -> None:

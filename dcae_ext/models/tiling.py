@@ -15,6 +15,23 @@ from typing import Callable
 import torch
 
 
+def checked_overlap(tile: int, factor: int, overlap: int | None = None) -> int:
+    """The overlap in pixels of tiles `tile` pixels wide at spatial compression `factor`, checked (both
+    multiples of the factor, overlap in [0, tile)). Default: the largest multiple of the factor not above
+    tile / 4, and at least the factor (one latent pixel), so tiles always blend across a seam."""
+    if tile <= 0 or tile % factor:
+        raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {factor}")
+    if overlap is None:
+        if tile < 2 * factor:
+            raise ValueError(f"argument 'tile': {tile} pixels is one latent pixel at spatial factor {factor}, too "
+                             f"small for tiles to overlap; use tile >= {2 * factor} (e.g. {max(4 * factor, 512)})")
+        overlap = max(factor, (tile // 4) // factor * factor)
+    if overlap < 0 or overlap % factor or overlap >= tile:
+        raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {factor} "
+                         f"in [0, tile={tile})")
+    return overlap
+
+
 def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:
     """Start offsets of tiles covering [0, size); all multiples of `align` (size, tile and stride must be)."""
     if size <= tile:
