@@ -11,6 +11,7 @@ def test_datasheet_bandwidth_only_for_exact_names():
     # Variants with more bandwidth than the card their name contains get their own peaks, or a
     # probe when not listed, never the smaller card's (a fraction above 100%).
     assert datasheet_limit("NVIDIA H100 NVL", "memory", torch.bfloat16) == 3900.0
+    assert datasheet_limit("NVIDIA H200 NVL", "matmul", torch.bfloat16) == 835.0  # not the H200 SXM's 989
     assert datasheet_limit("NVIDIA GH200 480GB", "memory", torch.bfloat16) is None
     assert datasheet_limit("NVIDIA A100-SXM4-40GB", "memory", torch.bfloat16) == 1555.0
     assert datasheet_limit(None, "memory", torch.float32) is None  # a CPU
