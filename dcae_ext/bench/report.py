@@ -50,6 +50,15 @@ def speedup(fast: dict, ref: dict | None, key: str) -> float | None:
     return None
 
 
+def speedup_quartiles(fast: dict, ref: dict | None, phase: str) -> tuple[float, float] | None:
+    """The speedup's range when each side sits anywhere between its quartiles:
+    (ref q1 / fast q3, ref q3 / fast q1); None without a spread on both sides."""
+    fast_spread, ref_spread = fast.get(f"{phase}_spread"), (ref or {}).get(f"{phase}_spread")
+    if not fast_spread or not ref_spread or not fast_spread.get("q1_ms") or not fast_spread.get("q3_ms"):
+        return None
+    return ref_spread["q1_ms"] / fast_spread["q3_ms"], ref_spread["q3_ms"] / fast_spread["q1_ms"]
+
+
 def relative_iqr(record: dict | None, phase: str) -> float | None:
     spread = (record or {}).get(f"{phase}_spread")
     if not spread or not spread.get("median_ms"):

@@ -88,3 +88,10 @@ def test_committed_readmes_are_regenerated_from_the_committed_results(capsys):
     for path in paths:
         assert tables.BLOCK.search(open(path).read()), f"{path} has no generated table"
     assert tables.main(["--check", *paths]) == 0, capsys.readouterr().out
+
+
+def test_speedup_quartiles_span_the_ratio_of_the_quartiles(fake_records):
+    fast, ref = fake_records[2], fake_records[3]  # fwd medians 1.0 and 2.0, IQR 2% and 3% of them
+    low, high = report.speedup_quartiles(fast, ref, "fwd")
+    assert low == pytest.approx((2.0 - 0.03) / (1.0 + 0.01)) and high == pytest.approx((2.0 + 0.03) / (1.0 - 0.01))
+    assert report.speedup_quartiles(fake_records[6], fake_records[7], "fwd") is None  # schema 1: no spread
