@@ -58,7 +58,7 @@ class Case:
     extra: dict = field(default_factory=dict)
 
 
-def default_timing(device: str, quick: bool) -> Timing:
+def default_timing(quick: bool) -> Timing:
     if quick:
         return Timing(min_blocks=5, max_seconds=1.0)
     return Timing()
@@ -77,14 +77,15 @@ def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Tim
 
 def measure_case(case: Case, device: torch.device, dtype: torch.dtype, timing: Timing) -> list[dict]:
     workloads = case.build(device, dtype)
-    limit, probe_fns = _limit_setup(case.work, device, dtype)
+    limit, probes = _limit_setup(case.work, device, dtype)
     forward = {impl: workload.run_forward for impl, workload in workloads.items()}
-    fwd_stats, fwd_oom = time_interleaved({**forward, **{name: fn for name, (fn, _) in probe_fns.items()}},
+    fwd_stats, fwd_oom = time_interleaved({**forward, **{name: fn for name, (fn, _) in probes.items()}},
                                           device, timing)
+    if probes:
+        limit = _probed_limit(case.work.kind, probes, fwd_stats)
+        del probes  # free the probes' buffers before the backward is timed
     backward = {impl: w.run_forward_backward for impl, w in workloads.items() if w.inputs and impl not in fwd_oom}
     fwdbwd_stats, fwdbwd_oom = time_interleaved(backward, device, timing) if backward else ({}, set())
-    if probe_fns:
-        limit = _probed_limit(case.work.kind, probe_fns, fwd_stats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     records = []
     for impl, workload in workloads.items():

@@ -89,7 +89,7 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
             print(f"[{name}] no benchmark suite in this build; skipped")
             continue
         cases = _cases(suite, device, quick, model if name == "dcae" else None)
-        timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(device, quick)
+        timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
         suite_records = run_cases(cases, device, dtypes, timing)
         for record in suite_records:
             record["quick"] = quick
