@@ -7,7 +7,8 @@ over one plain call, and the peak of tensor bytes alive at once replayed from th
 allocation events over a second call. The resident size sees buffers an op allocates and frees
 inside itself but misses memory the allocator reuses; the profiler sees every tensor allocation
 but nets out an op's internal buffers. The profiler's own memory (about 150 MB the first time it
-starts) stays out of the resident-size window.
+starts) stays out of the resident-size window; the harness measures after the timed runs, so the
+library code and lazy state a first call maps in are resident already.
 """
 from __future__ import annotations
 

@@ -84,3 +84,14 @@ def test_plots_are_written_as_png(tmp_path, fake_records):
     assert plot_ibq_scaling([r for r in records if not r["op"].startswith("ibq")], str(tmp_path / "x.png")) is None
     assert sorted(write_plots(records, str(tmp_path / "all"), "cpu")) == [
         str(tmp_path / "all" / "cpu_ibq_vs_codebook.png"), str(tmp_path / "all" / "cpu_speedup.png")]
+
+
+def test_a_busy_cpu_is_announced(monkeypatch):
+    from dcae_ext.commands import bench
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    assert "load average 6.0 on 2 cores" in bench._busy_warning("cpu")
+    assert bench._busy_warning("cuda") is None
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert bench._busy_warning("cpu") is None
