@@ -22,11 +22,16 @@ def test_old_records_read_in_current_terms():
     assert normalize(current) == current
 
 
-def test_every_committed_record_loads():
-    for name in os.listdir(os.path.join(ROOT, "benchmarks", "results")):
-        if name.endswith(".jsonl"):
-            records = read_records(os.path.join(ROOT, "benchmarks", "results", name))
-            assert records and all("fwd_fraction_of_limit" in r and r["schema"] in (1, 2) for r in records)
+def test_every_results_file_the_tables_use_loads():
+    used = set()
+    for name in tables.DEFAULT_FILES:
+        path = os.path.join(ROOT, name)
+        used |= {os.path.normpath(os.path.join(os.path.dirname(path), tables._parse_spec(m["spec"])["results"]))
+                 for m in tables.BLOCK.finditer(open(path).read())}
+    assert {os.path.basename(path) for path in used} >= {"cpu.jsonl", "cuda-nvidia-h200.jsonl"}
+    for path in used:
+        records = read_records(path)
+        assert records and all("fwd_fraction_of_limit" in r and r["schema"] in (1, 2) for r in records)
 
 
 def test_table_rows_put_each_number_in_its_column_and_flag_the_spread(fake_records):
