@@ -91,16 +91,13 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | s
     device = torch.device(device)
     runs_per_block, out_of_memory = {}, set()
     for name, fn in fns.items():
-        try:
-            for _ in range(max(timing.warmup, 1)):
-                seconds = block_seconds(fn, 1, device)  # the last warm-up call sizes the block
-        except (RuntimeError, torch.OutOfMemoryError) as error:
-            if not is_oom(error):
-                raise
-            out_of_memory.add(name)
-            _release(device)
-            continue
-        runs_per_block[name] = max(1, min(10_000, math.ceil(timing.block_seconds / max(seconds, 1e-9))))
+        for _ in range(max(timing.warmup, 1)):
+            seconds = _timed(fn, 1, device)  # the last warm-up call sizes the block
+            if seconds is None:
+                out_of_memory.add(name)
+                break
+        else:
+            runs_per_block[name] = max(1, min(10_000, math.ceil(timing.block_seconds / max(seconds, 1e-9))))
     samples: dict[str, list[float]] = {name: [] for name in runs_per_block}
     spent = 0.0
     for round_index in range(timing.max_blocks):
@@ -109,25 +106,28 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | s
             break
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            try:
-                seconds = block_seconds(fns[name], runs_per_block[name], device)
-            except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not is_oom(error):
-                    raise
+            seconds = _timed(fns[name], runs_per_block[name], device)
+            if seconds is None:
                 out_of_memory.add(name)
-                _release(device)
                 continue
             spent += seconds
             samples[name].append(seconds * 1e3 / runs_per_block[name])
-        stats = {name: Stats(tuple(samples[name]), runs_per_block[name]) for name in names if samples[name]}
+        stats = [Stats(tuple(samples[name]), runs_per_block[name]) for name in names if samples[name]]
         if round_index + 1 >= timing.min_blocks and (
-                spent >= timing.max_seconds or not any(s.noisy for s in stats.values())):
+                spent >= timing.max_seconds or not any(s.noisy for s in stats)):
             break
     stats = {name: Stats(tuple(found), runs_per_block[name]) for name, found in samples.items()
              if found and name not in out_of_memory}
     return stats, out_of_memory
 
 
-def _release(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def _timed(fn: Callable[[], Any], runs: int, device: torch.device) -> float | None:
+    """block_seconds, or None when a call ran out of memory (the CUDA cache is then released)."""
+    try:
+        return block_seconds(fn, runs, device)
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        if not is_oom(error):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
