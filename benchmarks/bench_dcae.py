@@ -1,8 +1,10 @@
-"""DC-AE encode+decode and tiled decode, ours vs diffusers AutoencoderDC on identical weights.
+"""DC-AE encode+decode, ours vs diffusers' AutoencoderDC: `dcae-ext bench --ops dcae` with the same flags.
 
-    python benchmarks/bench_dcae.py [--device cuda] [--dtype bf16] [--quick]
+    python benchmarks/bench_dcae.py [--device cuda] [--dtype bf16,fp32] [--quick] [--no-save]
 """
-from dcae_ext.commands.bench import main_for
+import sys
+
+from dcae_ext.cli import main
 
 if __name__ == "__main__":
-    main_for("dcae")
+    sys.exit(main(["bench", "--ops", "dcae", *sys.argv[1:]]))

@@ -1,8 +1,10 @@
-"""IBQ quantizer (quantize, quantize+entropy), fused vs reference.
+"""IBQ quantizer (quantize, quantize+entropy), fused vs reference: `dcae-ext bench --ops ibq` with the same flags.
 
-    python benchmarks/bench_ibq.py [--device cuda] [--dtype bf16,fp32] [--quick]
+    python benchmarks/bench_ibq.py [--device cuda] [--dtype bf16,fp32] [--quick] [--no-save]
 """
-from dcae_ext.commands.bench import main_for
+import sys
+
+from dcae_ext.cli import main
 
 if __name__ == "__main__":
-    main_for("ibq")
+    sys.exit(main(["bench", "--ops", "ibq", *sys.argv[1:]]))

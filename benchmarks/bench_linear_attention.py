@@ -1,8 +1,10 @@
-"""Fused ReLU linear attention, fast vs reference.
+"""ReLU linear attention, fused vs reference: `dcae-ext bench --ops linear_attention` with the same flags.
 
-    python benchmarks/bench_linear_attention.py [--device cuda] [--dtype bf16,fp16,fp32] [--quick]
+    python benchmarks/bench_linear_attention.py [--device cuda] [--dtype bf16,fp32] [--quick] [--no-save]
 """
-from dcae_ext.commands.bench import main_for
+import sys
+
+from dcae_ext.cli import main
 
 if __name__ == "__main__":
-    main_for("linear_attention")
+    sys.exit(main(["bench", "--ops", "linear_attention", *sys.argv[1:]]))

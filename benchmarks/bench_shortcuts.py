@@ -1,8 +1,10 @@
-"""Shortcut ops (pixel_unshuffle_mean / pixel_shuffle_repeat), fast vs reference.
+"""DC-AE shortcut ops (pixel_unshuffle_mean, pixel_shuffle_repeat), fused vs reference: `dcae-ext bench --ops shortcuts` with the same flags.
 
-    python benchmarks/bench_shortcuts.py [--device cuda] [--dtype bf16] [--quick]
+    python benchmarks/bench_shortcuts.py [--device cuda] [--dtype bf16,fp32] [--quick] [--no-save]
 """
-from dcae_ext.commands.bench import main_for
+import sys
+
+from dcae_ext.cli import main
 
 if __name__ == "__main__":
-    main_for("shortcuts")
+    sys.exit(main(["bench", "--ops", "shortcuts", *sys.argv[1:]]))

@@ -8,64 +8,15 @@ device) at the device's matmul peak. --quick swaps in the tiny preset for a smok
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from dcae_ext.bench.harness import make_record, measure
-from dcae_ext.bench.hardware import matmul_tflops
+from dcae_ext.bench.harness import Case, Work, Workload
+from dcae_ext.bench.timing import Timing
 from dcae_ext.models import DCAE, get_config
 
 MODEL = "dc-ae-f32c32-in-1.0"
-
-
-def _flops(config, resolution: int, encode: bool = True, decode: bool = True) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = DCAE(config).eval()
-        x = torch.empty(1, config.in_channels, resolution, resolution)
-        f = config.spatial_compression
-        z = torch.empty(1, config.latent_channels, resolution // f, resolution // f)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        if encode:
-            model.encoder(x)
-        if decode:
-            model.decoder(z)
-    return float(counter.get_total_flops())
-
-
-def _build_pair(config, device, dtype):
-    from diffusers import AutoencoderDC
-
-    ours = DCAE(config).eval()
-    theirs = AutoencoderDC(**{k: v for k, v in config.to_diffusers_dict().items() if not k.startswith("_")}).eval()
-    theirs.load_state_dict(ours.state_dict())
-    ours, theirs = ours.to(device=device, dtype=dtype), theirs.to(device=device, dtype=dtype)
-    if torch.device(device).type == "cuda":
-        ours = ours.to(memory_format=torch.channels_last)
-    return ours, theirs
-
-
-def _limit(device, dtype, flops, ms):
-    peak, source = matmul_tflops(device, dtype)
-    tflops = flops / (ms * 1e-3) / 1e12 if ms else None
-    return dict(tflops=tflops, limit_tflops=peak, limit_source=source,
-                fraction_of_limit=tflops / peak if tflops and peak else None)
-
-
-def _interleaved(impls, device, warmup, repeats, rounds) -> dict:
-    """measure() each impl in alternating rounds so that a shared, noisy CPU slows both alike;
-    fwd_ms is the median over rounds, the peak memory that of the first round."""
-    results = {impl: [] for impl, _ in impls}
-    for round_index in range(rounds):
-        for impl, fn in impls:
-            results[impl].append(measure(fn, device=device, warmup=warmup if round_index == 0 else 0,
-                                         repeats=repeats))
-    merged = {}
-    for impl, runs in results.items():
-        times = sorted(r["fwd_ms"] for r in runs if r["fwd_ms"] is not None)
-        merged[impl] = dict(runs[0], fwd_ms=times[len(times) // 2] if times else None, rounds=rounds,
-                            round_fwd_ms=[r["fwd_ms"] for r in runs])
-    return merged
 
 
 def resolve_model(name: str) -> str:
@@ -79,49 +30,90 @@ def resolve_model(name: str) -> str:
                      "or a short form such as f32c32")
 
 
-def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False, model: str | None = None) -> list[dict]:
-    on_gpu = torch.device(device).type == "cuda"
+def cases(device: str, quick: bool, model: str | None = None) -> list[Case]:
+    on_gpu = device != "cpu"
     name = resolve_model(model) if model else ("tiny" if quick else MODEL)
     config = get_config(name)
-    resolutions = [256] if (quick or not on_gpu) else [512, 1024]
-    warmup, repeats = (1, 1) if not on_gpu else (2, 5)
-    if on_gpu:
+    models = _ModelPair(config)
+    found = [Case("dcae_encode_decode", {"model": name, "batch": 1, "resolution": resolution},
+                  functools.partial(_encode_decode, models, resolution),
+                  Work("conv", fwd=_flops(config, resolution)))
+             for resolution in ([256] if quick or not on_gpu else [512, 1024])]
+    if on_gpu and not quick:
+        found += [Case("dcae_tiled_decode", {"model": name, "batch": 1, "resolution": resolution, "tile": 512},
+                       functools.partial(_tiled_decode, models, resolution))
+                  for resolution in (2048, 4096)]
+    return found
+
+
+def timing(device: str, quick: bool) -> Timing:
+    """A CPU call of the full model takes seconds."""
+    if device == "cpu" and not quick:
+        return Timing(warmup=1, min_blocks=3, max_blocks=5, max_seconds=60.0)
+    return Timing(min_blocks=5, max_seconds=1.0) if quick else Timing(min_blocks=5)
+
+
+class _ModelPair:
+    """Ours and diffusers' model on the same weights, built once per (device, dtype) for all cases."""
+
+    def __init__(self, config):
+        self.config, self.key, self.pair = config, None, None
+
+    def get(self, device, dtype):
+        if self.key != (device, dtype):
+            self.pair = None  # free the previous pair before building the next
+            self.pair, self.key = _build_pair(self.config, device, dtype), (device, dtype)
+        return self.pair
+
+
+def _build_pair(config, device, dtype):
+    from diffusers import AutoencoderDC
+
+    ours = DCAE(config).eval()
+    theirs = AutoencoderDC(**{k: v for k, v in config.to_diffusers_dict().items() if not k.startswith("_")}).eval()
+    theirs.load_state_dict(ours.state_dict())
+    ours, theirs = ours.to(device=device, dtype=dtype), theirs.to(device=device, dtype=dtype)
+    if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
-    records = []
-    for dtype in dtypes:
-        ours, theirs = _build_pair(config, device, dtype)
-        layout = torch.channels_last if on_gpu else torch.contiguous_format
-        for resolution in resolutions:
-            x = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
-            flops = _flops(config, resolution)
-            shape = {"model": name, "batch": 1, "resolution": resolution}
-            impls = (("fast", lambda: ours.decode(ours.encode(x.to(memory_format=layout)))),
-                     ("reference", lambda: theirs.decode(theirs.encode(x).latent).sample))
-            for impl, m in _interleaved(impls, device, warmup, repeats, rounds=1 if on_gpu else 3).items():
-                records.append(make_record("dcae_encode_decode", impl, device, dtype, shape, m,
-                                           gflops=flops / 1e9, cpu_threads=torch.get_num_threads(),
-                                           **_limit(device, dtype, flops, m["fwd_ms"])))
-        if on_gpu and not quick:
-            records += _tiled_decode(ours, theirs, config, name, device, dtype)
-        del ours, theirs
-    return records
+        ours = ours.to(memory_format=torch.channels_last)
+    return ours, theirs
 
 
-def _tiled_decode(ours, theirs, config, name, device, dtype) -> list[dict]:
-    f = config.spatial_compression
+def _layout(device) -> torch.memory_format:
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+
+
+def _encode_decode(models, resolution, device, dtype) -> dict[str, Workload]:
+    ours, theirs = models.get(device, dtype)
+    ours.disable_tiling()
+    theirs.disable_tiling()
+    x = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
+    layout = _layout(device)
+    return {"fast": Workload(lambda: ours.decode(ours.encode(x.to(memory_format=layout)))),
+            "reference": Workload(lambda: theirs.decode(theirs.encode(x).latent).sample)}
+
+
+def _tiled_decode(models, resolution, device, dtype) -> dict[str, Workload]:
+    ours, theirs = models.get(device, dtype)
     ours.enable_tiling(tile=512, overlap=64)
     theirs.enable_tiling(tile_sample_min_height=512, tile_sample_min_width=512,
                          tile_sample_stride_height=448, tile_sample_stride_width=448)
-    records = []
-    for resolution in (2048, 4096):
-        z = torch.randn(1, config.latent_channels, resolution // f, resolution // f, device=device, dtype=dtype)
-        shape = {"model": name, "batch": 1, "resolution": resolution, "tile": 512}
-        for impl, fn in (("fast", lambda: ours.decode(z.to(memory_format=torch.channels_last))),
-                         ("reference", lambda: theirs.decode(z).sample)):
-            m = measure(fn, device=device, warmup=1, repeats=2)
-            with torch.no_grad():
-                out_shape = list(fn().shape) if not m["oom"] else None
-            records.append(make_record("dcae_tiled_decode", impl, device, dtype, shape, m, output_shape=out_shape))
-    ours.disable_tiling()
-    theirs.disable_tiling()
-    return records
+    f = models.config.spatial_compression
+    z = torch.randn(1, models.config.latent_channels, resolution // f, resolution // f, device=device, dtype=dtype)
+    layout = _layout(device)
+    return {"fast": Workload(lambda: ours.decode(z.to(memory_format=layout))),
+            "reference": Workload(lambda: theirs.decode(z).sample)}
+
+
+def _flops(config, resolution: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = DCAE(config).eval()
+        x = torch.empty(1, config.in_channels, resolution, resolution)
+        f = config.spatial_compression
+        z = torch.empty(1, config.latent_channels, resolution // f, resolution // f)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encoder(x)
+        model.decoder(z)
+    return float(counter.get_total_flops())

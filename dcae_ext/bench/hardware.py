@@ -1,58 +1,45 @@
-"""The hardware limits a benchmark is measured against: memory bandwidth and matmul peak.
+"""The hardware limit a case is measured against: memory bandwidth for memory-bound ops, matmul
+throughput for GEMM- and convolution-bound ones.
 
-GPUs: the vendor's dense peaks for the cards we know, else measured rates. CPU: measured here
-(a large copy and a float32 GEMM), cached per process.
+Known GPUs: the vendor's dense data-sheet peaks, a true ceiling. Elsewhere (CPUs, GPUs not in the
+table) probes measure the limit: a read (sum) and a copy of as many bytes as the case's forward
+moves, or a square GEMM in the case's dtype. The harness times them interleaved with the case, on
+the same threads, so they see the same cache sizes and the same load; the limit is the faster
+probe's best block. A fixed-size probe timed apart would not: on a shared machine its median
+lands on a busy moment (a limit too low), and a working set that stays in cache outruns a DRAM-sized
+copy, both of which showed fractions above 100%.
 """
 from __future__ import annotations
 
-import functools
-import time
+import re
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-# Dense (no sparsity) peaks from the vendors' data sheets: TFLOP/s and GB/s.
+
+@dataclass(frozen=True)
+class Peaks:
+    """Dense (no sparsity) peaks: TFLOP/s per math mode and memory bandwidth in GB/s."""
+    bf16_tflops: float
+    tf32_tflops: float
+    fp32_tflops: float
+    bandwidth_gbps: float
+
+
+# Exact device names (torch.cuda.get_device_name); a variant not listed is probed, never guessed:
+# the H100 NVL's 3.9 TB/s and the GH200's 4.9 TB/s would exceed an "H100" or "H200" match.
 GPU_PEAKS = {
-    "H200": {"bf16_tflops": 989.0, "tf32_tflops": 494.0, "fp32_tflops": 67.0, "bandwidth_gbps": 4800.0},
-    "H100 PCIe": {"bf16_tflops": 756.0, "tf32_tflops": 378.0, "fp32_tflops": 51.0, "bandwidth_gbps": 2000.0},
-    "H100": {"bf16_tflops": 989.0, "tf32_tflops": 494.0, "fp32_tflops": 67.0, "bandwidth_gbps": 3350.0},
-    "A100": {"bf16_tflops": 312.0, "tf32_tflops": 156.0, "fp32_tflops": 19.5, "bandwidth_gbps": 2039.0},
+    r"NVIDIA H200": Peaks(989.0, 494.0, 67.0, 4800.0),
+    r"NVIDIA H200 NVL": Peaks(835.0, 418.0, 60.0, 4800.0),
+    r"NVIDIA H100 80GB HBM3": Peaks(989.0, 494.0, 67.0, 3350.0),
+    r"NVIDIA H100 PCIe": Peaks(756.0, 378.0, 51.0, 2000.0),
+    r"NVIDIA H100 NVL": Peaks(835.0, 418.0, 60.0, 3900.0),
+    r"NVIDIA A100-SXM4-80GB": Peaks(312.0, 156.0, 19.5, 2039.0),
+    r"NVIDIA A100-(SXM4|PCIE)-40GB": Peaks(312.0, 156.0, 19.5, 1555.0),
+    r"NVIDIA A100 80GB PCIe": Peaks(312.0, 156.0, 19.5, 1935.0),
 }
-
-
-def _seconds(fn, repeats: int, device: torch.device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
-
-
-@functools.lru_cache(maxsize=None)
-def measured_copy_gbps(device: str = "cpu") -> float:
-    """Bytes read + written per second by a large device-to-device copy."""
-    dev = torch.device(device)
-    numel = (256 if dev.type == "cuda" else 64) * 2**20 // 4
-    src = torch.ones(numel, device=dev)
-    dst = torch.empty_like(src)
-    seconds = _seconds(lambda: dst.copy_(src), 5, dev)
-    return 2 * src.numel() * 4 / seconds / 1e9
-
-
-@functools.lru_cache(maxsize=None)
-def measured_matmul_tflops(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
-    dev = torch.device(device)
-    n = 4096 if dev.type == "cuda" else 1024
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    seconds = _seconds(lambda: a @ b, 5, dev)
-    return 2 * n**3 / seconds / 1e12
+KINDS = ("memory", "matmul", "conv")
 
 
 def device_name(device: torch.device | str) -> str:
@@ -64,33 +51,50 @@ def device_name(device: torch.device | str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _gpu_peaks(device: torch.device) -> dict | None:
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_PEAKS.items():  # ordered: "H100 PCIe" before "H100"
-        if key in name:
+def datasheet_peaks(name: str) -> Peaks | None:
+    for pattern, peaks in GPU_PEAKS.items():
+        if re.fullmatch(pattern, name.strip()):
             return peaks
     return None
 
 
-def bandwidth_gbps(device: torch.device | str) -> tuple[float, str]:
-    """(GB/s, source): the data-sheet peak for known GPUs, else a measured copy rate."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        peaks = _gpu_peaks(dev)
-        if peaks:
-            return peaks["bandwidth_gbps"], "datasheet"
-    return measured_copy_gbps(str(dev)), "measured copy"
+def datasheet_limit(gpu_name: str | None, kind: str, dtype: torch.dtype) -> float | None:
+    """GB/s (memory) or TFLOP/s (matmul, conv) from the data sheet of the GPU named; None (CPUs,
+    unknown GPUs) where a probe must measure it."""
+    peaks = datasheet_peaks(gpu_name) if gpu_name else None
+    if peaks is None:
+        return None
+    if kind == "memory":
+        return peaks.bandwidth_gbps
+    if dtype in (torch.bfloat16, torch.float16):
+        return peaks.bf16_tflops
+    if dtype != torch.float32:
+        return None
+    # float32 may run on tensor cores: TF32 when torch allows it (convolutions allow it by default),
+    # bfloat16 passes under float32_matmul_precision "medium". The ceiling is the fastest allowed.
+    precision = torch.get_float32_matmul_precision()
+    if precision == "medium":
+        return peaks.bf16_tflops
+    if precision == "high" or torch.backends.cuda.matmul.allow_tf32 or (
+            kind == "conv" and torch.backends.cudnn.allow_tf32):
+        return peaks.tf32_tflops
+    return peaks.fp32_tflops
 
 
-def matmul_tflops(device: torch.device | str, dtype: torch.dtype) -> tuple[float, str]:
-    """(TFLOP/s, source): dense matmul peak for `dtype` (fp32 counts TF32 only when torch allows it)."""
+def probes(kind: str, device: torch.device | str, dtype: torch.dtype,
+           moved_bytes: int) -> dict[str, tuple[Callable[[], object], float]]:
+    """name -> (call, work per call: bytes or FLOPs) for the limit of `kind` when no data sheet applies."""
     dev = torch.device(device)
-    if dev.type == "cuda":
-        peaks = _gpu_peaks(dev)
-        if peaks:
-            if dtype in (torch.bfloat16, torch.float16):
-                return peaks["bf16_tflops"], "datasheet"
-            if torch.backends.cuda.matmul.allow_tf32:
-                return peaks["tf32_tflops"], "datasheet"
-            return peaks["fp32_tflops"], "datasheet"
-    return measured_matmul_tflops(str(dev), torch.float32 if dev.type == "cpu" else dtype), "measured matmul"
+    if kind == "memory":
+        elements = max(moved_bytes // 4, 2)
+        source = torch.ones(elements, device=dev)
+        half = source[: elements // 2]
+        target = torch.empty_like(half)
+        return {"limit: read": (source.sum, elements * 4.0),
+                "limit: copy": (lambda: target.copy_(half), 2.0 * half.numel() * 4)}
+    # Large enough that one call outlasts a scheduler time slice: on a shared CPU each call's
+    # parallel region waits for every thread to get a core, which small GEMMs cannot amortise.
+    n = 4096 if dev.type == "cuda" else 2048
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    return {"limit: gemm": (lambda: a @ b, 2.0 * n**3)}

@@ -1,197 +1,164 @@
-"""The one benchmark harness: warm-up, median of repeated timed runs, peak memory, JSONL records.
+"""The one benchmark harness: a suite is a list of Cases; each Case builds one Workload per
+implementation; the harness times them side by side, measures their peak memory, compares them
+with the hardware limit and returns one record per implementation.
 
-Timing: CUDA events around each run on the current stream (synchronised), perf_counter on CPU;
-the median is reported. Peak memory: torch.cuda.max_memory_allocated above what was allocated
-before the run (CUDA); on CPU the larger of the peak of tensor allocations the profiler tracks
-during one run and the rise of the process's peak resident size (reset through /proc on Linux).
+A suite module holds `cases(device, quick) -> list[Case]` (and, when its calls are slow,
+`timing(device, quick) -> Timing`); nothing else.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
 import os
-import statistics
-import sys
-import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from dcae_ext.bench.hardware import device_name
+from dcae_ext.bench import hardware
+from dcae_ext.bench.memory import peak_mb
+from dcae_ext.bench.records import make_record
+from dcae_ext.bench.timing import Stats, Timing, is_oom, time_interleaved
 
 
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+@dataclass(frozen=True)
+class Workload:
+    """One implementation of a case. `forward()` returns the output(s); forward+backward is
+    `torch.autograd.grad(outputs, inputs, grad_outputs)`, so no run leaves a .grad behind and every
+    run (and the peak-memory one) starts from the same memory. No `inputs`: forward only."""
+    forward: Callable[[], Any]
+    inputs: tuple[torch.Tensor, ...] = ()
+    grad_outputs: tuple[torch.Tensor | None, ...] = ()
 
-
-def _time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the profiler backend's start/stop lines, written straight to file descriptor 2."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def cpu_tracked_peak_mb(fn: Callable[[], Any]) -> float:
-    """Peak MB of CPU tensor memory alive at once while `fn` runs (profiler allocation events).
-
-    Buffers an op allocates and frees inside itself net out of its events; cpu_peak_mb adds the
-    process's peak-RSS rise, which sees them."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # Each event's own (self) allocations minus frees: allocations land on the innermost op that
-    # made them (counted at its start), frees outside any op on "[memory]" events, and the frees
-    # an autograd node makes of its inputs on that node (counted at its end, after its outputs).
-    changes = sorted((e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
-                      e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
-    # Frees of memory allocated before the call (e.g. an old .grad) lower the floor: the peak is
-    # the largest rise above the lowest level reached before it.
-    current = lowest = peak = 0
-    for _, change in changes:
-        current += change
-        lowest = min(lowest, current)
-        peak = max(peak, current - lowest)
-    return peak / 2**20
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: writing 5 to clear_refs resets the process's peak resident size (VmHWM)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_peak_mb(fn: Callable[[], Any]) -> float:
-    """The larger of the tracked tensor peak and the peak-RSS rise while `fn` runs (the RSS rise
-    misses memory the allocator reuses, the tracked peak misses buffers freed inside one op)."""
-    rss_before = _proc_status_kb("VmRSS") if _reset_peak_rss() else None
-    tracked = cpu_tracked_peak_mb(fn)
-    hwm = _proc_status_kb("VmHWM")
-    if rss_before is None or hwm is None:
-        return tracked
-    return max(tracked, (hwm - rss_before) / 1024)
-
-
-def _peak_mb(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    return cpu_peak_mb(fn)
-
-
-def measure(forward: Callable[[], Any], forward_backward: Callable[[], Any] | None = None, *,
-            device: torch.device | str, warmup: int = 2, repeats: int = 10) -> dict:
-    """Median fwd_ms (under no_grad), fwdbwd_ms, and peak_mem_mb of the heaviest measured call.
-
-    An out-of-memory failure is recorded (oom=True) instead of raised.
-    """
-    device = torch.device(device)
-    result: dict[str, Any] = {"fwd_ms": None, "fwdbwd_ms": None, "peak_mem_mb": None, "oom": False}
-
-    def no_grad_forward():
+    def run_forward(self) -> Any:
         with torch.no_grad():
-            forward()
+            return self.forward()
 
+    def run_forward_backward(self) -> tuple[torch.Tensor, ...]:
+        outputs = self.forward()
+        outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+        return torch.autograd.grad(outputs, self.inputs, self.grad_outputs)
+
+
+@dataclass(frozen=True)
+class Work:
+    """The least one call must do: elements read plus written (kind "memory"), or FLOPs ("matmul",
+    "conv"), for the forward and for forward+backward."""
+    kind: str
+    fwd: float
+    fwdbwd: float | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """`build(device, dtype)` makes the inputs and returns implementation name -> Workload
+    ("fast" and "reference"); `extra` adds fields to the records."""
+    op: str
+    shape: dict
+    build: Callable[[torch.device, torch.dtype], dict[str, Workload]]
+    work: Work | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def default_timing(quick: bool) -> Timing:
+    if quick:
+        return Timing(min_blocks=5, max_seconds=1.0)
+    return Timing()
+
+
+def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Timing) -> list[dict]:
+    device = torch.device(device)
+    records = []
+    for dtype in dtypes:
+        for case in cases:
+            records += measure_case(case, device, dtype, timing)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return records
+
+
+def measure_case(case: Case, device: torch.device, dtype: torch.dtype, timing: Timing) -> list[dict]:
+    workloads = case.build(device, dtype)
+    limit, probes = _limit_setup(case.work, device, dtype)
+    forward = {impl: workload.run_forward for impl, workload in workloads.items()}
+    fwd_stats, fwd_oom = time_interleaved({**forward, **{name: fn for name, (fn, _) in probes.items()}},
+                                          device, timing)
+    if probes:
+        limit = _probed_limit(case.work.kind, probes, fwd_stats)
+        del probes  # free the probes' buffers before the backward is timed
+    backward = {impl: w.run_forward_backward for impl, w in workloads.items() if w.inputs and impl not in fwd_oom}
+    fwdbwd_stats, fwdbwd_oom = time_interleaved(backward, device, timing) if backward else ({}, set())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    records = []
+    for impl, workload in workloads.items():
+        oom = impl in fwd_oom or impl in fwdbwd_oom
+        m = {"fwd_ms": None, "fwdbwd_ms": None, "peak_mem_mb": None, "oom": oom}
+        for phase, stats in (("fwd", fwd_stats.get(impl)), ("fwdbwd", fwdbwd_stats.get(impl))):
+            if stats is not None:
+                m[f"{phase}_ms"] = stats.median
+                m[f"{phase}_spread"] = stats.as_dict()
+        m["noisy"] = any(s.noisy for s in (fwd_stats.get(impl), fwdbwd_stats.get(impl)) if s is not None)
+        if not oom:
+            m["peak_mem_mb"], m["oom"] = _peak(workload, device)
+        records.append(make_record(case.op, impl, device, dtype, case.shape, m, **case.extra,
+                                   **_limit_fields(case.work, dtype, limit, m),
+                                   cpu_threads=torch.get_num_threads(), load_1min=load))
+    return records
+
+
+def _peak(workload: Workload, device: torch.device) -> tuple[float | None, bool]:
+    heaviest = workload.run_forward_backward if workload.inputs else workload.run_forward
     try:
-        result["fwd_ms"] = _time_ms(no_grad_forward, device, warmup, repeats)
-        heaviest = no_grad_forward
-        if forward_backward is not None:
-            result["fwdbwd_ms"] = _time_ms(forward_backward, device, warmup, repeats)
-            heaviest = forward_backward
-        result["peak_mem_mb"] = _peak_mb(heaviest, device)
+        return peak_mb(heaviest, device), False
     except (RuntimeError, torch.OutOfMemoryError) as error:
-        if not _is_oom(error):
+        if not is_oom(error):
             raise
-        result["oom"] = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return result
+        return None, True
 
 
-def results_path(device: torch.device | str, results_dir: str = os.path.join("benchmarks", "results")) -> str:
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        name = "cpu"
-    else:
-        slug = "".join(c if c.isalnum() else "-" for c in device_name(dev).lower()).strip("-")
-        name = f"{dev.type}-{slug}"
-    return os.path.join(results_dir, f"{name}.jsonl")
+def _limit_setup(work: Work | None, device, dtype):
+    """(limit, source) from the data sheet, or the probes that will measure it."""
+    if work is None:
+        return None, {}
+    gpu_name = hardware.device_name(device) if device.type == "cuda" else None
+    datasheet = hardware.datasheet_limit(gpu_name, work.kind, dtype)
+    if datasheet is not None:
+        return (datasheet, "datasheet"), {}
+    moved_bytes = int(work.fwd * _itemsize(dtype)) if work.kind == "memory" else 0
+    return None, hardware.probes(work.kind, device, dtype, moved_bytes)
 
 
-def make_record(op: str, impl: str, device: torch.device | str, dtype: torch.dtype, shape: dict,
-                measurement: dict, **extra) -> dict:
-    dev = torch.device(device)
-    record = {
-        "op": op,
-        "impl": impl,
-        "device": dev.type,
-        "device_name": device_name(dev),
-        "dtype": str(dtype).replace("torch.", ""),
-        "shape": shape,
-        **measurement,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    record.update(extra)
-    return record
-
-
-def append_records(records: list[dict], path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-
-
-def speedup(reference_ms: float | None, fast_ms: float | None) -> float | None:
-    if not reference_ms or not fast_ms:
+def _probed_limit(kind: str, probe_fns: dict, stats: dict[str, Stats]):
+    """The fastest probe's best block, in GB/s or TFLOP/s."""
+    scale = 1e9 if kind == "memory" else 1e12
+    rates = {name: amount / (stats[name].as_dict()["min_ms"] * 1e-3) / scale
+             for name, (_, amount) in probe_fns.items() if name in stats}
+    if not rates:
         return None
-    return reference_ms / fast_ms
+    best = max(rates, key=rates.get)
+    return rates[best], "probe: " + best.removeprefix("limit: ")
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _limit_fields(work: Work | None, dtype: torch.dtype, limit, m: dict) -> dict:
+    """Achieved rate and fraction of the limit for each timed phase, with the work and the limit."""
+    if work is None or limit is None:
+        return {}
+    value, source = limit
+    memory = work.kind == "memory"
+    unit, scale = ("gbps", 1e9) if memory else ("tflops", 1e12)
+    amounts = {"fwd": work.fwd, "fwdbwd": work.fwdbwd}
+    if memory:
+        amounts = {phase: None if amount is None else amount * _itemsize(dtype) for phase, amount in amounts.items()}
+    fields: dict[str, Any] = {"work": {"kind": work.kind, "unit": "bytes" if memory else "flops", **amounts},
+                              f"limit_{unit}": value, "limit_source": source}
+    for phase, amount in amounts.items():
+        ms = m.get(f"{phase}_ms")
+        if amount is not None and ms:
+            rate = amount / (ms * 1e-3) / scale
+            fields[f"{phase}_{unit}"] = rate
+            fields[f"{phase}_fraction_of_limit"] = rate / value
+    return fields

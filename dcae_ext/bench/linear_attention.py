@@ -11,69 +11,45 @@ reading q, k, v and grad and writing dq, dk, dv (11 tensors in all).
 """
 from __future__ import annotations
 
-import itertools
+import functools
 
 import torch
 
 from dcae_ext import ops
-from dcae_ext.bench.harness import make_record, measure
-from dcae_ext.bench.hardware import bandwidth_gbps
+from dcae_ext.bench.harness import Case, Work, Workload
 
 HEAD_DIM = 32
 LAYOUTS = ("separate", "qkv_views")
 
 
-def cases(device: str, quick: bool) -> list[tuple[str, int, int, int]]:
-    """(name, batch, heads, tokens)."""
+def cases(device: str, quick: bool) -> list[Case]:
     on_gpu = device != "cpu"
     stage_batch = 8 if on_gpu else 2
-    found = [("dcae_stage_64x64", stage_batch, 16, 64 * 64),
-             ("dcae_stage_32x32", stage_batch, 32, 32 * 32),
-             ("dcae_stage_16x16", stage_batch, 32, 16 * 16)]
-    sana_batch = 16 if on_gpu else 1
-    found.insert(0, ("sana_1152", sana_batch if not quick else 1, 36, 64 * 64))
-    return found
+    sana_batch = 16 if on_gpu and not quick else 1
+    shapes = [("sana_1152", sana_batch, 36, 64 * 64),
+              ("dcae_stage_64x64", stage_batch, 16, 64 * 64),
+              ("dcae_stage_32x32", stage_batch, 32, 32 * 32),
+              ("dcae_stage_16x16", stage_batch, 32, 16 * 16)]
+    return [Case("linear_attention",
+                 {"case": name, "B": batch, "heads": heads, "d": HEAD_DIM, "N": tokens, "layout": layout},
+                 functools.partial(_workloads, layout, (batch, heads, HEAD_DIM, tokens)),
+                 Work("memory", fwd=4 * batch * heads * HEAD_DIM * tokens,
+                      fwdbwd=11 * batch * heads * HEAD_DIM * tokens))
+            for name, batch, heads, tokens in shapes for layout in LAYOUTS]
 
 
-def _inputs(layout, batch, heads, tokens, device, dtype):
-    """(leaves to clear grads of, q, k, v, grad)."""
+def _workloads(layout: str, shape: tuple, device, dtype) -> dict[str, Workload]:
     gen = torch.Generator(device=device).manual_seed(0)
     if layout == "separate":
-        leaves = [torch.randn((batch, heads, HEAD_DIM, tokens), device=device, dtype=dtype, generator=gen)
-                  .requires_grad_(True) for _ in range(3)]
-        q, k, v = leaves
+        inputs = tuple(torch.randn(shape, device=device, dtype=dtype, generator=gen).requires_grad_(True)
+                       for _ in range(3))
+        q, k, v = inputs
     else:
-        qkv = torch.randn((batch, heads, 3 * HEAD_DIM, tokens), device=device, dtype=dtype, generator=gen)
-        leaves = [qkv.requires_grad_(True)]
-        q, k, v = qkv[:, :, :HEAD_DIM], qkv[:, :, HEAD_DIM:2 * HEAD_DIM], qkv[:, :, 2 * HEAD_DIM:]
-    grad = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
-    return leaves, q, k, v, grad
-
-
-def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False) -> list[dict]:
-    repeats = 3 if quick else 10
-    limit_gbps, limit_source = bandwidth_gbps(device)
-    records = []
-    for dtype in dtypes:
-        for (name, batch, heads, tokens), layout in itertools.product(cases(device, quick), LAYOUTS):
-            leaves, q, k, v, grad = _inputs(layout, batch, heads, tokens, device, dtype)
-            tensor_bytes = q.numel() * q.element_size()
-            for impl, fn in (("fast", ops.linear_attention), ("reference", ops.reference.linear_attention)):
-                def forward():
-                    return fn(q, k, v)
-
-                def forward_backward():
-                    for leaf in leaves:
-                        leaf.grad = None
-                    forward().backward(grad)
-
-                m = measure(forward, forward_backward, device=device, repeats=repeats)
-                gbps = 4 * tensor_bytes / (m["fwd_ms"] * 1e-3) / 1e9 if m["fwd_ms"] else None
-                fwdbwd_gbps = 11 * tensor_bytes / (m["fwdbwd_ms"] * 1e-3) / 1e9 if m["fwdbwd_ms"] else None
-                records.append(make_record(
-                    "linear_attention", impl, device, dtype,
-                    {"case": name, "B": batch, "heads": heads, "d": HEAD_DIM, "N": tokens, "layout": layout},
-                    m, gbps=gbps, fwdbwd_gbps=fwdbwd_gbps, limit_gbps=limit_gbps, limit_source=limit_source,
-                    fraction_of_limit=gbps / limit_gbps if gbps else None,
-                    fwdbwd_fraction_of_limit=fwdbwd_gbps / limit_gbps if fwdbwd_gbps else None))
-    return records
+        batch, heads, dim, tokens = shape
+        qkv = torch.randn((batch, heads, 3 * dim, tokens), device=device, dtype=dtype,
+                          generator=gen).requires_grad_(True)
+        inputs = (qkv,)
+        q, k, v = qkv[:, :, :dim], qkv[:, :, dim:2 * dim], qkv[:, :, 2 * dim:]
+    grad = torch.randn(shape, device=device, dtype=dtype, generator=gen)
+    return {impl: Workload(functools.partial(fn, q, k, v), inputs, (grad,))
+            for impl, fn in (("fast", ops.linear_attention), ("reference", ops.reference.linear_attention))}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from dcae_ext.bench.report import pair_records
+from dcae_ext.bench.report import pair_records, speedup, speedup_quartiles, worst_spread
+from dcae_ext.bench.timing import SPREAD_LIMIT
 
 CODEBOOK_KEYS = ("K", "num_codes", "codebook_size")
 
@@ -33,18 +34,19 @@ def _title(records: list[dict]) -> str:
 
 def plot_speedups(records: list[dict], path: str) -> str | None:
     """Horizontal bars: reference time / fast time per (op, shape, dtype), forward and forward+backward,
-    on a log axis with 1x marked. Returns the path, or None when no fast/reference pair exists."""
+    on a log axis with 1x marked; whiskers span the speedup between the timings' quartiles, and a
+    `!` marks a noisy row. Returns the path, or None when no fast/reference pair exists."""
     pairs = [(fast, ref) for fast, ref in pair_records(records) if ref is not None]
     if not pairs:
         return None
     plt = _pyplot()
-    labels, fwd, fwdbwd, ref_oom = [], [], [], []
+    labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
         labels.append(f"{fast['op']} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
         ref_oom.append(bool(ref.get("oom")))
-        fwd.append(ref["fwd_ms"] / fast["fwd_ms"] if ref.get("fwd_ms") and fast.get("fwd_ms") else None)
-        fwdbwd.append(ref["fwdbwd_ms"] / fast["fwdbwd_ms"] if ref.get("fwdbwd_ms") and fast.get("fwdbwd_ms")
-                      else None)
+        fwd.append(speedup(fast, ref, "fwd_ms"))
+        fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
+        noisy.append((worst_spread(fast, ref) or 0.0) > SPREAD_LIMIT)
     height = 0.38
     figure, axis = plt.subplots(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
     rows = range(len(pairs))
@@ -52,11 +54,22 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.barh([r + height / 2 for r in rows], [v or 0 for v in fwdbwd], height, label="forward + backward",
               color="tab:orange")
     values = [v for v in fwd + fwdbwd if v]
+    bar_labels = []  # (x, y, text): right of the bar or of its whisker
+    for (fast, ref), row in zip(pairs, rows):
+        for offset, phase, value in ((-height / 2, "fwd", fwd[row]), (height / 2, "fwdbwd", fwdbwd[row])):
+            if not value:
+                continue
+            span = speedup_quartiles(fast, ref, phase)
+            if span:
+                values += list(span)
+                axis.errorbar([value], [row + offset], xerr=[[max(value - span[0], 0)], [max(span[1] - value, 0)]],
+                              fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            bar_labels.append((max(value, span[1]) if span else value, row + offset,
+                               f"{value:.2f}x" + (" !" if noisy[row] else "")))
     low, high = min(values + [1.0]) / 1.5, max(values + [1.0]) * 1.5
+    for x, y, label in bar_labels:
+        axis.text(x * 1.03, y, label, va="center", fontsize=7)
     for row in rows:
-        for offset, value in ((-height / 2, fwd[row]), (height / 2, fwdbwd[row])):
-            if value:
-                axis.text(value * 1.03, row + offset, f"{value:.2f}x", va="center", fontsize=7)
         if ref_oom[row]:
             axis.text(low * 1.1, row, "reference OOM", va="center", fontsize=8, color="firebrick")
     axis.axvline(1.0, color="black", linewidth=1)
@@ -65,7 +78,8 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}x")
     axis.set_yticks(list(rows), labels, fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster)")
+    axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster); whiskers: between the "
+                    f"timings' quartiles; !: an IQR above {SPREAD_LIMIT:.0%} of the median")
     axis.set_title("fast op vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", which="both", alpha=0.3)

@@ -1,33 +1,55 @@
-"""Benchmark of the DC-AE shortcut ops on the f32c32 stage tensors at 1024x1024 input.
+"""Benchmark of the DC-AE shortcut ops on the f32c32 stage tensors (1024x1024 input on GPU, 512 on
+CPU, 256 with --quick).
 
-Fast (fused kernel, residual add included) vs the reference chain (pixel_unshuffle + view +
-mean, or repeat_interleave + pixel_shuffle, then + residual). Memory-bound: the floor is
-reading x and the residual once and writing y once.
+Fast (fused kernel, residual add included) vs the reference chain (pixel_unshuffle + view + mean,
+or repeat_interleave + pixel_shuffle, then + residual). Memory-bound: the forward must read x and
+the residual once and write y once; forward+backward adds reading the upstream gradient and
+writing dx (dresidual is the upstream gradient itself).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 
 from dcae_ext import ops
-from dcae_ext.bench.harness import make_record, measure
-from dcae_ext.bench.hardware import bandwidth_gbps
+from dcae_ext.bench.harness import Case, Work, Workload
 
-# f32c32 at 1024x1024: the downsample shortcuts of stages 0-4 (width in -> width out, factor 2),
-# the encoder output (1024 -> 32 channels, factor 1), and the mirrored decoder shortcuts.
+# f32c32: the downsample shortcuts of stages 0-4 (width in -> width out, factor 2), the encoder
+# output (1024 -> 32 channels, factor 1), and the mirrored decoder shortcuts.
 F32C32_WIDTHS = [128, 256, 512, 512, 1024, 1024]
 
 
-def stage_cases(resolution: int = 1024, batch: int = 1):
-    cases = []
+def cases(device: str, quick: bool) -> list[Case]:
+    resolution = 256 if quick else (1024 if device != "cpu" else 512)
+    found = []
     size = resolution
     for stage in range(5):
         c_in, c_out = F32C32_WIDTHS[stage], F32C32_WIDTHS[stage + 1]
-        cases.append(("pixel_unshuffle_mean", f"down{stage}", (batch, c_in, size, size), 2, c_out))
-        cases.append(("pixel_shuffle_repeat", f"up{stage}", (batch, c_out, size // 2, size // 2), 2, c_in))
+        found.append(_case("pixel_unshuffle_mean", f"down{stage}", (1, c_in, size, size), 2, c_out))
+        found.append(_case("pixel_shuffle_repeat", f"up{stage}", (1, c_out, size // 2, size // 2), 2, c_in))
         size //= 2
-    cases.append(("pixel_unshuffle_mean", "encoder_out", (batch, 1024, size, size), 1, 32))
-    cases.append(("pixel_shuffle_repeat", "decoder_in", (batch, 32, size, size), 1, 1024))
-    return cases
+    found.append(_case("pixel_unshuffle_mean", "encoder_out", (1, 1024, size, size), 1, 32))
+    found.append(_case("pixel_shuffle_repeat", "decoder_in", (1, 32, size, size), 1, 1024))
+    return found
+
+
+def _case(op: str, stage: str, x_shape: tuple, factor: int, out_channels: int) -> Case:
+    x_numel, y_numel = math.prod(x_shape), math.prod(_out_shape(op, x_shape, factor, out_channels))
+    return Case(op, {"stage": stage, "x": list(x_shape), "factor": factor, "out_channels": out_channels,
+                     "residual": True},
+                functools.partial(_workloads, op, x_shape, factor, out_channels),
+                Work("memory", fwd=x_numel + 2 * y_numel, fwdbwd=2 * x_numel + 3 * y_numel))
+
+
+def _workloads(op, x_shape, factor, out_channels, device, dtype) -> dict[str, Workload]:
+    x = torch.randn(x_shape, device=device, dtype=dtype, requires_grad=True)
+    residual = torch.randn(_out_shape(op, x_shape, factor, out_channels), device=device, dtype=dtype,
+                           requires_grad=True)
+    grad = torch.randn_like(residual)
+    return {impl: Workload(functools.partial(fn, x, factor, out_channels, residual=residual), (x, residual), (grad,))
+            for impl, fn in (("fast", getattr(ops, op)), ("reference", getattr(ops.reference, op)))}
 
 
 def _out_shape(op, shape, factor, out_channels):
@@ -36,33 +58,3 @@ def _out_shape(op, shape, factor, out_channels):
         return (b, out_channels, h // factor, w // factor)
     return (b, out_channels, h * factor, w * factor)
 
-
-def run(device: str = "cpu", dtypes=(torch.float32,), quick: bool = False) -> list[dict]:
-    resolution = 256 if quick else (1024 if device != "cpu" else 512)
-    repeats = 3 if quick else 10
-    limit_gbps, limit_source = bandwidth_gbps(device)
-    records = []
-    for dtype in dtypes:
-        for op_name, stage, shape, factor, out_channels in stage_cases(resolution):
-            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
-            residual = torch.randn(_out_shape(op_name, shape, factor, out_channels), device=device,
-                                   dtype=dtype, requires_grad=True)
-            grad = torch.randn_like(residual)
-            bytes_moved = (x.numel() + 2 * residual.numel()) * x.element_size()
-            for impl, fn in (("fast", getattr(ops, op_name)), ("reference", getattr(ops.reference, op_name))):
-                def forward():
-                    return fn(x, factor, out_channels, residual=residual)
-
-                def forward_backward():
-                    x.grad = residual.grad = None
-                    forward().backward(grad)
-
-                m = measure(forward, forward_backward, device=device, repeats=repeats)
-                gbps = bytes_moved / (m["fwd_ms"] * 1e-3) / 1e9 if m["fwd_ms"] else None
-                records.append(make_record(
-                    op_name, impl, device, dtype,
-                    {"stage": stage, "x": list(shape), "factor": factor, "out_channels": out_channels,
-                     "residual": True},
-                    m, gbps=gbps, limit_gbps=limit_gbps, limit_source=limit_source,
-                    fraction_of_limit=gbps / limit_gbps if gbps else None))
-    return records

@@ -1,5 +1,5 @@
 """`dcae-ext bench`: race the fast ops (and the end-to-end DC-AE) against their references, print a
-table, append JSONL, draw PNG plots."""
+table with the spread of every timing, append JSONL, draw PNG plots."""
 from __future__ import annotations
 
 import argparse
@@ -18,22 +18,19 @@ SUITES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def add_arguments(parser: argparse.ArgumentParser, with_ops: bool = True) -> None:
-    if with_ops:
-        parser.add_argument("--ops", default="all", help="all or a comma list of: " + ", ".join(SUITES))
-        parser.add_argument("--model", default=None,
-                            help="DC-AE config of the end-to-end (dcae) benchmark, e.g. f32c32 (default: the suite's)")
+def add_parser(subparsers):
+    parser = subparsers.add_parser("bench", help="benchmark the fast ops against the references")
+    parser.add_argument("--ops", default="all", help="all or a comma list of: " + ", ".join(SUITES))
+    parser.add_argument("--model", default=None,
+                        help="DC-AE config of the end-to-end (dcae) benchmark, e.g. f32c32 (default: the suite's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default=None, help="comma list of fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)")
-    parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the run (default: torch's, one per core); recorded in each record")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes and a shorter timing budget")
     parser.add_argument("--results-dir", default="benchmarks/results", help="where <device>.jsonl is appended")
     parser.add_argument("--no-save", action="store_true", help="print only, append nothing, draw nothing")
     parser.add_argument("--plots-dir", default=None, help="where the PNG plots go (default: <results-dir>/plots)")
-
-
-def add_parser(subparsers):
-    parser = subparsers.add_parser("bench", help="benchmark the fast ops against the references")
-    add_arguments(parser)
     return parser
 
 
@@ -54,21 +51,34 @@ def selected_suites(text: str) -> list[str]:
     return names
 
 
-def _run_suite(suite, device, dtypes, quick, model):
-    kwargs = dict(device=device, dtypes=dtypes, quick=quick)
-    if model is not None:
-        if "model" not in inspect.signature(suite.run).parameters:
-            raise SystemExit(f"--model: the suite {suite.__name__} takes no model")
-        kwargs["model"] = model
-    return suite.run(**kwargs)
+def _cases(suite, device, quick, model):
+    if model is None:
+        return suite.cases(device, quick)
+    if "model" not in inspect.signature(suite.cases).parameters:
+        raise SystemExit(f"--model: the suite {suite.__name__} takes no model")
+    return suite.cases(device, quick, model=model)
+
+
+def _busy_warning(device: str) -> str | None:
+    if device != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < 0.5 * cores:
+        return None
+    return (f"note: load average {load:.1f} on {cores} cores. Other processes share these cores, so CPU "
+            "timings (multi-threaded ops most of all) are noisy; the IQR column shows how much.")
 
 
 def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None, plots_dir=None) -> list[dict]:
-    from dcae_ext.bench.harness import append_records, results_path
+    from dcae_ext.bench.harness import default_timing, run_cases
+    from dcae_ext.bench.records import append_records, results_path
     from dcae_ext.bench.report import format_table
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
+    warning = _busy_warning(device)
+    if warning:
+        print(warning)
     records = []
     for name in names:
         try:
@@ -78,11 +88,11 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
                 raise
             print(f"[{name}] no benchmark suite in this build; skipped")
             continue
-        suite_records = _run_suite(suite, device, dtypes, quick, model if name == "dcae" else None)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        cases = _cases(suite, device, quick, model if name == "dcae" else None)
+        timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
+        suite_records = run_cases(cases, device, dtypes, timing)
         for record in suite_records:
-            record.setdefault("quick", quick)
-            record.setdefault("load_1min", load)  # CPU timings of a busy machine are noise: keep the evidence
+            record["quick"] = quick
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
@@ -102,15 +112,10 @@ def run(args) -> int:
     names = selected_suites(args.ops)
     if args.model is not None and "dcae" not in names:
         raise SystemExit("--model: applies to the end-to-end suite; add dcae to --ops")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads: must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     run_suites(names, args.device, parse_dtypes(args.dtype, args.device), args.quick,
                args.results_dir, save=not args.no_save, model=args.model, plots_dir=args.plots_dir)
     return 0
-
-
-def main_for(suite: str) -> None:
-    """Entry point of benchmarks/bench_<suite>.py."""
-    parser = argparse.ArgumentParser(description=f"benchmark {suite}")
-    add_arguments(parser, with_ops=False)
-    args = parser.parse_args()
-    run_suites([suite], args.device, parse_dtypes(args.dtype, args.device), args.quick, args.results_dir,
-               save=not args.no_save, plots_dir=args.plots_dir)

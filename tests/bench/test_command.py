@@ -1,0 +1,97 @@
+"""`dcae-ext bench` and the thin benchmarks/bench_<op>.py wrappers; the plots of a run."""
+import json
+import os
+import runpy
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+
+from dcae_ext.bench.harness import Case, Workload
+from dcae_ext.bench.plots import plot_ibq_scaling, plot_speedups, write_plots
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tiny_cases(device="cpu", quick=False, model="default"):
+    """A suite of the real shape (cases -> workloads) on a tensor small enough for a test."""
+    x = torch.randn(8, 8, device=device, requires_grad=True)
+
+    def build(device, dtype):
+        return {"fast": Workload(lambda: x * 2, (x,), (torch.ones_like(x),)),
+                "reference": Workload(lambda: x + x, (x,), (torch.ones_like(x),))}
+
+    return [Case("double", {"x": [8, 8], "model": model}, build)]
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch):
+    from dcae_ext.commands import bench
+
+    module = types.ModuleType("tiny_bench_suite")
+    module.cases = _tiny_cases
+    monkeypatch.setitem(sys.modules, "tiny_bench_suite", module)
+    monkeypatch.setitem(bench.SUITES, "dcae", "tiny_bench_suite")
+
+
+def test_bench_command_prints_the_table_with_its_spread_appends_and_plots(tmp_path, capsys, tiny_suite):
+    from dcae_ext.cli import main
+
+    main(["bench", "--ops", "dcae", "--model", "f32c32", "--device", "cpu", "--quick", "--threads", "1",
+          "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path / "plots")])
+    printed = capsys.readouterr().out
+    assert "[dcae] on cpu" in printed and "double" in printed and "f32c32" in printed
+    assert "IQR" in printed and "marks rows above 10%" in printed
+    lines = [json.loads(line) for line in open(tmp_path / "cpu.jsonl")]
+    assert [line["impl"] for line in lines] == ["fast", "reference"]
+    assert all(line["quick"] is True and line["cpu_threads"] == 1 and "fwd_spread" in line for line in lines)
+    assert (tmp_path / "plots" / "cpu_speedup.png").stat().st_size > 1000
+
+
+def test_bench_command_rejects_bad_flags():
+    from dcae_ext.cli import main
+
+    with pytest.raises(SystemExit, match="unknown"):
+        main(["bench", "--ops", "nope", "--no-save"])
+    with pytest.raises(SystemExit, match="dcae"):
+        main(["bench", "--ops", "shortcuts", "--model", "f32c32", "--no-save"])
+    with pytest.raises(SystemExit, match="--threads"):
+        main(["bench", "--ops", "shortcuts", "--threads", "0", "--no-save"])
+
+
+@pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae"])
+def test_wrapper_scripts_are_the_command_for_one_suite(op, monkeypatch):
+    from dcae_ext.commands import bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_suites", lambda names, device, dtypes, *args, **kwargs: seen.update(
+        names=names, dtypes=dtypes))
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cpu", "--dtype", "bf16", "--no-save"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(ROOT, "benchmarks", f"bench_{op}.py"), run_name="__main__")
+    assert exit_info.value.code == 0 and seen == {"names": [op], "dtypes": [torch.bfloat16]}
+
+
+def test_plots_are_written_as_png(tmp_path, fake_records):
+    records = fake_records
+    speedup = plot_speedups(records, str(tmp_path / "speedup.png"))
+    scaling = plot_ibq_scaling(records, str(tmp_path / "ibq.png"))
+    for path in (speedup, scaling):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 500 and image.size[1] > 200
+    assert plot_ibq_scaling([r for r in records if not r["op"].startswith("ibq")], str(tmp_path / "x.png")) is None
+    assert sorted(write_plots(records, str(tmp_path / "all"), "cpu")) == [
+        str(tmp_path / "all" / "cpu_ibq_vs_codebook.png"), str(tmp_path / "all" / "cpu_speedup.png")]
+
+
+def test_a_busy_cpu_is_announced(monkeypatch):
+    from dcae_ext.commands import bench
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    assert "load average 6.0 on 2 cores" in bench._busy_warning("cpu")
+    assert bench._busy_warning("cuda") is None
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert bench._busy_warning("cpu") is None
