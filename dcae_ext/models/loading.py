@@ -77,8 +77,10 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
         if data.get("_class_name") == "IBQTokenizer":
             from dcae_ext.models.tokenizer import IBQTokenizer
 
-            model = IBQTokenizer.from_pretrained(path)
-            return _finish(model, torch_dtype)
+            if ema:
+                raise ValueError(f"ema=True (--ema): {path} is a tokenizer folder written by save_pretrained, "
+                                 "which holds one set of weights; load the run's checkpoint.pt for its EMA weights")
+            return _finish(IBQTokenizer.from_pretrained(path), torch_dtype)
     elif is_official_ibq_file(path):
         from dcae_ext.models.tokenizer import IBQTokenizer
 

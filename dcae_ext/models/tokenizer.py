@@ -230,6 +230,9 @@ class IBQTokenizer(nn.Module):
         elif isinstance(config, dict):
             config = IBQConfig.from_dict(config)
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            if use_ema:
+                raise ValueError(f"argument 'use_ema': {path} was written by save_pretrained and holds one set "
+                                 "of weights (EMA weights live in training checkpoints and official .ckpt files)")
             model, state = _from_saved_folder(cls, path, config)
         else:
             model, state = _from_official(cls, _official_file(path), config, use_ema)

@@ -36,6 +36,14 @@ def test_dcae_loader_says_what_a_foreign_config_json_holds(tmp_path):
     assert isinstance(load_model_from_path(tmp_path / "ibq"), IBQTokenizer)
 
 
+def test_ema_of_a_saved_tokenizer_folder_is_refused_not_ignored(tmp_path):
+    IBQTokenizer("tiny").save_pretrained(tmp_path / "ibq")
+    with pytest.raises(ValueError, match="holds one set of weights"):
+        load_model_from_path(tmp_path / "ibq", ema=True)
+    with pytest.raises(ValueError, match="argument 'use_ema'"):
+        IBQTokenizer.from_pretrained(tmp_path / "ibq", use_ema=True)
+
+
 @pytest.mark.parametrize("name", EFFICIENTVIT_MODEL_NAMES + ("dc-ae-f32c32-sana-1.1",))
 def test_preset_is_recognised_from_a_diffusers_config(name):
     diffusers_dict = get_config(name).to_diffusers_dict()  # what a diffusers folder's config.json holds
