@@ -40,7 +40,9 @@ class UnreadableImageWarning(UserWarning):
 
 def list_images(source: str, recursive: bool = True) -> list[str]:
     """All images under a folder (sorted; recursively: a flat folder or an ImageFolder class tree),
-    or the paths listed one per line in a text file (relative paths are relative to that file)."""
+    or the paths listed one per line in a text file (relative paths are relative to that file).
+    The paths are absolute, so that a record of them (an encode index) holds from any directory."""
+    source = os.path.abspath(source)
     if os.path.isdir(source):
         if recursive:
             found = []

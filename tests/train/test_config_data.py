@@ -59,6 +59,12 @@ def test_image_sources_folder_tree_and_list(tmp_path):
         list_images(str(tmp_path / "missing"))
 
 
+def test_image_paths_are_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    _write_images(tmp_path / "flat", ["a.png"])
+    monkeypatch.chdir(tmp_path)
+    assert list_images("flat") == [str(tmp_path / "flat" / "a.png")]
+
+
 def test_crops_are_deterministic_in_range_and_upscale_small_images(tmp_path):
     _write_images(tmp_path, ["small.png"], size=(20, 12))
     dataset = CropDataset(list_images(str(tmp_path)), 16, seed=3)
