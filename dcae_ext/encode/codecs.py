@@ -102,7 +102,7 @@ class TokenCodec(Codec):
             return self.model.encode(x).to(torch.int32)
         latent = tiled_map(lambda part: self.model.quant_conv(self.model.encoder(part)), x, self.tile, self.overlap,
                            up=1, down=self.factor)
-        return self.model.quantizer(latent).indices.to(torch.int32)
+        return self.model.quantizer.nearest(latent).to(torch.int32)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

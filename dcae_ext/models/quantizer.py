@@ -119,6 +119,16 @@ class IBQuantizer(nn.Module):
             codebook_loss=codebook_term, commitment_loss=commitment, entropy_loss=entropy,
             usage=usage, perplexity=perplexity)
 
+    def nearest(self, z: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
+        """The indices of `forward(z)` alone (one pass over the codebook, no losses, no gradient):
+        what tokenizing needs."""
+        if not isinstance(z, torch.Tensor) or z.dim() < 1:
+            raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
+        channel_dim = self._channel_dim(z, channel_dim)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            compute = torch.promote_types(z.dtype, torch.float32)
+            return ops.ibq_nearest_code(z.to(compute).movedim(channel_dim, -1), self.codebook.to(compute))
+
     def lookup(self, indices: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """indices (B, H, W) -> codes (B, D, H, W) (channel_dim 1 for 3-D indices), else (..., D)."""
         if indices.dtype not in (torch.int64, torch.int32):

@@ -167,8 +167,9 @@ class IBQTokenizer(nn.Module):
         return self.quantizer(self.quant_conv(self.encoder(x)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) -> code indices (B, H/f, W/f) int64."""
-        return self.quantize(x).indices
+        """x (B, 3, H, W) -> code indices (B, H/f, W/f) int64 (those of `quantize(x)`, without its losses)."""
+        self._check_image(x)
+        return self.quantizer.nearest(self.quant_conv(self.encoder(x)))
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Quantized codes (B, dim, h, w) -> images (B, 3, h*f, w*f)."""

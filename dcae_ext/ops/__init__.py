@@ -4,12 +4,12 @@ validates its arguments, then runs the compiled kernel, or its pure-PyTorch twin
 DCAE_EXT_REFERENCE=1) or no kernel exists for the device."""
 from dcae_ext.ops import reference
 from dcae_ext.ops._library import compiled_backends, reference_mode, use_reference
-from dcae_ext.ops.ibq import ibq_entropy_loss, ibq_quantize, ibq_quantize_with_entropy
+from dcae_ext.ops.ibq import ibq_entropy_loss, ibq_nearest_code, ibq_quantize, ibq_quantize_with_entropy
 from dcae_ext.ops.linear_attention import linear_attention
 from dcae_ext.ops.shortcuts import pixel_shuffle_repeat, pixel_unshuffle_mean
 
 __all__ = [
     "reference", "use_reference", "reference_mode", "compiled_backends",
     "pixel_unshuffle_mean", "pixel_shuffle_repeat", "linear_attention",
-    "ibq_quantize", "ibq_entropy_loss", "ibq_quantize_with_entropy",
+    "ibq_quantize", "ibq_nearest_code", "ibq_entropy_loss", "ibq_quantize_with_entropy",
 ]

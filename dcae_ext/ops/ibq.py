@@ -29,14 +29,19 @@ def _run(z, codebook, temperature, quantize, entropy, codes_per_tile=0):
     return z_q.reshape(z.shape), idx.reshape(z.shape[:-1]), ent
 
 
-def _forward(z, codebook, temperature, quantize, entropy):
-    """(z_q, idx, entropy) from the kernel, or from the reference after the kernel's checks."""
+def _check_python_arguments(z, codebook, temperature) -> float:
     check_tensor(z, "z")
     check_tensor(codebook, "codebook")
     check_same_device(z, "z", codebook, "codebook")
     temperature = check_number(temperature, "temperature")
     if z.dim() == 0:
         raise ValueError("argument 'z': expected a tensor of shape (..., D), got a 0-d tensor")
+    return temperature
+
+
+def _forward(z, codebook, temperature, quantize, entropy):
+    """(z_q, idx, entropy) from the kernel, or from the reference after the kernel's checks."""
+    temperature = _check_python_arguments(z, codebook, temperature)
     if use_kernel("ibq_forward", z):
         return _run(z, codebook, temperature, quantize, entropy)
     _library.check_arguments("_check_ibq_args", _rows(z), codebook, temperature)
@@ -54,6 +59,17 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     """
     z_q, idx, _ = _forward(z, codebook, 1.0, True, False)
     return z_q, idx
+
+
+def ibq_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """idx (...) int64 of `ibq_quantize` alone (argmax_k z . C_k, same ties and NaN policy), for
+    tokenizing: one pass over the codebook, no z_q, no softmax sums kept, no gradient."""
+    _check_python_arguments(z, codebook, 1.0)
+    with torch.no_grad():
+        if use_kernel("ibq_forward", z):
+            return _run(z, codebook, 1.0, False, False)[1]
+        _library.check_arguments("_check_ibq_args", _rows(z), codebook, 1.0)
+        return reference.ibq_nearest_code(z, codebook)
 
 
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):

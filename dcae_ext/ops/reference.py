@@ -41,6 +41,11 @@ def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return z.reshape(-1, codebook.shape[1]).to(acc) @ codebook.to(acc).t()
 
 
+def ibq_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """idx (...) int64 = argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k)."""
+    return ibq_logits(z, codebook).argmax(dim=-1).reshape(z.shape[:-1])
+
+
 def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     """z (..., D), codebook (K, D) -> z_q (..., D), idx (...) int64.
 

@@ -107,8 +107,21 @@ def test_autocast_bf16_keeps_float32_search():
     assert torch.equal(out.indices, expected)
 
 
+def test_nearest_gives_the_indices_of_forward_without_the_losses():
+    torch.manual_seed(6)
+    quantizer = IBQuantizer(128, 16)
+    for z, channel_dim in ((torch.randn(2, 16, 4, 4), None), (torch.randn(3, 5, 16), -1),
+                           (torch.randn(2, 16, 3, 3).bfloat16(), 1)):
+        assert torch.equal(quantizer.nearest(z, channel_dim), quantizer(z, channel_dim).indices)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = torch.randn(2, 16, 4, 4)
+        assert torch.equal(quantizer.nearest(z), quantizer(z.float()).indices)
+
+
 def test_bad_arguments_name_themselves():
     quantizer = IBQuantizer(10, 4)
+    with pytest.raises(ValueError, match="'z'"):
+        quantizer.nearest(torch.randn(2, 5, 3, 3))
     with pytest.raises(ValueError, match="'z'"):
         quantizer(torch.randn(2, 5, 3, 3))
     with pytest.raises(ValueError, match="'indices'"):

@@ -56,7 +56,27 @@ def test_nan_and_inf_follow_torch_argmax(device, dtype, make, codes_per_tile):
     assert torch.equal(ops.ibq_quantize(z, codebook)[1], idx)
 
 
+@pytest.mark.parametrize("device,dtype", device_dtypes())
+@pytest.mark.parametrize("make", [_poisoned_rows, _poisoned_codes, "ties", "empty"])
+def test_nearest_code_is_the_index_of_quantize(device, dtype, make):
+    if make == "ties":  # duplicated codes: the lowest index wins
+        z, codebook = _inputs(7, 20, 5, device, dtype)
+        codebook[11:] = codebook[:9].clone()
+    elif make == "empty":
+        z, codebook = _inputs(0, 20, 5, device, dtype)
+    else:
+        z, codebook = make(device, dtype)
+    z = z.reshape(-1, 1, z.shape[-1]).requires_grad_(True)
+    idx = ops.ibq_nearest_code(z, codebook)
+    assert idx.shape == z.shape[:-1] and idx.dtype == torch.int64 and not idx.requires_grad
+    assert torch.equal(idx, ops.ibq_quantize(z, codebook)[1])
+    assert torch.equal(idx, reference.ibq_quantize(z, codebook)[1])
+    assert torch.equal(reference.ibq_nearest_code(z, codebook), idx)
+
+
 @pytest.mark.parametrize("call,match", [
+    (lambda: ops.ibq_nearest_code(torch.randn(4, 3), torch.randn(5, 4)), "'codebook': dimension 4"),
+    (lambda: ops.ibq_nearest_code(torch.randn(4, 3), [[1.0, 2.0, 3.0]]), "'codebook': expected a torch.Tensor"),
     (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 4)), "'codebook': dimension 4"),
     (lambda: ops.ibq_quantize(torch.ones(4, 3, dtype=torch.int64), torch.randn(5, 3)), "'z': expected a floating"),
     (lambda: ops.ibq_quantize(torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)), "'codebook': dtype"),
