@@ -26,7 +26,7 @@ class Codec:
     stored_dtype: torch.dtype
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
-        self.model = model.eval().to(dtype)
+        self.model = (model.cast(dtype) if isinstance(model, IBQTokenizer) else model.to(dtype)).eval()
         self.dtype = dtype
         self.factor = model.spatial_compression
         self.memory_format = torch.contiguous_format

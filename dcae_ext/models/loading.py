@@ -98,5 +98,5 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
 
 def _finish(model: nn.Module, torch_dtype: torch.dtype | None) -> nn.Module:
     if torch_dtype is not None:
-        model = model.to(torch_dtype)
+        model = model.cast(torch_dtype) if hasattr(model, "cast") else model.to(torch_dtype)
     return model.eval()

@@ -175,6 +175,13 @@ class IBQTokenizer(nn.Module):
         """Quantized codes (B, dim, h, w) -> images (B, 3, h*f, w*f)."""
         return self.decoder(self.post_quant_conv(codes))
 
+    def cast(self, dtype: torch.dtype) -> "IBQTokenizer":
+        """Every weight to `dtype` but the codebook, which stays float32 (float64 for float64): among
+        2^18 codes the nearest one must not be decided by rounding the codes to bf16."""
+        for child in self.children():
+            child.to(torch.promote_types(dtype, torch.float32) if child is self.quantizer else dtype)
+        return self
+
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B, h, w) -> images (B, 3, h*f, w*f)."""
         if indices.ndim != 3:
@@ -218,8 +225,7 @@ class IBQTokenizer(nn.Module):
           holding one such file. Its configuration is read from the weight shapes unless `config`
           (a preset name, IBQConfig or dict) is given; `use_ema` takes the EMA weights.
 
-        `subfolder`: a folder inside `path`; `torch_dtype`: cast the weights (the quantizer still
-        computes in float32).
+        `subfolder`: a folder inside `path`; `torch_dtype`: cast the weights but the codebook (`cast`).
         """
         path = os.fspath(path)
         if subfolder:
@@ -239,7 +245,7 @@ class IBQTokenizer(nn.Module):
             model, state = _from_official(cls, _official_file(path), config, use_ema)
         model.load_state_dict(state)
         if torch_dtype is not None:
-            model.to(torch_dtype)
+            model.cast(torch_dtype)
         return model.eval()
 
 

@@ -211,3 +211,24 @@ def test_tiled_tokenize_sees_only_tiles_and_agrees_with_whole_images():
     assert (tiled == whole).float().mean() > 0.9
     with pytest.raises(ValueError, match="'tile'"):
         TokenCodec(model, torch.float32, tile=6)
+
+
+def test_half_precision_tokenize_keeps_a_float32_codebook(tmp_path):
+    from dcae_ext.encode.codecs import TokenCodec
+    from dcae_ext.models import load_model_from_path
+
+    torch.manual_seed(0)
+    model = IBQTokenizer.from_config("tiny")
+    exact_codebook = model.quantizer.codebook.detach().clone()
+    model.save_pretrained(tmp_path / "ibq")
+    codec = TokenCodec(model, torch.bfloat16)
+    assert model.post_quant_conv.weight.dtype == torch.bfloat16
+    assert model.quantizer.codebook.dtype == torch.float32 and torch.equal(model.quantizer.codebook, exact_codebook)
+    images = torch.rand(2, 3, 32, 32)
+    latent = model.quant_conv(model.encoder(codec._input(images)))
+    expected = (latent.float().movedim(1, -1) @ exact_codebook.t()).argmax(-1).to(torch.int32)
+    assert torch.equal(codec.encode(images), expected)
+    for loaded in (IBQTokenizer.from_pretrained(tmp_path / "ibq", torch_dtype=torch.bfloat16),
+                   load_model_from_path(tmp_path / "ibq", torch_dtype=torch.bfloat16)):
+        assert loaded.quantizer.codebook.dtype == torch.float32 and torch.equal(loaded.quantizer.codebook, exact_codebook)
+        assert loaded.post_quant_conv.weight.dtype == torch.bfloat16
