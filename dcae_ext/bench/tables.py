@@ -17,9 +17,11 @@ import difflib
 import os
 import re
 import sys
+from pathlib import Path
 
 from dcae_ext.bench import report
 from dcae_ext.bench.records import latest, read_records
+from dcae_ext.models.files import atomic_write
 
 BLOCK = re.compile(r"(<!-- bench-table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /bench-table -->)", re.DOTALL)
 DEFAULT_FILES = ("README.md", os.path.join("benchmarks", "README.md"))
@@ -76,8 +78,7 @@ def update(path: str, check: bool) -> bool:
         sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), fresh.splitlines(True), path,
                                                    path + " (regenerated)"))
     else:
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(fresh)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(fresh, encoding="utf-8"))
         print(f"updated {path}")
     return False
 

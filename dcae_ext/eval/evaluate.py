@@ -8,11 +8,13 @@ import json
 import math
 import os
 from typing import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dcae_ext.eval.metrics import CodebookUsage, psnr_per_image, ssim_per_image
+from dcae_ext.models.files import atomic_write
 
 
 def reconstruct(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,7 +145,7 @@ def write_results(result: dict, out_dir: str, info: dict, grid_title: str = "") 
     document = dict(info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     torch=torch.__version__, metrics=result["metrics"], per_image=result["per_image"],
                     worst=[e["name"] for e in result["worst"]], best=[e["name"] for e in result["best"]])
-    with open(paths["json"], "w", encoding="utf-8") as stream:
-        json.dump(_json_safe(document), stream, indent=2)
+    text = json.dumps(_json_safe(document), indent=2)
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     save_worst_best_grid(paths["grid"], result["worst"], result["best"], title=grid_title)
     return paths

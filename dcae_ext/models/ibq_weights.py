@@ -14,6 +14,7 @@ dropped), model_ema.* (LitEma shadow weights: the parameter name with its dots r
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import types
@@ -49,10 +50,17 @@ class _Opaque:
         pass
 
 
+@functools.lru_cache(maxsize=1)
 def _allowed_globals() -> dict:
-    from torch import _weights_only_unpickler
+    """torch's own list for weights_only loading (tensor rebuild functions, storages, dtypes)."""
+    try:
+        from torch import _weights_only_unpickler
 
-    return _weights_only_unpickler._get_allowed_globals()
+        return dict(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError) as error:
+        raise RuntimeError(f"torch {torch.__version__} no longer exposes the weights_only allow-list this reader "
+                           "builds on (torch._weights_only_unpickler._get_allowed_globals); convert the "
+                           "checkpoint to safetensors with the torch it was saved with") from error
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -147,8 +147,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.disc_optimizer = self.disc_scheduler = None
         if self.discriminator is not None:
+            disc_lr = config.lr if config.disc_lr is None else config.disc_lr  # 0 is a valid choice
             self.disc_optimizer = torch.optim.AdamW(
-                self.discriminator.net.parameters(), lr=config.disc_lr or config.lr, betas=tuple(config.disc_betas),
+                self.discriminator.net.parameters(), lr=disc_lr, betas=tuple(config.disc_betas),
                 weight_decay=config.disc_weight_decay)
             self.disc_scheduler = torch.optim.lr_scheduler.LambdaLR(self.disc_optimizer, factor)
 

@@ -42,6 +42,13 @@ def test_phase_3_runs_the_discriminator(micro_dcae, quick_config):
     assert "loss_disc" in metrics and "loss_gan" in metrics
 
 
+@pytest.mark.parametrize("disc_lr,expected", [(None, 3e-4), (0.0, 0.0), (1e-5, 1e-5)])
+def test_discriminator_learning_rate_defaults_to_lr_and_zero_means_zero(disc_lr, expected, micro_dcae, quick_config):
+    config = quick_config(phase=3, steps=2, lr=3e-4, disc_lr=disc_lr)
+    trainer = Trainer(config, model=micro_dcae(), dataset=SmoothImages())
+    assert trainer.disc_optimizer.param_groups[0]["initial_lr"] == expected
+
+
 def test_trainable_patterns_are_configurable_and_typos_fail(micro_dcae):
     model = micro_dcae()
     names = apply_trainable(model, ["decoder.*"], frozen=["decoder.conv_out.*"])
