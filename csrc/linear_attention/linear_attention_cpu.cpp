@@ -179,15 +179,16 @@ struct Plan {
   static constexpr int64_t kMinTaskWork = int64_t{1} << 16;
 };
 
+// Chunks of a fixed token count, never derived from the thread count: the summation order, and so
+// every bit of the result, is the same on any machine and under any torch.set_num_threads.
+constexpr int64_t kChunkTokens = 8 * kTile;
+
 Plan make_plan(const AttentionGeometry& geo) {
-  Plan plan{geo.heads_total(), geo.dim, geo.tokens, 1, geo.tokens};
-  const int64_t wanted_items = 4 * at::get_num_threads();
-  const int64_t max_chunks = (geo.tokens + kTile - 1) / kTile;
-  const int64_t chunks_wanted = wanted_items / std::max<int64_t>(1, plan.heads_total);
-  const int64_t chunks = std::min(max_chunks, std::max<int64_t>(1, chunks_wanted));
-  plan.chunk_len = (geo.tokens + chunks - 1) / chunks;
-  plan.chunk_len = (plan.chunk_len + kTile - 1) / kTile * kTile;
-  plan.chunks = (geo.tokens + plan.chunk_len - 1) / plan.chunk_len;
+  Plan plan{geo.heads_total(), geo.dim, geo.tokens, 1, std::max<int64_t>(geo.tokens, 1)};
+  if (geo.tokens > kChunkTokens) {
+    plan.chunk_len = kChunkTokens;
+    plan.chunks = (geo.tokens + kChunkTokens - 1) / kChunkTokens;
+  }
   return plan;
 }
 

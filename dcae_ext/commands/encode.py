@@ -39,7 +39,8 @@ def add_arguments(parser, kind: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start afresh")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic GPU kernels (torch.use_deterministic_algorithms), so that a resumed or "
-                             "multi-GPU run writes the same bytes as one uninterrupted run; on a CPU they always are")
+                             "multi-GPU run writes the same bytes as one uninterrupted run; on a CPU they always are, "
+                             "given the same threads per process")
     parser.add_argument("--strict-data", action="store_true",
                         help="stop at the first unreadable image (default: skip it, count it, list it in "
                              "skipped.jsonl)")

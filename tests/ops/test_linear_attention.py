@@ -131,6 +131,25 @@ def test_deterministic_algorithms_give_bitwise_identical_runs(device, dtype):
         _assert_close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_results_do_not_depend_on_the_thread_count(dtype):
+    # Several chunks per head (4096 tokens): the split must come from the shape alone, so that a
+    # torchrun rank (OMP_NUM_THREADS=1) and a whole-machine process write the same bytes.
+    q, k, v = _qkv((1, 2, 32, 4096), "cpu", dtype)
+    grad = _randn(q.shape, 7).to(dtype=dtype)
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(_forward_and_backward(q, k, v, grad))
+    finally:
+        torch.set_num_threads(previous)
+    for run in runs[1:]:
+        for got, first in zip(run, runs[0]):
+            assert torch.equal(got, first)
+
+
 def test_strided_views_are_not_copied():
     qkv = torch.randn(2, 3, 48, 64)
     q, k, v = qkv[:, :, :16], qkv[:, :, 16:32], qkv[:, :, 32:]
