@@ -9,7 +9,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.bench.memory import tracked_peak_mb
 from dcae_ext.ops import reference
-from dcae_ext.ops.ibq_sdpa import chunked_argmax, codes_per_chunk, ibq_quantize_sdpa
+from dcae_ext.ops.ibq_sdpa import _chunk_logits, chunked_argmax, codes_per_chunk, ibq_quantize_sdpa
 from dcae_ext.testing import device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 
@@ -154,6 +154,16 @@ def test_the_argmax_holds_one_chunk_of_logits_not_n_by_k():
     full_mb = n * k * 4 / 2**20  # 32 MB
     assert tracked_peak_mb(lambda: chunked_argmax(z, codebook, 2**30)) >= full_mb  # one chunk: the whole
     assert tracked_peak_mb(lambda: chunked_argmax(z, codebook, chunk_bytes)) < 4 * chunk_bytes / 2**20
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.aten.mm, "dtype"), reason="torch.mm has no out_dtype here")
+def test_half_precision_logits_come_out_of_the_gemm_in_float32():
+    # The CUDA path of the argmax (half operands, float32 output), on meta tensors: the call
+    # and what it returns; its values are checked by the CUDA cases above.
+    rows = torch.empty(5, 8, dtype=torch.bfloat16, device="meta")
+    codes = torch.empty(3, 8, dtype=torch.bfloat16, device="meta")
+    logits = _chunk_logits(rows, codes, torch.float32)
+    assert logits.shape == (5, 3) and logits.dtype == torch.float32
 
 
 def test_chunk_size_comes_from_the_budget():
