@@ -130,8 +130,9 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
                 axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
             for k in [k for k, r in points if r.get("oom")]:
                 axis.scatter([k], [tops[key]], marker="x", s=80, color="firebrick", zorder=5)
-                axis.annotate(f"{op.removeprefix('ibq_')} {name} {dtype} OOM", (k, tops[key]), textcoords="offset points",
-                              xytext=(0, 8 + 10 * marked[(key, k)]), ha="center", fontsize=7, color="firebrick")
+                axis.annotate(f"{op.removeprefix('ibq_')} {name} {dtype} OOM", (k, tops[key]),
+                              textcoords="offset points", xytext=(0, 8 + 10 * marked[(key, k)]), ha="center",
+                              fontsize=7, color="firebrick")
                 marked[(key, k)] += 1
     ticks = sorted(rows_at)
     tick_labels = [(f"{k / 1024:g}k" if k >= 1024 else f"{k:g}")

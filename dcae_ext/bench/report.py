@@ -8,6 +8,7 @@ time / fast time). Without baseline records the tables are as before."""
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 
 from dcae_ext.bench.timing import SPREAD_LIMIT
@@ -184,7 +185,7 @@ def summary_rows(records: list[dict]) -> list[list[str]]:
     in the columns of `summary_header(records)`."""
     names, found = baselines(records), _baseline_records(records)
     rows = []
-    for (label, ops, shape), impl in ((group, impl) for group in GROUPS for impl in [FAST] + names):
+    for (label, ops, shape), impl in itertools.product(GROUPS, [FAST] + names):
         pairs = [(fast, ref) for fast, ref in pair_records(records)
                  if fast["impl"] == impl and _matches(fast, ops, shape)]
         if not pairs:
