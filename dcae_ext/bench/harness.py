@@ -23,10 +23,12 @@ from dcae_ext.bench.timing import Stats, Timing, is_oom, time_interleaved
 class Workload:
     """One implementation of a case. `forward()` returns the output(s); forward+backward is
     `torch.autograd.grad(outputs, inputs, grad_outputs)`, so no run leaves a .grad behind and every
-    run (and the peak-memory one) starts from the same memory. No `inputs`: forward only."""
+    run (and the peak-memory one) starts from the same memory. No `inputs`: forward only.
+    `extra` adds fields to this implementation's record (the case's `extra` goes to all of them)."""
     forward: Callable[[], Any]
     inputs: tuple[torch.Tensor, ...] = ()
     grad_outputs: tuple[torch.Tensor | None, ...] = ()
+    extra: dict = field(default_factory=dict)
 
     def run_forward(self) -> Any:
         with torch.no_grad():
@@ -50,7 +52,8 @@ class Work:
 @dataclass(frozen=True)
 class Case:
     """`build(device, dtype)` makes the inputs and returns implementation name -> Workload
-    ("fast" and "reference"); `extra` adds fields to the records."""
+    ("fast" and "reference", and any other baseline raced beside them, e.g. "sdpa"); `extra` adds
+    fields to the records."""
     op: str
     shape: dict
     build: Callable[[torch.device, torch.dtype], dict[str, Workload]]
@@ -98,7 +101,7 @@ def measure_case(case: Case, device: torch.device, dtype: torch.dtype, timing: T
         m["noisy"] = any(s.noisy for s in (fwd_stats.get(impl), fwdbwd_stats.get(impl)) if s is not None)
         if not oom:
             m["peak_mem_mb"], m["oom"] = _peak(workload, device)
-        records.append(make_record(case.op, impl, device, dtype, case.shape, m, **case.extra,
+        records.append(make_record(case.op, impl, device, dtype, case.shape, m, **case.extra, **workload.extra,
                                    **_limit_fields(case.work, dtype, limit, m),
                                    cpu_threads=torch.get_num_threads(), load_1min=load))
     return records

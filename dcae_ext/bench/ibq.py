@@ -1,9 +1,14 @@
-"""Benchmark of the IBQ quantizer: fused tiled op vs the N x K PyTorch formulation (docs/ibq.md).
+"""Benchmark of the IBQ quantizer (docs/ibq.md): the fused tiled op ("fast") vs the N x K PyTorch
+formulation ("reference") and, for `quantize`, vs what a user would write instead of a kernel:
+`ops.ibq_quantize_sdpa` ("sdpa"), scaled_dot_product_attention plus a chunked argmax.
 
 Variants: `quantize` (ibq_quantize) and `quantize+entropy` (ibq_quantize_with_entropy, T = 0.01),
-each forward and forward+backward. The limit is GEMM throughput: 2*N*K*D flops per GEMM, with
-2 (forward) / 6 (forward+backward) GEMMs for quantize and 3 / 7 with the entropy; memory
-O((N + K) D) for the fused op, while the reference builds several N x K tensors (OOM recorded).
+each forward and forward+backward. The entropy has no SDPA formulation (it needs sum_k p log p and
+the mean of p over rows, which no attention kernel returns): that variant races fast and reference.
+The limit is GEMM throughput: 2*N*K*D flops per GEMM, with 2 (forward) / 6 (forward+backward)
+GEMMs for quantize and 3 / 7 with the entropy; memory O((N + K) D) for the fused op and for SDPA's
+flash and memory-efficient kernels, while the reference builds several N x K tensors. The CUDA
+sweep ends at K = 2^20, N = 16384, where the reference runs out of memory (recorded as such).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.bench.harness import Case, Work, Workload
 from dcae_ext.bench.timing import Timing
+from dcae_ext.ops.ibq_sdpa import ibq_quantize_sdpa
 
 TEMPERATURE = 0.01
 GEMMS = {"quantize": (2, 6), "quantize+entropy": (3, 7)}  # (forward, forward+backward)
@@ -24,7 +30,7 @@ def shapes(device: str, quick: bool) -> list[tuple[int, int, int]]:
         return [(512, 8192, 64)] if quick else [(2048, 32768, 64)]
     if quick:
         return [(8192, 2**14, 256), (8192, 2**16, 256)]
-    return [(8192, 2**k, 256) for k in (14, 16, 18)]
+    return [(8192, 2**k, 256) for k in (14, 16, 18)] + [(16384, 2**20, 256)]
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -41,19 +47,39 @@ def cases(device: str, quick: bool) -> list[Case]:
 
 
 def timing(device: str, quick: bool) -> Timing:
-    """The CPU reference takes seconds per call: fewer blocks."""
-    if device == "cpu" and not quick:
+    """The CPU reference takes seconds per call, and so do the GPU calls at K = 2^20 in float32:
+    fewer blocks."""
+    if quick:
+        return Timing(min_blocks=5, max_seconds=1.0)
+    if device == "cpu":
         return Timing(warmup=1, min_blocks=5, max_blocks=10, max_seconds=60.0)
-    return Timing(min_blocks=5, max_seconds=1.0) if quick else Timing()
+    return Timing(warmup=1, min_blocks=5)
 
 
-def _quantize(module, z, codebook):
-    return module.ibq_quantize(z, codebook)[0]
+QUANTIZERS = {"fast": ops.ibq_quantize, "reference": ops.reference.ibq_quantize}
+WITH_ENTROPY = {"fast": ops.ibq_quantize_with_entropy, "reference": ops.reference.ibq_quantize_with_entropy}
 
 
-def _quantize_with_entropy(module, z, codebook):
-    z_q, _, entropy = module.ibq_quantize_with_entropy(z, codebook, TEMPERATURE)
+def _quantize(fn, z, codebook):
+    return fn(z, codebook)[0]
+
+
+def _quantize_with_entropy(fn, z, codebook):
+    z_q, _, entropy = fn(z, codebook, TEMPERATURE)
     return z_q, entropy
+
+
+def sdpa_backend(z: torch.Tensor, codebook: torch.Tensor) -> str | None:
+    """The kernel scaled_dot_product_attention picks for ibq_quantize_sdpa's call (FLASH_ATTENTION,
+    EFFICIENT_ATTENTION, MATH, ...): the math one builds N x K tensors. None where torch cannot say."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        choice = torch._fused_sdp_choice(z[None, None], codebook[None, None], codebook.detach()[None, None],
+                                         None, 0.0, False, scale=1.0)
+        return SDPBackend(choice).name
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):  # a private API
+        return None
 
 
 def _workloads(variant: str, shape: tuple, device, dtype) -> dict[str, Workload]:
@@ -62,8 +88,12 @@ def _workloads(variant: str, shape: tuple, device, dtype) -> dict[str, Workload]
     z = torch.randn(n, d, device=device, dtype=dtype, generator=gen).requires_grad_(True)
     codebook = torch.randn(k, d, device=device, dtype=dtype, generator=gen).requires_grad_(True)
     grads = (torch.randn(n, d, device=device, dtype=dtype, generator=gen),)
-    fn = _quantize
     if variant == "quantize+entropy":
-        fn, grads = _quantize_with_entropy, grads + (None,)  # None: a scalar's gradient is 1
-    return {impl: Workload(functools.partial(fn, module, z, codebook), (z, codebook), grads)
-            for impl, module in (("fast", ops), ("reference", ops.reference))}
+        grads = grads + (None,)  # None: a scalar's gradient is 1
+        return {impl: Workload(functools.partial(_quantize_with_entropy, fn, z, codebook), (z, codebook), grads)
+                for impl, fn in WITH_ENTROPY.items()}
+    workloads = {impl: Workload(functools.partial(_quantize, fn, z, codebook), (z, codebook), grads)
+                 for impl, fn in QUANTIZERS.items()}
+    workloads["sdpa"] = Workload(functools.partial(_quantize, ibq_quantize_sdpa, z, codebook), (z, codebook), grads,
+                                 extra={"sdpa_backend": sdpa_backend(z, codebook)})
+    return workloads

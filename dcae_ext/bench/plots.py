@@ -1,15 +1,17 @@
-"""PNG plots of benchmark records (matplotlib, Agg backend): the speedup of every fast op over its
-reference, and IBQ time and peak memory against the codebook size K, fused vs reference, with the
-sizes where the reference ran out of memory marked."""
+"""PNG plots of benchmark records (matplotlib, Agg backend): the speedup of every fast op (and of any
+baseline, such as IBQ's "sdpa") over its reference, and IBQ time and peak memory against the codebook
+size K, one line per implementation, with the sizes where one ran out of memory marked."""
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
-from dcae_ext.bench.report import pair_records, speedup, speedup_quartiles, worst_spread
+from dcae_ext.bench.report import op_label, pair_records, speedup, speedup_quartiles, worst_spread
 from dcae_ext.bench.timing import SPREAD_LIMIT
 
 CODEBOOK_KEYS = ("K", "num_codes", "codebook_size")
+ROWS_KEY = "N"
+IMPL_STYLE = {"fast": ("fused", "-"), "reference": ("reference", "--")}  # impl -> (legend name, line style)
 
 
 def _pyplot():
@@ -34,15 +36,16 @@ def _title(records: list[dict]) -> str:
 
 def plot_speedups(records: list[dict], path: str) -> str | None:
     """Horizontal bars: reference time / fast time per (op, shape, dtype), forward and forward+backward,
-    on a log axis with 1x marked; whiskers span the speedup between the timings' quartiles, and a
-    `!` marks a noisy row. Returns the path, or None when no fast/reference pair exists."""
+    on a log axis with 1x marked, and a row `op [name]` for each baseline's; whiskers span the speedup
+    between the timings' quartiles, and a `!` marks a noisy row. Returns the path, or None when no
+    pair with a reference exists."""
     pairs = [(fast, ref) for fast, ref in pair_records(records) if ref is not None]
     if not pairs:
         return None
     plt = _pyplot()
     labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
-        labels.append(f"{fast['op']} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
+        labels.append(f"{op_label(fast)} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
         ref_oom.append(bool(ref.get("oom")))
         fwd.append(speedup(fast, ref, "fwd_ms"))
         fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
@@ -78,9 +81,9 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}x")
     axis.set_yticks(list(rows), labels, fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("speedup over the reference (reference ms / fast ms; > 1 is faster); whiskers: between the "
+    axis.set_xlabel("speedup over the reference (reference ms / its ms; > 1 is faster); whiskers: between the "
                     f"timings' quartiles; !: an IQR above {SPREAD_LIMIT:.0%} of the median")
-    axis.set_title("fast op vs reference: " + _title(records), fontsize=10)
+    axis.set_title("fast op (and baselines) vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", which="both", alpha=0.3)
     return _save(figure, plt, path)
@@ -96,38 +99,50 @@ def _codebook_size(record: dict) -> int | None:
 def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     """Two panels against codebook size K (log2 axis): median fwd+bwd time (fwd where no backward
     was timed) and peak memory, one line per (op, impl, dtype); a red x where a run ran out of memory.
+    A K measured at another row count N than the most common one says so under its tick.
     Returns the path, or None when no IBQ record carries a codebook size."""
     series = defaultdict(list)
+    rows_at = {}  # K -> N of the records measured at that K
     for record in records:
         size = _codebook_size(record)
         if record["op"].startswith("ibq") and size is not None:
-            others = {k: v for k, v in record["shape"].items() if k not in CODEBOOK_KEYS}
+            others = {k: v for k, v in record["shape"].items() if k not in CODEBOOK_KEYS and k != ROWS_KEY}
             series[(record["op"], record["impl"], record["dtype"], _shape_text(others))].append((size, record))
+            rows_at[size] = record["shape"].get(ROWS_KEY)
     if not series:
         return None
+    usual_rows = Counter(rows_at.values()).most_common(1)[0][0]
     plt = _pyplot()
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     timed_key = "fwdbwd_ms" if any(r.get("fwdbwd_ms") for pts in series.values() for _, r in pts) else "fwd_ms"
+    axes = ((time_axis, timed_key), (memory_axis, "peak_mem_mb"))
+    tops = {key: max([r[key] for pts in series.values() for _, r in pts if not r.get("oom") and r.get(key)],
+                     default=1.0) * 1.5 for _, key in axes}
+    marked = Counter()  # (axis, K) -> OOM labels placed there, to stack the next one above
     for (op, impl, dtype, rest), points in sorted(series.items()):
         points.sort(key=lambda item: item[0])
-        style = dict(marker="o", linestyle="-" if impl == "fast" else "--",
-                     label=f"{op} {'fused' if impl == 'fast' else 'reference'} {dtype} {rest}")
-        for axis, key in ((time_axis, timed_key), (memory_axis, "peak_mem_mb")):
+        name, line = IMPL_STYLE.get(impl, (impl, ":"))
+        rows = f"N={usual_rows} " if usual_rows is not None else ""
+        style = dict(marker="o", linestyle=line, label=f"{op} {name} {dtype} {rows}{rest}".rstrip())
+        for axis, key in axes:
             ok = [(k, r[key]) for k, r in points if not r.get("oom") and r.get(key) is not None]
             if ok:
                 axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
-            failed = [k for k, r in points if r.get("oom")]
-            if failed:
-                top = max([v for _, v in ok], default=1.0)
-                axis.scatter(failed, [top * 1.5] * len(failed), marker="x", s=80, color="firebrick", zorder=5)
-                for k in failed:
-                    axis.annotate(f"{impl} OOM", (k, top * 1.5), textcoords="offset points", xytext=(0, 8),
-                                  ha="center", fontsize=8, color="firebrick")
+            for k in [k for k, r in points if r.get("oom")]:
+                axis.scatter([k], [tops[key]], marker="x", s=80, color="firebrick", zorder=5)
+                axis.annotate(f"{op.removeprefix('ibq_')} {name} {dtype} OOM", (k, tops[key]),
+                              textcoords="offset points", xytext=(0, 8 + 10 * marked[(key, k)]), ha="center",
+                              fontsize=7, color="firebrick")
+                marked[(key, k)] += 1
+    ticks = sorted(rows_at)
+    tick_labels = [(f"{k / 1024:g}k" if k >= 1024 else f"{k:g}")
+                   + (f"\nN={rows_at[k]}" if rows_at[k] != usual_rows else "") for k in ticks]
     for axis, label in ((time_axis, "median " + ("forward+backward" if timed_key == "fwdbwd_ms" else "forward")
                          + " ms"), (memory_axis, "peak memory MB")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
-        axis.xaxis.set_major_formatter(lambda value, _: f"{value / 1024:g}k" if value >= 1024 else f"{value:g}")
+        axis.set_xticks(ticks, tick_labels)
+        axis.xaxis.set_minor_locator(plt.NullLocator())
         axis.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
         axis.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
         axis.tick_params(axis="y", which="minor", labelsize=7)

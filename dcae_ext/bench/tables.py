@@ -51,9 +51,11 @@ def render(records: list[dict], kind: str) -> str:
         return "(no records)\n"
     setups = sorted({f"{r['device_name']} ({r['device']}), torch {r['torch']}, cuda {r['cuda']}" for r in records})
     if kind == "full":
-        table, note = report.markdown(report.HEADER, report.table_rows(records)), report.NOTE
+        table = report.markdown(report.table_header(records), report.table_rows(records))
+        note = report.table_note(records)
     else:
-        table, note = report.markdown(report.SUMMARY_HEADER, report.summary_rows(records)), report.SUMMARY_NOTE
+        table = report.markdown(report.summary_header(records), report.summary_rows(records))
+        note = report.table_note(records, report.SUMMARY_NOTE)
     return "; ".join(setups) + "\n\n" + table + "\n\n" + note + "\n"
 
 

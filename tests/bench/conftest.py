@@ -42,3 +42,20 @@ def fake_records():
                 fwdbwd_fraction_of_limit=0.5),
         _record("ibq_quantize", "reference", {"N": 8, "K": 64, "D": 4}, None, peak=None, oom=True, schema=2),
     ]
+
+
+@pytest.fixture
+def ibq_sweep_records():
+    """An IBQ K sweep with the SDPA baseline: fast, reference and sdpa at K = 2^14 and 2^16 (N = 8192),
+    then K = 2^20 at N = 16384, where the reference ran out of memory."""
+    records = []
+    for n, k, scale in ((8192, 2**14, 1.0), (8192, 2**16, 4.0), (16384, 2**20, 128.0)):
+        shape = {"N": n, "K": k, "D": 256}
+        records += [
+            _record("ibq_quantize", "fast", shape, 1.0 * scale, 2.0 * scale, 0.02, peak=100.0),
+            _record("ibq_quantize", "reference", shape, None, peak=None, oom=True, schema=2) if k == 2**20 else
+            _record("ibq_quantize", "reference", shape, 5.0 * scale, 12.0 * scale, 0.02, peak=2000.0 * scale),
+            _record("ibq_quantize", "sdpa", shape, 1.5 * scale, 3.0 * scale, 0.25, peak=150.0,
+                    sdpa_backend="FLASH_ATTENTION"),
+        ]
+    return records

@@ -95,3 +95,27 @@ def test_a_busy_cpu_is_announced(monkeypatch):
     assert bench._busy_warning("cuda") is None
     monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     assert bench._busy_warning("cpu") is None
+
+
+def test_the_ibq_plot_draws_every_implementation_and_marks_what_ran_out_of_memory(monkeypatch, ibq_sweep_records):
+    from dcae_ext.bench import plots
+
+    drawn = {}
+
+    def keep(figure, plt, path):
+        drawn["figure"] = figure
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert plot_ibq_scaling(ibq_sweep_records, "unused.png") == "unused.png"
+    time_axis, memory_axis = drawn["figure"].axes
+    for axis in (time_axis, memory_axis):
+        lines = {line.get_label(): list(line.get_xdata()) for line in axis.get_lines()}
+        assert lines == {"ibq_quantize fused float32 N=8192 D=256": [2**14, 2**16, 2**20],
+                         "ibq_quantize reference float32 N=8192 D=256": [2**14, 2**16],
+                         "ibq_quantize sdpa float32 N=8192 D=256": [2**14, 2**16, 2**20]}
+        assert [text.get_text() for text in axis.texts] == ["quantize reference float32 OOM"]
+        assert [label.get_text() for label in axis.get_xticklabels()] == ["16k", "64k", "1024k\nN=16384"]
+    import matplotlib.pyplot as plt
+
+    plt.close(drawn["figure"])

@@ -100,3 +100,37 @@ def test_speedup_quartiles_span_the_ratio_of_the_quartiles(fake_records):
     low, high = report.speedup_quartiles(fast, ref, "fwd")
     assert low == pytest.approx((2.0 - 0.03) / (1.0 + 0.01)) and high == pytest.approx((2.0 + 0.03) / (1.0 - 0.01))
     assert report.speedup_quartiles(fake_records[6], fake_records[7], "fwd") is None  # schema 1: no spread
+
+
+def test_a_baseline_gets_its_own_rows_and_the_fast_rows_a_ratio_to_it(ibq_sweep_records):
+    records = latest(ibq_sweep_records)
+    header = report.table_header(records)
+    assert header[header.index("speedup f+b") + 1:][:2] == ["vs sdpa fwd", "vs sdpa f+b"]
+    rows = {(row[0], row[1]): dict(zip(header, row)) for row in report.table_rows(records)}
+    assert len(rows) == 6  # fast and sdpa at each of the three sizes; no reference rows
+    fast = rows[("ibq_quantize", "N=8192 K=65536 D=256")]
+    assert (fast["speedup fwd"], fast["vs sdpa fwd"], fast["vs sdpa f+b"]) == ("5.00x", "1.50x", "1.50x")
+    assert fast["IQR"] == "25.0%!"  # the sdpa timing it is compared with is noisy
+    sdpa = rows[("ibq_quantize [sdpa]", "N=8192 K=65536 D=256")]
+    assert (sdpa["fwd ms"], sdpa["speedup fwd"], sdpa["speedup f+b"]) == ("6.000", "3.33x", "4.00x")
+    assert sdpa["vs sdpa fwd"] == "-" and sdpa["peak MB"] == "150.000"
+    largest = rows[("ibq_quantize", "N=16384 K=1048576 D=256")]
+    assert largest["speedup f+b"] == "ref OOM" and largest["vs sdpa f+b"] == "1.50x"
+    assert rows[("ibq_quantize [sdpa]", "N=16384 K=1048576 D=256")]["speedup fwd"] == "ref OOM"
+    assert "`vs name`: its time / the fast op's time" in report.format_table(records)
+
+
+def test_a_baseline_gets_its_own_summary_row(ibq_sweep_records):
+    records = latest(ibq_sweep_records)
+    rows = {row[0]: dict(zip(report.summary_header(records), row)) for row in report.summary_rows(records)}
+    assert set(rows) == {"IBQ quantize", "IBQ quantize [sdpa]"}
+    assert rows["IBQ quantize"]["vs sdpa f+b"] == "1.50x" and rows["IBQ quantize"]["speedup fwd"] == "5.00x"
+    sdpa = rows["IBQ quantize [sdpa]"]
+    assert sdpa["speedup fwd+bwd"] == "4.00x" and sdpa["vs sdpa fwd"] == "-"
+    assert rows["IBQ quantize"]["ref / fast peak memory"] == "20.0x - 80.0x (ref OOM in 1)"
+
+
+def test_without_a_baseline_the_columns_are_the_usual_ones(fake_records):
+    assert report.table_header(fake_records) == report.HEADER
+    assert report.summary_header(fake_records) == report.SUMMARY_HEADER
+    assert report.table_note(fake_records) == report.NOTE
