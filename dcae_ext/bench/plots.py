@@ -81,7 +81,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.xaxis.set_major_formatter(lambda value, _: f"{value:.3g}x")
     axis.set_yticks(list(rows), labels, fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("speedup over the reference (reference ms / its ms; > 1 is faster); whiskers: between the "
+    axis.set_xlabel("speedup over the reference (reference ms / its ms; > 1 is faster)\nwhiskers: between the "
                     f"timings' quartiles; !: an IQR above {SPREAD_LIMIT:.0%} of the median")
     axis.set_title("fast op (and baselines) vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
@@ -149,7 +149,8 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
         axis.set_xlabel("codebook size K")
         axis.set_ylabel(label)
         axis.grid(which="both", alpha=0.3)
-    time_axis.legend(fontsize=7)
+    handles, labels = time_axis.get_legend_handles_labels()  # below the panels: no point hidden
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
     figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
     return _save(figure, plt, path)
 
