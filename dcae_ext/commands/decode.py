@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from dcae_ext.commands.encode import DTYPES, KINDS, _device, load_codec
+from dcae_ext.commands._options import DTYPES, choose_device
+from dcae_ext.commands.encode import KINDS, load_codec
 
 
 def add_parser(subparsers):
@@ -37,7 +38,7 @@ def run(args) -> int:
     if os.path.isfile(args.out):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
     kind = metadata["kind"]
-    device = _device(args.device, 0)
+    device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"] if kind == "latents" else None  # DC-AE decodes in tiles as it encoded
     codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from dcae_ext.commands._options import DTYPES
 
 
 def add_parser(subparsers):
@@ -122,10 +122,11 @@ def run(args) -> int:
                    pin_memory=args.device == "cuda", collate_fn=collate_readable),
         strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
+    autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
     started = time.perf_counter()
     try:
-        result = evaluate(model, loader, device=args.device, autocast_dtype=DTYPES[args.dtype], lpips=lpips,
-                          fid=fid, num_codes=num_codes_of(model), names=dataset.name, keep=keep,
+        result = evaluate(model, loader, device=args.device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
+                          num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")

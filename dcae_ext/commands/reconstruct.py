@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 
 
 def add_parser(subparsers):
@@ -21,7 +21,7 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="output directory for the reconstructed PNGs")
     parser.add_argument("--tile", type=int, default=None, help="tiled encode/decode with tiles of N pixels")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--strict-data", action="store_true",
                         help="refuse to start if an input image is unreadable (default: skip it with a warning)")
     return parser
@@ -68,15 +68,10 @@ def _prepare(args):
     """Everything that can be wrong with the arguments is found here, before any output is written."""
     from dcae_ext.data.images import UnreadableImageError, open_rgb
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise SystemExit(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    device = choose_device(args.device)
     if os.path.isfile(args.out):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = DTYPES[args.dtype or default_dtype(device)]
     paths = list_inputs(args.input)
     model = load_dcae(args.model, args.config).to(device).eval()
     if args.tile is not None:
