@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from dcae_ext.data.psnr import psnr_per_image, to_unit
+
 
 def _pyplot():
     import matplotlib
@@ -14,15 +16,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def psnr_per_image(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of images in [-1, 1] (compared in [0, 1], as `dcae-ext eval` does)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    to_unit = lambda x: (x.float().clamp(-1, 1) + 1) / 2  # noqa: E731
-    return peak_signal_noise_ratio(to_unit(reconstructions), to_unit(originals), data_range=1.0, reduction="none",
-                                   dim=(1, 2, 3))
 
 
 def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str,
@@ -37,7 +30,7 @@ def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Ten
 def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, step: int | None = None):
     plt = _pyplot()
     originals, reconstructions = originals.float().cpu(), reconstructions.float().cpu()
-    scores = psnr_per_image(reconstructions, originals)
+    scores = psnr_per_image(to_unit(reconstructions), to_unit(originals))
     count = originals.shape[0]
     size = max(1.3, min(2.2, 14 / count))
     figure, axes = plt.subplots(2, count, figsize=(size * count + 0.8, 2 * size + 0.8), squeeze=False)
