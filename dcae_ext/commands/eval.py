@@ -55,7 +55,9 @@ def image_paths(data: str | None, limit: int | None) -> list[str]:
     from dcae_ext.data.images import embedded_image_paths, list_images
 
     paths = embedded_image_paths() if data is None else list_images(data)
-    return paths[:limit] if limit else paths
+    if limit is not None and limit < 1:
+        raise ValueError(f"argument 'limit': expected a positive number of images, got {limit}")
+    return paths if limit is None else paths[:limit]
 
 
 def _note(message: str) -> None:
@@ -76,6 +78,8 @@ def run(args) -> int:
         raise SystemExit("--device cuda: no CUDA GPU is visible")
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit: expected a positive number of images, got {args.limit}")
     resolution = args.resolution or None
     if resolution is None and args.batch_size != 1:
         raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")

@@ -42,6 +42,8 @@ def _runs(dataset, count: int, batch_size: int):
 def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, limit: int | None = None,
                    compare: bool = True, on_image: Callable[[str, float | None], None] | None = None) -> DecodeSummary:
     """Decode the first `limit` items of the encoded dataset in `root` to PNGs in `out`."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"argument 'limit': expected >= 0 images, got {limit}")
     dataset = open_encoded(root)
     if dataset.kind != codec.kind:
         raise ValueError(f"argument 'codec': {root} holds {dataset.kind}, the model makes {codec.kind}")
