@@ -1,4 +1,4 @@
-"""PNG plots of benchmark records (matplotlib, Agg backend): the speedup of every fast op over its
+"""PNG plots of benchmark records (matplotlib, see dcae_ext.figures): the speedup of every fast op over its
 reference, and IBQ time and peak memory against the codebook size K, fused vs reference, with the
 sizes where the reference ran out of memory marked."""
 from __future__ import annotations
@@ -8,17 +8,9 @@ from collections import defaultdict
 
 from dcae_ext.bench.report import pair_records, speedup, speedup_quartiles, worst_spread
 from dcae_ext.bench.timing import SPREAD_LIMIT
+from dcae_ext.figures import new_figure, save_png
 
 CODEBOOK_KEYS = ("K", "num_codes", "codebook_size")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _shape_text(shape: dict) -> str:
@@ -39,7 +31,6 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     pairs = [(fast, ref) for fast, ref in pair_records(records) if ref is not None]
     if not pairs:
         return None
-    plt = _pyplot()
     labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
         labels.append(f"{fast['op']} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
@@ -48,7 +39,8 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
         fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
         noisy.append((worst_spread(fast, ref) or 0.0) > SPREAD_LIMIT)
     height = 0.38
-    figure, axis = plt.subplots(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
+    figure = new_figure(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
+    axis = figure.subplots()
     rows = range(len(pairs))
     axis.barh([r - height / 2 for r in rows], [v or 0 for v in fwd], height, label="forward", color="tab:blue")
     axis.barh([r + height / 2 for r in rows], [v or 0 for v in fwdbwd], height, label="forward + backward",
@@ -83,7 +75,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.set_title("fast op vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", which="both", alpha=0.3)
-    return _save(figure, plt, path)
+    return save_png(figure, path, dpi=110)
 
 
 def _codebook_size(record: dict) -> int | None:
@@ -105,8 +97,8 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
             series[(record["op"], record["impl"], record["dtype"], _shape_text(others))].append((size, record))
     if not series:
         return None
-    plt = _pyplot()
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    figure = new_figure(figsize=(13, 5.5), layout="constrained")
+    time_axis, memory_axis = figure.subplots(1, 2)
     timed_key = "fwdbwd_ms" if any(r.get("fwdbwd_ms") for pts in series.values() for _, r in pts) else "fwd_ms"
     for (op, impl, dtype, rest), points in sorted(series.items()):
         points.sort(key=lambda item: item[0])
@@ -136,14 +128,7 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
         axis.grid(which="both", alpha=0.3)
     time_axis.legend(fontsize=7)
     figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
-    return _save(figure, plt, path)
-
-
-def _save(figure, plt, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_png(figure, path, dpi=110)
 
 
 def write_plots(records: list[dict], out_dir: str, prefix: str) -> list[str]:
