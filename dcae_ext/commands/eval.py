@@ -13,8 +13,10 @@ from dcae_ext.commands._options import DTYPES
 def add_parser(subparsers):
     parser = subparsers.add_parser("eval", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook usage)")
     parser.add_argument("--model", required=True,
-                        help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
-                             "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
+                        help="a local model: a DC-AE folder or weights file (diffusers or efficientvit format), an "
+                             "IBQ tokenizer saved by save_pretrained, an official IBQ checkpoint (SEED-Voken .ckpt "
+                             "or its safetensors export), a training run folder or its checkpoint.pt; or a DC-AE "
+                             "preset name (random weights), or ibq-<preset>")
     parser.add_argument("--config", default=None,
                         help="DC-AE preset name for efficientvit weights whose folder and path name none")
     parser.add_argument("--ema", action="store_true",
