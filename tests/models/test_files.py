@@ -36,6 +36,20 @@ def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path, umask, mask):
     assert _mode(tmp_path / "model") == 0o777 & ~mask
 
 
+@pytest.mark.skipif(os.name != "posix", reason="folders are fsynced where they can be opened")
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        status = os.fstat(fd)
+        synced.append((stat.S_ISDIR(status.st_mode), status.st_ino, os.path.exists(tmp_path / "a.bin")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    files.atomic_write(tmp_path / "a.bin", lambda tmp: Path(tmp).write_bytes(b"a"))
+    assert synced[-1] == (True, os.stat(tmp_path).st_ino, True)  # the folder, once the new name is in it
+
+
 def _interrupted(monkeypatch):
     """Path.write_text (the config.json write, which save_pretrained does after the weights) dies."""
     def die(self, *args, **kwargs):
