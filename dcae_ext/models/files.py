@@ -64,12 +64,15 @@ def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[
     one. Where the OS has no such swap, the old folder is renamed aside and the new one into place:
     a kill between the two renames leaves `folder` missing, never mixed (both sets stay in
     `.NAME.*.tmp` folders)."""
-    folder = os.path.abspath(os.fspath(folder))
+    folder = os.path.realpath(os.fspath(folder))  # a symlinked folder: write where it points
     parent, name = os.path.split(folder)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=_temporary_prefix(name), suffix=TEMPORARY_SUFFIX, dir=parent)
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        if os.path.isdir(folder):
+            shutil.copymode(folder, staging)
+        else:
+            os.chmod(staging, 0o777 & ~_umask())
         for file_name, write in writers.items():
             write(os.path.join(staging, file_name))
             _finish_file(os.path.join(staging, file_name))

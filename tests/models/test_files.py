@@ -111,6 +111,16 @@ def test_write_files_together_replaces_the_set_and_keeps_other_entries(tmp_path,
     assert os.listdir(tmp_path) == ["pair"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes and symlinks")
+def test_write_files_together_keeps_the_folders_mode_and_writes_through_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.chmod(tmp_path / "real", 0o750)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    files.write_files_together(tmp_path / "link", {"a": lambda t: Path(t).write_text("a")})
+    assert os.path.islink(tmp_path / "link") and (tmp_path / "real" / "a").read_text() == "a"
+    assert _mode(tmp_path / "real") == 0o750
+
+
 def test_stale_temporaries_of_one_target_or_all(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"done")
     (tmp_path / ".checkpoint.pt.ab12.tmp").write_bytes(b"half")
