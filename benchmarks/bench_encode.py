@@ -13,7 +13,8 @@ the preset's random initialisation (seed 0), saved in diffusers format and loade
 After one untimed batch through each model, each side runs --repeats times, alternating; a record
 gives the median images/s, min and max, the spread ((max - min) / median) and a flag when the
 spread exceeds 10 %. Model loading is not timed; worker start-up is (a user waits for it). One
-JSON line per side and one comparison line are appended to benchmarks/results/<device>-encode.jsonl.
+JSON line per side and one comparison line are appended to benchmarks/results/<device>-encode.jsonl
+(or --results; --no-save prints only).
 """
 from __future__ import annotations
 
@@ -31,14 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dcae_ext.commands.eval import load_model
+from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 from dcae_ext.data.images import embedded_image_paths, list_images, resize_center_crop
 from dcae_ext.encode.codecs import LatentCodec
 from dcae_ext.encode.plan import make_plan
 from dcae_ext.encode.run import encode_dataset
-from dcae_ext.models import DCAE
+from dcae_ext.models import DCAE, load_model_from_path
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -125,7 +125,7 @@ def latent_agreement(codec: LatentCodec, vae, folder: str, args, device: torch.d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="dc-ae-f32c32-in-1.0")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--images", type=int, default=32)
@@ -133,13 +133,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--results", default=None,
                         help="JSONL file (default: benchmarks/results/<device>-encode.jsonl)")
+    parser.add_argument("--no-save", action="store_true", help="print only, append nothing")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    device = choose_device(args.device)
+    args.dtype = args.dtype or default_dtype(device)
     from diffusers import AutoencoderDC, __version__ as diffusers_version
 
     with tempfile.TemporaryDirectory() as root:
@@ -148,7 +149,7 @@ def main() -> None:
         torch.manual_seed(0)
         DCAE.from_config(args.preset).save_pretrained(model_dir, format="diffusers")
         vae = AutoencoderDC.from_pretrained(model_dir, torch_dtype=DTYPES[args.dtype]).to(device).eval()
-        codec = LatentCodec(load_model(model_dir)[0].to(device), DTYPES[args.dtype])
+        codec = LatentCodec(load_model_from_path(model_dir).to(device), DTYPES[args.dtype])
         agreement = latent_agreement(codec, vae, folder, args, device)
         ours, theirs = [], []
         for repeat in range(args.repeats):
@@ -170,15 +171,16 @@ def main() -> None:
     speedup = records[0]["images_per_s"]["median"] / records[1]["images_per_s"]["median"]
     records.append(dict(common, impl="comparison", speedup_median=speedup, max_abs_latent_diff=agreement))
     path = args.results or os.path.join(RESULTS, f"{device_label(device)}-encode.jsonl")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as stream:
-        for record in records:
-            stream.write(json.dumps(record) + "\n")
+    if not args.no_save:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as stream:
+            for record in records:
+                stream.write(json.dumps(record) + "\n")
     for record in records[:2]:
         rate = record["images_per_s"]
         print(f"{record['impl']:30s} {rate['median']:8.2f} images/s (min {rate['min']:.2f}, max {rate['max']:.2f}, "
               f"spread {record['spread']:.0%}{', NOISY' if record['noisy'] else ''})")
-    print(f"speedup {speedup:.2f}x; latents agree to {agreement:.2e}; appended to {path}")
+    print(f"speedup {speedup:.2f}x; latents agree to {agreement:.2e}" + ("" if args.no_save else f"; appended to {path}"))
 
 
 if __name__ == "__main__":

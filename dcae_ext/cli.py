@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 
 COMMANDS = ["info", "demo", "bench", "reconstruct", "train", "eval", "encode", "tokenize", "decode"]
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,21 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_device(value: str) -> str | None:
-    """What is wrong with a --device value, or None."""
-    import torch
-
-    if not DEVICE.match(value):
-        return f"--device {value}: not a device; use cpu, cuda or cuda:N (auto where the command offers it)"
-    if value.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return f"--device {value}: no CUDA GPU is visible; use --device cpu"
-        index = int(value.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            return f"--device {value}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-    return None
-
-
 def one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, (ValueError, OSError)) and text:
@@ -76,10 +59,12 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dcae_ext.commands._options import device_problem
+
     args = build_parser().parse_args(argv)
     prog = f"dcae-ext {args.command}"
     device = getattr(args, "device", None)
-    problem = check_device(device) if isinstance(device, str) else None
+    problem = device_problem(device) if isinstance(device, str) else None
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2

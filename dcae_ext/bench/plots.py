@@ -1,4 +1,4 @@
-"""PNG plots of benchmark records (matplotlib, Agg backend): the speedup of every fast op (and of any
+"""PNG plots of benchmark records (matplotlib, see dcae_ext.figures): the speedup of every fast op (and of any
 baseline, such as IBQ's "sdpa") over its reference, and IBQ time and peak memory against the codebook
 size K, one line per implementation, with the sizes where one ran out of memory marked."""
 from __future__ import annotations
@@ -8,19 +8,11 @@ from collections import Counter, defaultdict
 
 from dcae_ext.bench.report import op_label, pair_records, speedup, speedup_quartiles, worst_spread
 from dcae_ext.bench.timing import SPREAD_LIMIT
+from dcae_ext.figures import new_figure, save_png
 
 CODEBOOK_KEYS = ("K", "num_codes", "codebook_size")
 ROWS_KEY = "N"
 IMPL_STYLE = {"fast": ("fused", "-"), "reference": ("reference", "--")}  # impl -> (legend name, line style)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _shape_text(shape: dict) -> str:
@@ -42,7 +34,6 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     pairs = [(fast, ref) for fast, ref in pair_records(records) if ref is not None]
     if not pairs:
         return None
-    plt = _pyplot()
     labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
         labels.append(f"{op_label(fast)} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
@@ -51,7 +42,8 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
         fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
         noisy.append((worst_spread(fast, ref) or 0.0) > SPREAD_LIMIT)
     height = 0.38
-    figure, axis = plt.subplots(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
+    figure = new_figure(figsize=(12, 1.4 + 0.55 * len(pairs)), layout="constrained")
+    axis = figure.subplots()
     rows = range(len(pairs))
     axis.barh([r - height / 2 for r in rows], [v or 0 for v in fwd], height, label="forward", color="tab:blue")
     axis.barh([r + height / 2 for r in rows], [v or 0 for v in fwdbwd], height, label="forward + backward",
@@ -86,7 +78,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     axis.set_title("fast op (and baselines) vs reference: " + _title(records), fontsize=10)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(axis="x", which="both", alpha=0.3)
-    return _save(figure, plt, path)
+    return save_png(figure, path, dpi=110)
 
 
 def _codebook_size(record: dict) -> int | None:
@@ -112,8 +104,10 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     if not series:
         return None
     usual_rows = Counter(rows_at.values()).most_common(1)[0][0]
-    plt = _pyplot()
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    from matplotlib.ticker import NullLocator
+
+    figure = new_figure(figsize=(13, 5.5), layout="constrained")
+    time_axis, memory_axis = figure.subplots(1, 2)
     timed_key = "fwdbwd_ms" if any(r.get("fwdbwd_ms") for pts in series.values() for _, r in pts) else "fwd_ms"
     axes = ((time_axis, timed_key), (memory_axis, "peak_mem_mb"))
     tops = {key: max([r[key] for pts in series.values() for _, r in pts if not r.get("oom") and r.get(key)],
@@ -142,7 +136,7 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xticks(ticks, tick_labels)
-        axis.xaxis.set_minor_locator(plt.NullLocator())
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
         axis.yaxis.set_minor_formatter(lambda value, _: f"{value:g}")
         axis.tick_params(axis="y", which="minor", labelsize=7)
@@ -152,14 +146,7 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     handles, labels = time_axis.get_legend_handles_labels()  # below the panels: no point hidden
     figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
     figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
-    return _save(figure, plt, path)
-
-
-def _save(figure, plt, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_png(figure, path, dpi=110)
 
 
 def write_plots(records: list[dict], out_dir: str, prefix: str) -> list[str]:

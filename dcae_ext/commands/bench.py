@@ -9,13 +9,14 @@ import os
 
 import torch
 
+from dcae_ext.commands._options import DTYPES
+
 SUITES = {
     "shortcuts": "dcae_ext.bench.shortcuts",
     "linear_attention": "dcae_ext.bench.linear_attention",
     "ibq": "dcae_ext.bench.ibq",
     "dcae": "dcae_ext.bench.dcae",  # end-to-end DC-AE encode/decode, ours vs diffusers
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def add_parser(subparsers):

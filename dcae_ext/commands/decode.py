@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from dcae_ext.commands.encode import DTYPES, KINDS, _device, load_codec
+from dcae_ext.commands._options import DTYPES, choose_device
+from dcae_ext.commands.encode import KINDS, load_codec
 
 
 def add_parser(subparsers):
@@ -28,16 +29,18 @@ def run(args) -> int:
     from dcae_ext.data.shards import METADATA_FILE, read_json
     from dcae_ext.encode.decode import decode_dataset
 
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size: expected a positive number, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit: expected a positive number of images, got {args.limit}")
     metadata = read_json(args.input, METADATA_FILE) if os.path.isdir(args.input) else None
     if metadata is None:
         raise SystemExit(f"--input: {args.input} holds no {METADATA_FILE}: not the output of a finished encode or "
                          "tokenize run (run the same command again to finish it)")
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size: expected a positive number, got {args.batch_size}")
     if os.path.isfile(args.out):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
     kind = metadata["kind"]
-    device = _device(args.device, 0)
+    device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"] if kind == "latents" else None  # DC-AE decodes in tiles as it encoded
     codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)

@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
+
 KINDS = {"latents": ("encode", "DC-AE", "LatentDataset"), "tokens": ("tokenize", "IBQ tokenizer", "TokenDataset")}
 
 
@@ -34,8 +35,8 @@ def add_arguments(parser, kind: str) -> None:
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default: 1000)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader processes decoding and resizing images (default: min(8, CPUs))")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
-                                                       "under torchrun each rank its LOCAL_RANK GPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available); cuda is "
+                                                       "cuda:LOCAL_RANK, each torchrun rank its own GPU")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start afresh")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic GPU kernels (torch.use_deterministic_algorithms), so that a resumed or "
@@ -61,18 +62,6 @@ def command_line(command: str, args) -> str:
             continue
         words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return shlex.join(words)
-
-
-def _device(name: str | None, local_rank: int) -> torch.device:
-    if name is None:
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SystemExit(f"--device: {name!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA GPU is visible")
-    return device
 
 
 def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None):
@@ -121,10 +110,10 @@ def run_encoding(args, kind: str) -> int:
         torch.backends.cudnn.benchmark = False
     ranks = rank_group.join()
     try:
-        device = _device(args.device, ranks.local_rank)
+        device = choose_device(args.device, ranks.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)  # pinned-memory buffers and caches go to this rank's GPU, not GPU 0
-        dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        dtype_name = args.dtype if args.dtype != "auto" else default_dtype(device)
         tile = args.tile
         model_name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
         codec = load_codec(kind, model_name, DTYPES[dtype_name], device, tile)

@@ -7,14 +7,16 @@ import time
 
 import torch
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from dcae_ext.commands._options import DTYPES
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("eval", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID, codebook usage)")
     parser.add_argument("--model", required=True,
-                        help="a local model folder (DC-AE diffusers/efficientvit format, or an IBQ tokenizer saved "
-                             "by save_pretrained), a DC-AE preset name (random weights), or ibq-<preset>")
+                        help="a local model: a DC-AE folder or weights file (diffusers or efficientvit format), an "
+                             "IBQ tokenizer saved by save_pretrained, an official IBQ checkpoint (SEED-Voken .ckpt "
+                             "or its safetensors export), a training run folder or its checkpoint.pt; or a DC-AE "
+                             "preset name (random weights), or ibq-<preset>")
     parser.add_argument("--config", default=None,
                         help="DC-AE preset name for efficientvit weights whose folder and path name none")
     parser.add_argument("--ema", action="store_true",
@@ -55,7 +57,9 @@ def image_paths(data: str | None, limit: int | None) -> list[str]:
     from dcae_ext.data.images import embedded_image_paths, list_images
 
     paths = embedded_image_paths() if data is None else list_images(data)
-    return paths[:limit] if limit else paths
+    if limit is not None and limit < 1:
+        raise ValueError(f"argument 'limit': expected a positive number of images, got {limit}")
+    return paths if limit is None else paths[:limit]
 
 
 def _note(message: str) -> None:
@@ -76,6 +80,8 @@ def run(args) -> int:
         raise SystemExit("--device cuda: no CUDA GPU is visible")
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit: expected a positive number of images, got {args.limit}")
     resolution = args.resolution or None
     if resolution is None and args.batch_size != 1:
         raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
@@ -122,10 +128,11 @@ def run(args) -> int:
                    pin_memory=args.device == "cuda", collate_fn=collate_readable),
         strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
+    autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
     started = time.perf_counter()
     try:
-        result = evaluate(model, loader, device=args.device, autocast_dtype=DTYPES[args.dtype], lpips=lpips,
-                          fid=fid, num_codes=num_codes_of(model), names=dataset.name, keep=keep,
+        result = evaluate(model, loader, device=args.device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
+                          num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")

@@ -1,4 +1,5 @@
-"""`dcae-ext reconstruct`: encode and decode images with a DC-AE, write PNGs, print PSNR per image."""
+"""`dcae-ext reconstruct`: encode and decode images with a DC-AE, write PNGs, print PSNR per image
+(dcae_ext.data.psnr: on the float reconstruction, before rounding to PNG pixels, as `dcae-ext eval`)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import sys
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 
 
 def add_parser(subparsers):
@@ -21,7 +22,7 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="output directory for the reconstructed PNGs")
     parser.add_argument("--tile", type=int, default=None, help="tiled encode/decode with tiles of N pixels")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--strict-data", action="store_true",
                         help="refuse to start if an input image is unreadable (default: skip it with a warning)")
     return parser
@@ -54,29 +55,23 @@ def load_dcae(name_or_path: str, config: str | None):
     return model
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.float() - b.float()).square().mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+def mean_psnr_line(scores: list[float], out: str) -> str:
+    """The summary line: the mean over the finite scores, saying how many exact copies (inf) it leaves out."""
+    finite = [score for score in scores if math.isfinite(score)]
+    copies = len(scores) - len(finite)
+    left_out = f" ({copies} exact {'copy' if copies == 1 else 'copies'}, PSNR inf, left out)" if copies else ""
+    mean = f"{sum(finite) / len(finite):.2f} dB" if finite else "inf"
+    return f"mean PSNR over {len(finite)} images: {mean}{left_out} -> {out}"
 
 
 def _prepare(args):
     """Everything that can be wrong with the arguments is found here, before any output is written."""
     from dcae_ext.data.images import UnreadableImageError, open_rgb
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise SystemExit(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    device = choose_device(args.device)
     if os.path.isfile(args.out):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = DTYPES[args.dtype or default_dtype(device)]
     paths = list_inputs(args.input)
     model = load_dcae(args.model, args.config).to(device).eval()
     if args.tile is not None:
@@ -99,6 +94,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from dcae_ext.data.images import UnreadableImageError, distinct_png_names, open_rgb
+    from dcae_ext.data.psnr import psnr_per_image, to_unit
 
     device, dtype, paths, model = _prepare(args)
     if device.type == "cuda":
@@ -112,17 +108,17 @@ def run(args) -> int:
             skipped.append(path)
             tqdm.write(f"skipped: {error} ({len(skipped)} unreadable so far)", file=sys.stderr)
             continue
-        x = (pixels.permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(device)
+        target = pixels.permute(2, 0, 1)[None].float() / 255
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            reconstruction = model(x, pad=True).reconstruction
-        result = to_uint8(reconstruction)
-        Image.fromarray(result.numpy()).save(os.path.join(args.out, name))
-        score = psnr(result, pixels)
+            reconstruction = model((target * 2 - 1).to(device), pad=True).reconstruction
+        result = to_unit(reconstruction).cpu()
+        Image.fromarray((result[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(
+            os.path.join(args.out, name))
+        score = float(psnr_per_image(result, target))
         scores.append(score)
         tqdm.write(f"{os.path.basename(path)}: PSNR {score:.2f} dB -> {name}")
-    finite = [s for s in scores if math.isfinite(s)]
-    if finite:
-        print(f"mean PSNR over {len(scores)} images: {sum(finite) / len(finite):.2f} dB -> {args.out}")
+    if scores:
+        print(mean_psnr_line(scores, args.out))
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}", file=sys.stderr)
     return 0

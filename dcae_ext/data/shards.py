@@ -42,12 +42,11 @@ def atomic_write(path: str, data: bytes | str) -> None:
 
 
 def remove_stale_temporaries(root: str) -> None:
-    """Temporary files of writes that a killed run left behind."""
+    """Temporary files of writes that a killed run left behind (main rank, before the others write)."""
+    from dcae_ext.models.files import remove_stale_temporaries as remove
+
     for folder in (root, os.path.join(root, SHARD_DIR)):
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                if name.startswith(".") and name.endswith(".tmp"):
-                    os.unlink(os.path.join(folder, name))
+        remove(folder)
 
 
 def shard_file(number: int) -> str:

@@ -1,8 +1,7 @@
 """`decode`: shards back to images (PNG), with the PSNR of each against its source image prepared
-as the encoder saw it (the same resize and crop), as `dcae-ext eval` computes it."""
+as the encoder saw it (the same resize and crop), by dcae_ext.data.psnr as `dcae-ext eval` does."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -13,6 +12,7 @@ from PIL import Image
 
 from dcae_ext.data.datasets import open_encoded
 from dcae_ext.data.images import UnreadableImageError, distinct_png_names, load_image
+from dcae_ext.data.psnr import psnr_per_image, to_unit
 from dcae_ext.encode.codecs import Codec
 
 
@@ -25,12 +25,6 @@ class DecodeSummary:
     @property
     def mean_psnr(self) -> float | None:
         return sum(self.psnr) / len(self.psnr) if self.psnr else None
-
-
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR in dB of two (3, H, W) images in [0, 1] (data range 1)."""
-    mse = float((reconstruction.float() - target.float()).square().mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def _runs(dataset, count: int, batch_size: int):
@@ -48,6 +42,8 @@ def _runs(dataset, count: int, batch_size: int):
 def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, limit: int | None = None,
                    compare: bool = True, on_image: Callable[[str, float | None], None] | None = None) -> DecodeSummary:
     """Decode the first `limit` items of the encoded dataset in `root` to PNGs in `out`."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"argument 'limit': expected >= 0 images, got {limit}")
     dataset = open_encoded(root)
     if dataset.kind != codec.kind:
         raise ValueError(f"argument 'codec': {root} holds {dataset.kind}, the model makes {codec.kind}")
@@ -58,7 +54,7 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
     summary = DecodeSummary()
     for first, stop in _runs(dataset, count, batch_size):
         codes = torch.stack([dataset.stored(i) for i in range(first, stop)]).to(codec.device)
-        images = ((codec.decode(codes) + 1) / 2).clamp(0, 1).cpu()
+        images = to_unit(codec.decode(codes)).cpu()
         for offset, image in enumerate(images):
             record = dataset.records[first + offset]
             height, width = record["size"]
@@ -68,7 +64,7 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
             score = None
             if compare:
                 try:
-                    score = psnr(image, load_image(record["path"], resolution))
+                    score = float(psnr_per_image(image[None], load_image(record["path"], resolution)[None]))
                     summary.psnr.append(score)
                 except UnreadableImageError:  # moved or deleted since it was encoded
                     summary.missing_sources += 1

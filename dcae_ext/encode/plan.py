@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
                                   atomic_write, completed_shards, read_json, remove_stale_temporaries)
+from dcae_ext.models.files import stale_temporaries
 
 PLAN_VERSION = 1
 
@@ -73,8 +74,7 @@ def check_resumable(root: str, plan: Plan) -> bool:
     existing = existing_plan(root)
     if existing is None:
         # a run killed before its plan was written leaves at most the list and an empty shards folder
-        leftovers = {SOURCES_FILE, SHARD_DIR} | {name for name in os.listdir(root) if name.endswith(".tmp")} \
-            if os.path.isdir(root) else set()
+        leftovers = {SOURCES_FILE, SHARD_DIR} | {os.path.basename(path) for path in stale_temporaries(root)}
         if os.path.isdir(root) and (set(os.listdir(root)) - leftovers or completed_shards(root)):
             raise PlanMismatch(f"{root} is not empty and holds no encoding run ({PLAN_FILE}): choose an empty or new "
                                "folder")

@@ -33,15 +33,13 @@ def _as_hwc(image: torch.Tensor) -> np.ndarray:
 def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: str = "") -> None:
     """PNG with one row per entry (worst first, then best): original | reconstruction | |error| x4.
     Each entry: {"name", "psnr", "ssim", "original" (3,H,W), "reconstruction" (3,H,W)} in [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dcae_ext.figures import new_figure, save_png
 
     rows = [("worst", entry) for entry in worst] + [("best", entry) for entry in best]
     if not rows:
         raise ValueError("argument 'worst'/'best': nothing to draw")
-    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows) + 0.4), squeeze=False, layout="constrained")
+    figure = new_figure(figsize=(9, 3.1 * len(rows) + 0.4), layout="constrained")
+    axes = figure.subplots(len(rows), 3, squeeze=False)
     for row, (kind, entry) in enumerate(rows):
         original, reconstruction = _as_hwc(entry["original"]), _as_hwc(entry["reconstruction"])
         error = np.clip(np.abs(original - reconstruction) * 4, 0, 1)
@@ -55,6 +53,4 @@ def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: 
             axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=11)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_png(figure, path, dpi=100)

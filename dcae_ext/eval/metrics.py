@@ -1,4 +1,4 @@
-"""The metrics, from maintained implementations: PSNR and SSIM (torchmetrics), LPIPS (the lpips
+"""The metrics, from maintained implementations: PSNR (dcae_ext.data.psnr) and SSIM (torchmetrics), LPIPS (the lpips
 package, local trunk weights), rFID (torchmetrics' FID on torch-fidelity's Inception, local
 weights), and codebook usage / perplexity accumulated over a whole image set.
 
@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from dcae_ext.data.psnr import psnr_per_image  # noqa: F401  (part of the metrics, defined once below eval)
 from dcae_ext.models.perceptual import LPIPS_WEIGHTS_ENV
 
 INCEPTION_WEIGHTS_ENV = "DCAE_EXT_INCEPTION_WEIGHTS"
@@ -27,15 +28,6 @@ def _check_pair(reconstruction: torch.Tensor, target: torch.Tensor) -> None:
     if reconstruction.shape != target.shape or reconstruction.ndim != 4:
         raise ValueError(f"argument 'reconstruction': expected the shape of 'target', (B, C, H, W); got "
                          f"{tuple(reconstruction.shape)} and {tuple(target.shape)}")
-
-
-def psnr_per_image(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of images in [0, 1] (inf where an image is reproduced exactly)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    _check_pair(reconstruction, target)
-    return peak_signal_noise_ratio(reconstruction.float(), target.float(), data_range=1.0, reduction="none",
-                                   dim=(1, 2, 3))
 
 
 SSIM_WINDOW = 11

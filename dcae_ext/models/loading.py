@@ -1,14 +1,13 @@
 """One entry point for every model file this package writes or reads: `load_model_from_path`."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dcae_ext.models.files import safe_torch_load
+from dcae_ext.models.files import read_json, safe_torch_load
 from dcae_ext.models.ibq_weights import is_official_ibq_file
 
 TRAINING_CHECKPOINT = "checkpoint.pt"
@@ -42,12 +41,6 @@ def model_from_training_checkpoint(state: dict, source: str, ema: bool = False) 
     return model
 
 
-def _read_json(file: Path) -> dict:
-    with open(file) as stream:
-        data = json.load(stream)
-    return data if isinstance(data, dict) else {}
-
-
 def is_run_config(data: dict) -> bool:
     """The config.json a training run writes next to its checkpoint (a TrainConfig)."""
     return "batch_size" in data and "steps" in data and "model" in data
@@ -68,7 +61,7 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
         raise FileNotFoundError(f"{path} does not exist (models load from local paths only)")
     if path.is_dir():
         config_file = path / "config.json"
-        data = _read_json(config_file) if config_file.is_file() else {}
+        data = read_json(config_file) if config_file.is_file() else {}
         if (path / TRAINING_CHECKPOINT).is_file() and (is_run_config(data) or not data):
             return load_model_from_path(path / TRAINING_CHECKPOINT, ema=ema, torch_dtype=torch_dtype)
         if is_run_config(data):

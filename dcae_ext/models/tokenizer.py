@@ -202,16 +202,15 @@ class IBQTokenizer(nn.Module):
                                  indices=quantized.indices)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """config.json + model.safetensors in folder `path`, each written whole or not at all."""
+        """config.json + model.safetensors in folder `path`, the pair written whole or not at all."""
         from safetensors.torch import save_file
 
-        from dcae_ext.models.files import atomic_write
+        from dcae_ext.models.files import write_files_together
 
-        os.makedirs(path, exist_ok=True)
         config = json.dumps(dict(self.config.to_dict(), _class_name="IBQTokenizer"), indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(Path(path, WEIGHTS_NAME), lambda tmp: save_file(state, tmp))
-        atomic_write(Path(path, CONFIG_NAME), lambda tmp: Path(tmp).write_text(config))
+        write_files_together(path, {WEIGHTS_NAME: lambda tmp: save_file(state, tmp),
+                                    CONFIG_NAME: lambda tmp: Path(tmp).write_text(config)})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, subfolder: str | None = None,

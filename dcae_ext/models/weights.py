@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
 from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
-from dcae_ext.models.files import atomic_write, safe_torch_load
+from dcae_ext.models.files import read_json, safe_torch_load, write_files_together
 from dcae_ext.models.loading import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -165,11 +165,6 @@ def is_efficientvit_state(state: dict) -> bool:
     return any(k.startswith(("encoder.project_in", "encoder.stages.", "decoder.project_out")) for k in state)
 
 
-def _read_json(file: Path) -> dict:
-    with open(file) as handle:
-        return json.load(handle)
-
-
 def _config_from_json(data: dict) -> DCAEConfig | None:
     if "dcae_ext_config" in data:
         return DCAEConfig.from_dict(data["dcae_ext_config"])
@@ -208,7 +203,7 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
     if isinstance(config, str):
         config = get_config(config)
     if config is None and (file.parent / CONFIG_FILE).is_file():
-        data = _read_json(file.parent / CONFIG_FILE)
+        data = read_json(file.parent / CONFIG_FILE)
         config = _config_from_json(data)
         if config is None:
             raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
@@ -236,8 +231,6 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
 
     if format not in ("diffusers", "efficientvit"):
         raise ValueError(f"argument 'format': {format!r} is not 'diffusers' or 'efficientvit'")
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
     config: DCAEConfig = model.config
     if format == "diffusers":
         state, weights_name, meta = model.state_dict(), DIFFUSERS_WEIGHTS, config.to_diffusers_dict()
@@ -248,5 +241,6 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
         if model_name is not None:
             meta["model_name"] = model_name
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    atomic_write(directory / weights_name, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    write_files_together(path, {  # a kill leaves the old pair or the new one, never a mix
+        weights_name: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        CONFIG_FILE: lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")})

@@ -3,8 +3,6 @@
 and the RNG state needed for an exact resume, stored as tensors and plain values."""
 from __future__ import annotations
 
-import glob
-import os
 import random
 
 import numpy as np
@@ -20,12 +18,6 @@ def atomic_save(obj, path: str, save=torch.save) -> None:
             save(obj, stream)
 
     atomic_write(path, write)
-
-
-def stale_temporary_files(path: str) -> list[str]:
-    """Temporary files `atomic_save(..., path)` leaves behind when the process is killed mid-write."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return sorted(glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -1,4 +1,4 @@
-"""PNG outputs of a run: reconstruction strips and the loss curve (matplotlib, Agg backend)."""
+"""PNG outputs of a run: reconstruction strips and the loss curve (matplotlib, see dcae_ext.figures)."""
 from __future__ import annotations
 
 import json
@@ -6,41 +6,23 @@ import os
 
 import torch
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def psnr_per_image(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of images in [-1, 1] (compared in [0, 1], as `dcae-ext eval` does)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    to_unit = lambda x: (x.float().clamp(-1, 1) + 1) / 2  # noqa: E731
-    return peak_signal_noise_ratio(to_unit(reconstructions), to_unit(originals), data_range=1.0, reduction="none",
-                                   dim=(1, 2, 3))
+from dcae_ext.data.psnr import psnr_per_image, to_unit
+from dcae_ext.figures import new_figure, save_png
 
 
 def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str,
                              step: int | None = None) -> None:
     """Inputs on the top row, reconstructions below with their PSNR; tensors (B, 3, H, W) in [-1, 1]."""
-    figure = reconstruction_figure(originals, reconstructions, step)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
+    save_png(reconstruction_figure(originals, reconstructions, step), path, dpi=100)
 
 
 def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, step: int | None = None):
-    plt = _pyplot()
     originals, reconstructions = originals.float().cpu(), reconstructions.float().cpu()
-    scores = psnr_per_image(reconstructions, originals)
+    scores = psnr_per_image(to_unit(reconstructions), to_unit(originals))
     count = originals.shape[0]
     size = max(1.3, min(2.2, 14 / count))
-    figure, axes = plt.subplots(2, count, figsize=(size * count + 0.8, 2 * size + 0.8), squeeze=False)
+    figure = new_figure(figsize=(size * count + 0.8, 2 * size + 0.8))
+    axes = figure.subplots(2, count, squeeze=False)
     for column in range(count):
         for row, images in enumerate((originals, reconstructions)):
             axis = axes[row][column]
@@ -82,8 +64,7 @@ def save_loss_curve(metrics_path: str, path: str, title: str = "") -> bool:
         figure = loss_curve_figure(read_metrics(metrics_path), title)
     except ImportError:
         return False
-    figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
+    save_png(figure, path, dpi=100)
     return True
 
 
@@ -91,7 +72,6 @@ def loss_curve_figure(rows: list[dict], title: str = ""):
     """Every loss term against the step: terms that stay positive on a log axis, terms that reach
     zero or below (an entropy loss) on a linear axis below; every point marked when a series is
     short, legends beside the axes."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     keys = sorted({k for row in rows for k in row if k == "loss" or k.startswith("loss_")})
@@ -101,7 +81,8 @@ def loss_curve_figure(rows: list[dict], title: str = ""):
     panels = [(positive, "log", "loss (log scale)")] if positive or not signed else []
     if signed:
         panels.append((signed, "linear", "loss (terms reaching <= 0)"))
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), sharex=True, squeeze=False)
+    figure = new_figure(figsize=(9, 3.6 * len(panels)))
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)
     for axis, (panel_keys, scale, label) in zip(axes[:, 0], panels):
         for key in panel_keys:
             steps, values = series[key]

@@ -5,9 +5,8 @@ import json
 import os
 import shutil
 
-from dcae_ext.models.files import atomic_write
+from dcae_ext.models.files import atomic_write, remove_stale_temporaries
 from dcae_ext.models.loading import TRAINING_CHECKPOINT
-from dcae_ext.train.checkpoint import stale_temporary_files
 
 CHECKPOINT_NAME = TRAINING_CHECKPOINT
 METRICS_NAME = "metrics.jsonl"
@@ -49,10 +48,12 @@ def clear_run(out: str) -> list[str]:
         else:
             continue
         removed.append(name)
-    for path in stale_temporary_files(os.path.join(out, CHECKPOINT_NAME)):
-        os.unlink(path)
-        removed.append(os.path.basename(path))
-    return removed
+    return removed + remove_run_temporaries(out)
+
+
+def remove_run_temporaries(out: str) -> list[str]:
+    """Delete what a write of a run output (checkpoint, model folder, ...) killed midway left behind."""
+    return [removed for name in RUN_OUTPUTS for removed in remove_stale_temporaries(out, name)]
 
 
 def tidy_out(out: str, overwrite: bool, resumed_step: int | None) -> list[str]:
@@ -64,22 +65,14 @@ def tidy_out(out: str, overwrite: bool, resumed_step: int | None) -> list[str]:
         if removed:
             notes.append(f"--overwrite: deleted {', '.join(removed)} from {out}")
     if resumed_step is not None:
-        stale = remove_stale_temporaries(out)
+        stale = remove_run_temporaries(out)
         if stale:
-            notes.append(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
+            notes.append(f"removed {len(stale)} temporary file(s) of an interrupted write: "
                          f"{', '.join(stale)}")
         torn = trim_metrics(out, resumed_step)
         if torn:
             notes.append(torn)
     return notes
-
-
-def remove_stale_temporaries(out: str) -> list[str]:
-    """Delete the temporary files of checkpoint writes that were killed midway."""
-    paths = stale_temporary_files(os.path.join(out, CHECKPOINT_NAME))
-    for path in paths:
-        os.unlink(path)
-    return [os.path.basename(p) for p in paths]
 
 
 def trim_metrics(out: str, last_step: int) -> str | None:

@@ -74,6 +74,15 @@ def test_a_misspelt_device_is_one_line_for_every_command(capsys, command):
            else 2)
 
 
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_a_limit_below_one_is_refused_not_sliced(tmp_path, capsys, limit):
+    _fails(capsys, ["eval", "--model", "tiny", "--limit", limit, "--out", str(tmp_path / "eval"), "--device", "cpu"],
+           f"--limit: expected a positive number of images, got {limit}", status=1)
+    _fails(capsys, ["decode", "--input", str(tmp_path), "--out", str(tmp_path / "out"), "--limit", limit,
+                    "--device", "cpu"], f"--limit: expected a positive number of images, got {limit}", status=1)
+    assert not os.path.exists(tmp_path / "eval") and not os.path.exists(tmp_path / "out")
+
+
 def test_truncated_and_empty_checkpoints_say_which_file(tmp_path, capsys, settings):
     out = tmp_path / "run"
     assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0

@@ -64,3 +64,45 @@ def test_a_training_run_and_its_checkpoint(images, tmp_path, capsys):
     IBQTokenizer.from_config("tiny").save_pretrained(tmp_path / "ibq")
     with pytest.raises(SystemExit, match="--model: .* IBQTokenizer; reconstruct takes a DC-AE"):
         main(["reconstruct", "--model", str(tmp_path / "ibq"), "--input", str(images), "--out", str(out)])
+
+
+class _QuarterGrayLevel(torch.nn.Module):
+    """A 'DC-AE' whose reconstruction is the input plus 0.3 of an 8-bit gray level: rounding to PNG
+    pixels would erase the error, so a PSNR measured after rounding reads inf."""
+    spatial_compression = 8
+
+    def forward(self, x, pad=False):
+        from dcae_ext.models.output import AutoencoderOutput
+
+        return AutoencoderOutput(x + 2 * 0.3 / 255)
+
+
+def test_reconstruct_psnr_is_eval_psnr_before_rounding(tmp_path, monkeypatch, capsys):
+    import json
+    import math
+    import re
+
+    from dcae_ext.commands import _models
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for name in ("a.png", "b.png"):  # values below 200: no clamping at white
+        Image.fromarray(torch.randint(0, 200, (16, 24, 3), generator=gen, dtype=torch.uint8).numpy()).save(folder / name)
+    monkeypatch.setattr(_models, "load_model", lambda *args, **kwargs: (_QuarterGrayLevel(), "DC-AE", True))
+    assert main(["reconstruct", "--model", "shift", "--input", str(folder), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
+    printed = dict(re.findall(r"(\w\.png): PSNR (\S+) dB", capsys.readouterr().out))
+    assert main(["eval", "--model", "shift", "--data", str(folder), "--resolution", "0", "--batch-size", "1",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    per_image = json.loads((tmp_path / "eval" / "eval.json").read_text())["per_image"]
+    assert {r["name"]: f"{r['psnr']:.2f}" for r in per_image} == printed
+    assert float(printed["a.png"]) == pytest.approx(20 * math.log10(255 / 0.3), abs=0.01)
+
+
+def test_mean_line_counts_the_images_it_averages():
+    from dcae_ext.commands.reconstruct import mean_psnr_line
+
+    assert mean_psnr_line([30.0, float("inf"), 20.0], "out") == \
+        "mean PSNR over 2 images: 25.00 dB (1 exact copy, PSNR inf, left out) -> out"
+    assert mean_psnr_line([float("inf")], "out") == "mean PSNR over 0 images: inf (1 exact copy, PSNR inf, left out) -> out"

@@ -55,3 +55,36 @@ def test_reconstruction_strip_labels_rows_step_and_psnr_per_image(tmp_path):
         assert float(label.split()[1]) == pytest.approx(float(10 * torch.log10(1 / mse)), abs=0.05)
     save_reconstruction_grid(originals, reconstructions, str(tmp_path / "strip.png"), step=7)
     assert (tmp_path / "strip.png").stat().st_size > 5_000
+
+
+def test_png_writers_leave_the_users_matplotlib_backend_alone(tmp_path, fake_records_for_plots):
+    """train, eval and bench draw on their own Agg canvas: a user's backend stays selected."""
+    import matplotlib
+
+    from dcae_ext.bench.plots import write_plots
+    from dcae_ext.eval.images import save_worst_best_grid
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        originals = torch.rand(2, 3, 16, 16) * 2 - 1
+        save_reconstruction_grid(originals, originals.flip(0), str(tmp_path / "strip.png"))
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+        assert save_loss_curve(str(tmp_path / "metrics.jsonl"), str(tmp_path / "loss.png"))
+        entry = {"name": "a", "psnr": 20.0, "ssim": 0.5, "original": torch.rand(3, 16, 16),
+                 "reconstruction": torch.rand(3, 16, 16)}
+        save_worst_best_grid(str(tmp_path / "grid.png"), [entry], [entry])
+        assert write_plots(fake_records_for_plots, str(tmp_path / "bench"), "cpu")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
+    for name in ("strip.png", "loss.png", "grid.png", "bench/cpu_speedup.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def fake_records_for_plots():
+    return [{"op": "pixel_unshuffle_mean", "impl": impl, "device": "cpu", "device_name": "x86_64",
+             "dtype": "float32", "shape": {"stage": "down0"}, "fwd_ms": ms, "fwdbwd_ms": 2 * ms, "peak_mem_mb": 1.0,
+             "oom": False, "torch": "2.14.1", "cuda": None, "date": "2026-11-29T09:00:00+00:00"}
+            for impl, ms in (("fast", 1.0), ("reference", 2.0))]

@@ -1,0 +1,52 @@
+"""Flags several commands share: the names of --dtype and the meaning of --device."""
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_dtype(device: torch.device) -> str:
+    """bf16 on a GPU, fp32 on a CPU."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def device_problem(value: str, cuda_count: int | None = None) -> str | None:
+    """What is wrong with a --device value (given `cuda_count` visible GPUs; default: ask torch), or None."""
+    if not DEVICE.match(value):
+        return f"--device {value}: not a device; use cpu, cuda or cuda:N (auto where the command offers it)"
+    if value.startswith("cuda"):
+        count = visible_gpus() if cuda_count is None else cuda_count
+        if count == 0:
+            return f"--device {value}: no CUDA GPU is visible; use --device cpu"
+        index = int(value.partition(":")[2] or 0)
+        if index >= count:
+            return f"--device {value}: only {count} CUDA device(s) are visible"
+    return None
+
+
+def choose_device(value: str | None, local_rank: int | None = None, cuda_count: int | None = None) -> torch.device:
+    """The device of --device `value`: cpu; cuda:N as given; cuda, auto or no value -> this process's GPU,
+    cuda:LOCAL_RANK (`local_rank`, default: env LOCAL_RANK as torchrun sets it, else 0), when a GPU is
+    visible (no value and auto fall back to cpu). SystemExit naming the flag for a bad value."""
+    count = visible_gpus() if cuda_count is None else cuda_count
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if value is None or value == "auto":
+        value = "cuda" if count else "cpu"
+    problem = device_problem(value, count)
+    if problem:
+        raise SystemExit(problem)
+    if value == "cuda":
+        if local_rank >= count:
+            raise SystemExit(f"--device cuda: LOCAL_RANK {local_rank} but only {count} CUDA device(s) are visible")
+        return torch.device("cuda", local_rank)
+    return torch.device(value)
