@@ -102,11 +102,11 @@ def test_the_ibq_plot_draws_every_implementation_and_marks_what_ran_out_of_memor
 
     drawn = {}
 
-    def keep(figure, plt, path):
+    def keep(figure, path, dpi):
         drawn["figure"] = figure
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_png", keep)
     assert plot_ibq_scaling(ibq_sweep_records, "unused.png") == "unused.png"
     time_axis, memory_axis = drawn["figure"].axes
     for axis in (time_axis, memory_axis):
@@ -116,6 +116,3 @@ def test_the_ibq_plot_draws_every_implementation_and_marks_what_ran_out_of_memor
                          "ibq_quantize sdpa float32 N=8192 D=256": [2**14, 2**16, 2**20]}
         assert [text.get_text() for text in axis.texts] == ["quantize reference float32 OOM"]
         assert [label.get_text() for label in axis.get_xticklabels()] == ["16k", "64k", "1024k\nN=16384"]
-    import matplotlib.pyplot as plt
-
-    plt.close(drawn["figure"])
