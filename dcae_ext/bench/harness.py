@@ -67,12 +67,17 @@ def default_timing(quick: bool) -> Timing:
     return Timing()
 
 
-def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Timing) -> list[dict]:
+def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Timing,
+              on_case: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """The records of every case in every dtype; `on_case(records)` receives each case's as it ends."""
     device = torch.device(device)
     records = []
     for dtype in dtypes:
         for case in cases:
-            records += measure_case(case, device, dtype, timing)
+            case_records = measure_case(case, device, dtype, timing)
+            if on_case is not None:
+                on_case(case_records)
+            records += case_records
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return records

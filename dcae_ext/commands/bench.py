@@ -2,7 +2,6 @@
 table with the spread of every timing, append JSONL, draw PNG plots."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import os
@@ -80,6 +79,14 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
     warning = _busy_warning(device)
     if warning:
         print(warning)
+    path = results_path(device, results_dir) if save else None
+
+    def keep(case_records: list[dict]) -> None:
+        for record in case_records:
+            record["quick"] = quick
+        if path:  # case by case: a suite cut short (a timeout, Ctrl-C) keeps what it measured
+            append_records(case_records, path)
+
     records = []
     for name in names:
         try:
@@ -91,15 +98,11 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
             continue
         cases = _cases(suite, device, quick, model if name == "dcae" else None)
         timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
-        suite_records = run_cases(cases, device, dtypes, timing)
-        for record in suite_records:
-            record["quick"] = quick
+        suite_records = run_cases(cases, device, dtypes, timing, on_case=keep)
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
-    if save and records:
-        path = results_path(device, results_dir)
-        append_records(records, path)
+    if path and records:
         print(f"\nappended {len(records)} records to {path}")
         from dcae_ext.bench.plots import write_plots
 

@@ -50,6 +50,25 @@ def test_bench_command_prints_the_table_with_its_spread_appends_and_plots(tmp_pa
     assert (tmp_path / "plots" / "cpu_speedup.png").stat().st_size > 1000
 
 
+def test_a_suite_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
+    from dcae_ext.commands import bench
+
+    def cases(device="cpu", quick=False):
+        def interrupted(device, dtype):
+            raise KeyboardInterrupt  # what a timeout's SIGINT / a Ctrl-C does mid-suite
+        return _tiny_cases(device, quick) + [Case("never", {"x": [1]}, interrupted)]
+
+    module = types.ModuleType("cut_bench_suite")
+    module.cases = cases
+    monkeypatch.setitem(sys.modules, "cut_bench_suite", module)
+    monkeypatch.setitem(bench.SUITES, "shortcuts", "cut_bench_suite")
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_suites(["shortcuts"], "cpu", [torch.float32], True, str(tmp_path))
+    lines = [json.loads(line) for line in open(tmp_path / "cpu.jsonl")]
+    assert [(line["op"], line["impl"], line["quick"]) for line in lines] == [("double", "fast", True),
+                                                                           ("double", "reference", True)]
+
+
 def test_bench_command_rejects_bad_flags():
     from dcae_ext.cli import main
 
