@@ -56,10 +56,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     _fsync_folder(folder)
 
 
-def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[[str], None]]) -> None:
+def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[[str], None]],
+                         leave_out: tuple[str, ...] = ()) -> None:
     """Files of `folder` that belong together (weights and their config) written as one: each
     `writers[name](tmp_path)` writes one, in a staging sibling folder that also gets a hard link to
-    every other file of `folder`; then the two folders swap places in one step (Linux
+    every other file of `folder` but those named in `leave_out` (files the new set replaces); then the two folders swap places in one step (Linux
     renameat2 RENAME_EXCHANGE), so a reader, or a kill at any instant, sees the old set or the new
     one. Where the OS has no such swap, the old folder is renamed aside and the new one into place:
     a kill between the two renames leaves `folder` missing, never mixed (both sets stay in
@@ -78,7 +79,7 @@ def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[
             _finish_file(os.path.join(staging, file_name))
         if os.path.isdir(folder):
             for entry in os.listdir(folder):
-                if entry not in writers:
+                if entry not in writers and entry not in leave_out:
                     _link_tree(os.path.join(folder, entry), os.path.join(staging, entry))
         _fsync_folder(staging)
         if not os.path.isdir(folder):

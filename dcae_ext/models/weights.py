@@ -23,6 +23,9 @@ from dcae_ext.models.loading import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 EFFICIENTVIT_WEIGHTS = "model.safetensors"
+# Every weights file a folder is read from, in the order the loader looks for them.
+WEIGHT_FILES = (DIFFUSERS_WEIGHTS, EFFICIENTVIT_WEIGHTS, "diffusion_pytorch_model.bin", "model.pt", "model.pth",
+                "pytorch_model.bin")
 CONFIG_FILE = "config.json"
 _QKV = ("to_q", "to_k", "to_v")
 
@@ -188,8 +191,7 @@ def _describe_config(data: dict) -> str:
 
 
 def _weights_file(directory: Path) -> Path:
-    for name in (DIFFUSERS_WEIGHTS, EFFICIENTVIT_WEIGHTS, "diffusion_pytorch_model.bin", "model.pt",
-                 "model.pth", "pytorch_model.bin"):
+    for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
     raise FileNotFoundError(f"no DC-AE weights ({DIFFUSERS_WEIGHTS}, {EFFICIENTVIT_WEIGHTS}, model.pt) in {directory}")
@@ -243,4 +245,5 @@ def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     write_files_together(path, {  # a kill leaves the old pair or the new one, never a mix
         weights_name: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        CONFIG_FILE: lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")})
+        CONFIG_FILE: lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")},
+        leave_out=WEIGHT_FILES)  # earlier weights in another format would be read before the new ones

@@ -197,3 +197,17 @@ def test_presets_have_published_sizes_and_scaling_factors():
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.01)
         assert model.spatial_compression == factor
         assert model.scaling_factor == scale
+
+
+@pytest.mark.parametrize("first,second", [("diffusers", "efficientvit"), ("efficientvit", "diffusers")])
+def test_saving_in_another_format_replaces_the_earlier_weights(first, second, tmp_path):
+    torch.manual_seed(0)
+    DCAE.from_config("tiny").save_pretrained(tmp_path, format=first)
+    (tmp_path / "notes.txt").write_text("kept")
+    newer = DCAE.from_config("tiny")
+    newer.save_pretrained(tmp_path, format=second)
+    loaded = DCAE.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), newer.state_dict().values()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["config.json", "notes.txt", "model.safetensors" if second == "efficientvit" else
+         "diffusion_pytorch_model.safetensors"])
