@@ -5,6 +5,7 @@ Environment:
   FORCE_CUDA=1            build the CUDA kernels even if detection says no
   DCAE_EXT_CPU_ONLY=1     never build CUDA kernels
   TORCH_CUDA_ARCH_LIST    target architectures (default with no GPU visible: 8.0;9.0+PTX)
+  DCAE_EXT_PTXAS_VERBOSE  1: ptxas reports each kernel's registers and spills (benchmarks/ptxas_report.py)
   MAX_JOBS                parallel compile jobs (ninja)
 """
 import glob
@@ -123,8 +124,8 @@ def build_extension():
         sources=sources,
         include_dirs=include_dirs,
         define_macros=macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo",
-                                                        "--expt-relaxed-constexpr"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+                            + (["-Xptxas=-v"] if os.environ.get("DCAE_EXT_PTXAS_VERBOSE") == "1" else [])},
         extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )

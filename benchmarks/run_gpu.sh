@@ -3,7 +3,7 @@
 #   benchmarks/run_gpu.sh build-test   build for the visible GPU, print `dcae-ext info`, run the CUDA tests
 #   benchmarks/run_gpu.sh bench        the GPU benchmarks, one suite at a time with its own time limit
 #   benchmarks/run_gpu.sh all          both
-# Output goes to $OUT (default gpu_out/): build.log, info.txt, tests.log, bench.log, <device>.jsonl
+# Output goes to $OUT (default gpu_out/): build.log, ptxas.md, info.txt, tests.log, bench.log, <device>.jsonl
 # and the plots. Wheels for test dependencies the machine lacks (diffusers, lpips) are installed from
 # .whl/ when that folder exists.
 set -uo pipefail
@@ -21,11 +21,12 @@ elapsed() { echo "$1: $(( $(date +%s) - $2 )) s"; }
 
 build_test() {
     start=$(date +%s)
-    if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    if ! DCAE_EXT_PTXAS_VERBOSE=1 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
       grep -E "error|Error" "$OUT/build.log" | head -40
       return 1
     fi
     elapsed build "$start"
+    $PY benchmarks/ptxas_report.py "$OUT/build.log" --out "$OUT/ptxas.md"  # registers and spills per kernel
     $PY -m dcae_ext.cli info | tee "$OUT/info.txt"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/info.txt" 2>&1
     start=$(date +%s)
