@@ -48,6 +48,20 @@ def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dt
                                rtol=tol["rtol"] * scale)
 
 
+def assert_compiled_step_matches_eager(step, *leaves: torch.Tensor) -> None:
+    """`step(*leaves) -> (loss, other outputs...)` under torch.compile(fullgraph=True) gives the eager
+    values and the eager gradients of every leaf."""
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        inputs = [leaf.clone().requires_grad_(True) for leaf in leaves]
+        loss, *others = fn(*inputs)
+        loss.backward()
+        results.append((loss, *others, *(t.grad for t in inputs)))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want)
+
+
 def forbid_reference_fallback(monkeypatch) -> None:
     """Make every public op fail the test where it would quietly run its reference instead of
     its kernel (compiled library missing, op absent from it, no CUDA kernels). Reference mode

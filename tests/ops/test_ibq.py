@@ -7,7 +7,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
-from dcae_ext.testing import device_dtypes, devices
+from dcae_ext.testing import assert_compiled_step_matches_eager, device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 
 MODES = {"quantize": (True, False), "entropy": (False, True), "both": (True, True)}
@@ -251,15 +251,7 @@ def test_compile_fullgraph_matches_eager(device):
         z_q, idx, ent = ops.ibq_quantize_with_entropy(z * 1.5, codebook, 0.1)
         return (z_q - z).square().mean() + 0.05 * ent, idx
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    results = []
-    for fn in (step, compiled):
-        zz, cc = z.clone().requires_grad_(True), codebook.clone().requires_grad_(True)
-        loss, idx = fn(zz, cc)
-        loss.backward()
-        results.append((loss, idx, zz.grad, cc.grad))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want)
+    assert_compiled_step_matches_eager(step, z, codebook)
 
 
 _PEAK_RSS_SCRIPT = """

@@ -10,7 +10,7 @@ from dcae_ext import ops
 from dcae_ext.bench.memory import tracked_peak_mb
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq_sdpa import _chunk_logits, chunked_argmax, codes_per_chunk, ibq_quantize_sdpa
-from dcae_ext.testing import device_dtypes, devices
+from dcae_ext.testing import assert_compiled_step_matches_eager, device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 
 # (N, K, D): one code, odd sizes, many codes, D = 1024.
@@ -218,12 +218,4 @@ def test_compile_fullgraph_matches_eager(device):
         z_q, idx = ibq_quantize_sdpa(z * 1.5, codebook, 8 * 20 * 4)  # 8 codes per chunk: a traced loop
         return (z_q - z).square().mean(), idx
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    results = []
-    for fn in (step, compiled):
-        zz, cc = z.clone().requires_grad_(True), codebook.clone().requires_grad_(True)
-        loss, idx = fn(zz, cc)
-        loss.backward()
-        results.append((loss, idx, zz.grad, cc.grad))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want)
+    assert_compiled_step_matches_eager(step, z, codebook)
