@@ -26,7 +26,7 @@ enum IbqRowStat : int64_t {
 
 // Codes per row kept by the scan when the GEMMs round their operands (ibq_exact.cpp): the
 // candidates of the exact re-rank.
-constexpr int64_t kIbqCandidates = 8;
+constexpr int64_t kIbqCandidates = 16;
 
 // Pass 1 (online over code tiles): running max m, argmax idx (torch.argmax order: a NaN logit
 // wins, then ties -> lowest k; m becomes NaN), `sum_exp` = sum exp(l - m) and, when sum_exp_t

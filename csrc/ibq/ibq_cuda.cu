@@ -66,25 +66,32 @@ __device__ __forceinline__ void block_argmax(T& value, int64_t& arg, T* shared_v
   }
 }
 
-// A thread's own candidates (IbqScanArgs), sorted by (value desc, code asc); empty: (-inf, -1).
-// `x` enters when it beats the last one; the thread's codes come in increasing order, so an
-// equal value already kept stays ahead. The loops are unrolled so the lists stay in registers.
+// (value, code) comes before (other, other_code) in the candidates' order: value desc, code asc.
 template <typename acc>
-__device__ __forceinline__ void insert_candidate(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
+__device__ __forceinline__ bool ranks_before(acc value, int64_t code, acc other, int64_t other_code) {
+  return value > other || (value == other && code < other_code);
+}
+
+// A thread's own candidates (IbqScanArgs), sorted by ranks_before; empty slots: (-inf, -1).
+// Inserts (x, k) when it ranks before the last one (NaN never does) and says whether it did.
+// The loops are unrolled so the lists stay in registers.
+template <typename acc>
+__device__ __forceinline__ bool insert_candidate(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
                                                  acc x, int64_t k) {
-  if (!(x > value[kIbqCandidates - 1])) return;
+  if (!ranks_before(x, k, value[kIbqCandidates - 1], code[kIbqCandidates - 1])) return false;
 #pragma unroll
   for (int j = kIbqCandidates - 1; j > 0; --j) {
-    // sorted: value[j - 1] < x holds for a suffix of the list, which moves down one slot
-    const bool shift = value[j - 1] < x;
-    const bool place = !shift && value[j] < x;
+    // sorted: the entries (x, k) ranks before form a suffix of the list, which moves down one slot
+    const bool shift = ranks_before(x, k, value[j - 1], code[j - 1]);
+    const bool place = !shift && ranks_before(x, k, value[j], code[j]);
     value[j] = shift ? value[j - 1] : (place ? x : value[j]);
     code[j] = shift ? code[j - 1] : (place ? k : code[j]);
   }
-  if (value[0] < x) {
+  if (ranks_before(x, k, value[0], code[0])) {
     value[0] = x;
     code[0] = k;
   }
+  return true;
 }
 
 // Merges every thread's candidates (thread 0 holding the row's list from earlier tiles) into
@@ -146,8 +153,17 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
       value[j] = threadIdx.x == 0 ? row_value[j] : neg_inf;
       code[j] = threadIdx.x == 0 ? row_code[j] : -1;
     }
-    for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) insert_candidate(value, code, row[k], code_offset + k);
-    merge_block_candidates(value, code, row_value, row_code, shared_value, shared_arg);
+    // A code of this tile enters the row's list only above its last value (an equal value has
+    // a higher code): that is every thread's threshold, so after the first tiles few insert.
+    const acc floor = row_value[kIbqCandidates - 1];
+    acc inserted = 0;
+    for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
+      const acc x = row[k];
+      if (x > floor && insert_candidate(value, code, x, code_offset + k)) inserted += 1;
+    }
+    if (block_sum(inserted, shared_sum) > 0) {  // block-uniform; nothing new: the list stands
+      merge_block_candidates(value, code, row_value, row_code, shared_value, shared_arg);
+    }
   }
   const acc old_max = row_max[n];
   // strict: earlier tiles win ties

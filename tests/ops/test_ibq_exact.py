@@ -14,7 +14,7 @@ from dcae_ext.testing import ibq_inputs as _inputs
 HALF = [torch.bfloat16, torch.float16]
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 CERTIFIED, CANDIDATES, FULL_ROW = 0, 1, 2
-CANDIDATES_KEPT = 8  # kIbqCandidates (csrc/ibq/ibq.h)
+CANDIDATES_KEPT = 16  # kIbqCandidates (csrc/ibq/ibq.h)
 
 
 def _nearest(z, codebook, gemm_dtype, codes_per_tile=0):
