@@ -222,7 +222,8 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
     row_stats.select(1, kRowLse).copy_(row_max + sum_exp.log());
     if (soft_codes_in_scan) soft_codes.div_(sum_exp.unsqueeze(1));
     if (rerank) {
-      at::Tensor rows = ibq_exact_rerank(z, codebook, plan.operands, tile_codes_max, row_max, cand_value, cand_code, idx);
+      at::Tensor rows =
+          ibq_exact_rerank(z, codebook, plan.operands, tile_codes_max, row_max, cand_value, cand_code, idx);
       if (search != nullptr) *search = rows;
     }
 

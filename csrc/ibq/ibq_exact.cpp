@@ -67,11 +67,13 @@ IbqOperands ibq_operands(const at::Tensor& z, const at::Tensor& codebook, c10::o
     if (half) {
       const HalfFormat format = half_format(*gemm_dtype);
       // bf16 / fp16 operands multiply on tensor cores into float32 logits (aten::mm.dtype).
-      if (within_range(z, codebook, format.largest)) return {*gemm_dtype, {}, format.unit_roundoff, format.smallest_normal};
+      if (within_range(z, codebook, format.largest)) {
+        return {*gemm_dtype, at::ScalarType::Undefined, format.unit_roundoff, format.smallest_normal};
+      }
     }
     if (z.scalar_type() == at::kFloat) {
       const double roundoff = cublas_float32_roundoff();
-      if (roundoff > 0) return {at::kFloat, {}, roundoff, kFloat32Min};
+      if (roundoff > 0) return {at::kFloat, at::ScalarType::Undefined, roundoff, kFloat32Min};
     }
     return {z.scalar_type()};
   }

@@ -13,7 +13,7 @@ from dcae_ext.testing import ibq_inputs as _inputs
 
 HALF = [torch.bfloat16, torch.float16]
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-CERTIFIED, CANDIDATES, FULL_ROW = 0, 1, 2
+CERTIFIED = 0  # counts: [certified, re-ranked among candidates, full row] (IbqRowSearch)
 CANDIDATES_KEPT = 16  # kIbqCandidates (csrc/ibq/ibq.h)
 
 
@@ -238,7 +238,8 @@ def test_opcheck_with_gemm_dtype(device, quantize, entropy):
                                                                       torch.bfloat16)
     grad_z_q = torch.randn_like(z) if quantize else None
     grad_entropy = torch.tensor(0.3, device=device) if entropy else None
-    torch.library.opcheck(torch.ops.dcae_ext._ibq_backward, (grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft, coef, 0.5, 8, torch.bfloat16))
+    torch.library.opcheck(torch.ops.dcae_ext._ibq_backward,
+                          (grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft, coef, 0.5, 8, torch.bfloat16))
 
 
 @pytest.mark.parametrize("device", devices())
