@@ -3,6 +3,7 @@
 // device's epilogue kernels (ibq_cpu.cpp, ibq_cuda.cu) on each logits slab. The passes, the
 // entropy gradient and the GEMM count are derived in docs/ibq.md.
 #include "ibq/ibq.h"
+#include "ibq/ibq_exact.h"
 
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -21,21 +22,16 @@ constexpr int64_t kSlabsAtOnce = 3;  // logits, and probabilities or d(logits), 
 
 // What differs between devices, besides the epilogue kernels.
 struct DevicePlan {
-  at::ScalarType gemm_dtype;  // dtype of the GEMM operands (the outputs are the accumulation dtype)
-  int64_t workspace_bytes;    // budget for the slabs
+  IbqOperands operands;     // the GEMM operands (the outputs are the accumulation dtype)
+  int64_t workspace_bytes;  // budget for the slabs
 };
 
-DevicePlan plan_for(const at::Tensor& z) {
-  if (z.is_cuda()) {
-    // bf16 / fp16 operands multiply on tensor cores into float32 logits (aten::mm.dtype).
-    return {z.scalar_type(), int64_t(256) << 20};
-  }
-  // CPU: half-precision inputs are upcast once, O((N + K) D). Slabs of ~64 MB in all (~2700
-  // codes per tile at N = 2048): few tiles, so few thread-pool round trips (GEMM, epilogue,
-  // GEMM, each a barrier). 8 MB slabs (cache-resident) were 10-15% faster on an idle 2-core
-  // machine but 2-5x slower when other processes compete for the cores, where every barrier
-  // can wait a scheduler time slice.
-  return {accumulation_dtype(z.scalar_type()), int64_t(64) << 20};
+DevicePlan plan_for(const at::Tensor& z, const at::Tensor& codebook, c10::optional<at::ScalarType> gemm_dtype) {
+  // CPU: slabs of ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so few
+  // thread-pool round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident)
+  // were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete
+  // for the cores, where every barrier can wait a scheduler time slice.
+  return {ibq_operands(z, codebook, gemm_dtype), z.is_cuda() ? int64_t(256) << 20 : int64_t(64) << 20};
 }
 
 void scan_tile(const IbqScanArgs& args) {
@@ -59,7 +55,8 @@ void grad_tile(const IbqGradArgs& args) {
   ibq_grad_cpu(args);
 }
 
-void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double temperature) {
+void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double temperature,
+                      c10::optional<at::ScalarType> gemm_dtype) {
   DCAE_CHECK_DIM(z, "z", 2);
   DCAE_CHECK_DIM(codebook, "codebook", 2);
   DCAE_CHECK_FLOATING(z, "z");
@@ -72,6 +69,7 @@ void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double te
   DCAE_CHECK_ARG(z.size(1) >= 1, "z", "needs a last dimension D >= 1, got shape ", z.sizes());
   DCAE_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
                  "expected a finite number > 0, got ", temperature);
+  check_gemm_dtype(z, gemm_dtype);
 }
 
 // The saved tensors and the incoming gradients come from the forward and autograd; a direct
@@ -152,15 +150,20 @@ at::Tensor code_coefficients(const at::Tensor& mean_probs) {
   return (mean_probs + kIbqEntropyEps).log() + mean_probs / (mean_probs + kIbqEntropyEps);
 }
 
+using IbqForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 // Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
 //                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibq_forward(
-    const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize, bool entropy,
-    int64_t codes_per_tile) {
-  check_ibq_inputs(z, codebook, temperature);
+// `search`, when given, receives the (N) int8 IbqRowSearch of every row (all kCertified
+// without rounded operands).
+IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize,
+                              bool entropy, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype,
+                              at::Tensor* search) {
+  check_ibq_inputs(z, codebook, temperature, gemm_dtype);
   const c10::DeviceGuard device_guard(z.device());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
-  const DevicePlan plan = plan_for(z);
+  const DevicePlan plan = plan_for(z, codebook, gemm_dtype);
+  const at::ScalarType gemm = plan.operands.gemm_dtype;
   const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
   const auto acc_options = z.options().dtype(acc_dtype);
   // Quantize alone: s @ C is accumulated online during the single pass (flash-attention style);
@@ -172,20 +175,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor soft_codes = at::zeros({quantize ? N : 0, D}, acc_options);
   at::Tensor code_coef = at::zeros({entropy ? K : 0}, acc_options);
   at::Tensor loss = at::zeros({}, acc_options);
+  if (search != nullptr) *search = at::zeros({N}, z.options().dtype(at::kChar));
 
   if (N > 0) {
-    const at::Tensor z_gemm = z.to(plan.gemm_dtype);
-    const at::Tensor codebook_gemm = codebook.to(plan.gemm_dtype);
+    const at::Tensor z_gemm = plan.operands.prepare(z);
+    const at::Tensor codebook_gemm = plan.operands.prepare(codebook);
     const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, plan.workspace_bytes,
                                                        c10::elementSize(acc_dtype));
     at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
     at::Tensor probs_buffer;  // probabilities in the GEMM dtype, where they cannot overwrite the logits
-    if ((soft_codes_in_scan && plan.gemm_dtype != acc_dtype) || (quantize && entropy)) {
-      probs_buffer = at::empty({N * tile_codes_max}, z.options().dtype(plan.gemm_dtype));
+    if ((soft_codes_in_scan && gemm != acc_dtype) || (quantize && entropy)) {
+      probs_buffer = at::empty({N * tile_codes_max}, z.options().dtype(gemm));
     }
     at::Tensor row_max = at::full({N}, -std::numeric_limits<double>::infinity(), acc_options);
     at::Tensor sum_exp = at::zeros({N}, acc_options);
     at::Tensor sum_exp_scaled = entropy ? at::zeros({N}, acc_options) : at::Tensor();
+    // rounded operands: the candidates of the exact re-rank (IbqScanArgs)
+    const bool rerank = plan.operands.rounded();
+    const at::Tensor cand_value =
+        rerank ? at::full({N, kIbqCandidates}, -std::numeric_limits<double>::infinity(), acc_options) : at::Tensor();
+    const at::Tensor cand_code = rerank ? at::full({N, kIbqCandidates}, -1, idx.options()) : at::Tensor();
 
     // Pass 1: online max / argmax / sums over the tiles.
     for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
@@ -200,6 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       args.sum_exp = sum_exp;
       args.sum_exp_t = sum_exp_scaled;
       args.idx = idx;
+      args.cand_value = cand_value;
+      args.cand_code = cand_code;
       if (soft_codes_in_scan) {
         args.probs = probs_buffer.defined() ? slab_view(probs_buffer, N, tile_codes) : args.logits;
         args.soft = soft_codes;
@@ -210,6 +221,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     row_stats.select(1, kRowMax).copy_(row_max);
     row_stats.select(1, kRowLse).copy_(row_max + sum_exp.log());
     if (soft_codes_in_scan) soft_codes.div_(sum_exp.unsqueeze(1));
+    if (rerank) {
+      at::Tensor rows =
+          ibq_exact_rerank(z, codebook, plan.operands, tile_codes_max, row_max, cand_value, cand_code, idx);
+      if (search != nullptr) *search = rows;
+    }
 
     if (entropy) {
       // Pass 2: p = softmax(l / T) per slab; its column means are complete pbar values.
@@ -250,27 +266,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft_codes, code_coef};
 }
 
+IbqForwardResult ibq_forward(const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize,
+                             bool entropy, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype) {
+  return forward_impl(z, codebook, temperature, quantize, entropy, codes_per_tile, gemm_dtype, nullptr);
+}
+
+// The nearest code alone and how each row found it (IbqRowSearch), for the tests.
+std::tuple<at::Tensor, at::Tensor> ibq_nearest(const at::Tensor& z, const at::Tensor& codebook,
+                                               c10::optional<at::ScalarType> gemm_dtype, int64_t codes_per_tile) {
+  at::Tensor search;
+  const IbqForwardResult result = forward_impl(z, codebook, 1.0, false, false, codes_per_tile, gemm_dtype, &search);
+  return {std::get<1>(result), search};
+}
+
 // Backward: returns (grad_z (N, D), grad_codebook (K, D)).
 std::tuple<at::Tensor, at::Tensor> ibq_backward(
     const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z,
     const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
-    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile) {
-  check_ibq_inputs(z, codebook, temperature);
+    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype) {
+  check_ibq_inputs(z, codebook, temperature, gemm_dtype);
   check_ibq_backward_inputs(grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes, code_coef);
   const c10::DeviceGuard device_guard(z.device());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
   const bool with_quantize_grad = grad_z_q.has_value() && grad_z_q->defined();
   const bool with_entropy_grad = grad_entropy.has_value() && grad_entropy->defined();
-  const DevicePlan plan = plan_for(z);
+  const DevicePlan plan = plan_for(z, codebook, gemm_dtype);
+  const at::ScalarType gemm = plan.operands.gemm_dtype;
   const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
   const auto acc_options = z.options().dtype(acc_dtype);
 
   at::Tensor grad_z = at::zeros({N, D}, acc_options);
   at::Tensor grad_codebook = at::zeros({K, D}, acc_options);
   if (N > 0 && (with_quantize_grad || with_entropy_grad)) {
-    const at::Tensor z_gemm = z.to(plan.gemm_dtype);
-    const at::Tensor codebook_gemm = codebook.to(plan.gemm_dtype);
-    const at::Tensor grad_z_q_gemm = with_quantize_grad ? grad_z_q->to(plan.gemm_dtype) : at::Tensor();
+    const at::Tensor z_gemm = plan.operands.prepare(z);
+    const at::Tensor codebook_gemm = plan.operands.prepare(codebook);
+    const at::Tensor grad_z_q_gemm = with_quantize_grad ? grad_z_q->to(gemm) : at::Tensor();
     // D_n = G_n . (s_n @ C), once per row.
     const at::Tensor row_dot = with_quantize_grad ? (grad_z_q->to(acc_dtype) * soft_codes).sum(1) : at::Tensor();
     const at::Tensor grad_entropy_acc = with_entropy_grad ? grad_entropy->to(acc_dtype).reshape({}) : at::Tensor();
@@ -279,8 +309,7 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
     at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
     at::Tensor grad_logits_q_buffer = with_quantize_grad ? at::empty({N * tile_codes_max}, acc_options) : at::Tensor();
     // d(logits) in the GEMM dtype; in the accumulation dtype it overwrites the logits in place.
-    at::Tensor grad_logits_buffer = plan.gemm_dtype != acc_dtype
-                                        ? at::empty({N * tile_codes_max}, z.options().dtype(plan.gemm_dtype))
+    at::Tensor grad_logits_buffer = gemm != acc_dtype ? at::empty({N * tile_codes_max}, z.options().dtype(gemm))
                                         : logits_buffer;
     for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
       const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
@@ -315,23 +344,28 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
 
 TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
   // The argument checks alone, for the Python side when it runs the reference instead.
-  m.def("_check_ibq_args(Tensor z, Tensor codebook, float temperature) -> ()", &dcae_ext::check_ibq_inputs);
+  m.def("_check_ibq_args(Tensor z, Tensor codebook, float temperature, ScalarType? gemm_dtype=None) -> ()",
+        &dcae_ext::check_ibq_inputs);
   m.def("ibq_forward(Tensor z, Tensor codebook, float temperature, bool quantize, bool entropy, "
-        "int codes_per_tile=0) -> (Tensor z_q, Tensor idx, Tensor entropy, Tensor row_stats, "
-        "Tensor soft_codes, Tensor code_coef)");
+        "int codes_per_tile=0, ScalarType? gemm_dtype=None) -> (Tensor z_q, Tensor idx, Tensor entropy, "
+        "Tensor row_stats, Tensor soft_codes, Tensor code_coef)");
   m.def("_ibq_backward(Tensor? grad_z_q, Tensor? grad_entropy, Tensor z, Tensor codebook, Tensor idx, "
         "Tensor row_stats, Tensor soft_codes, Tensor code_coef, float temperature, "
-        "int codes_per_tile=0) -> (Tensor grad_z, Tensor grad_codebook)");
+        "int codes_per_tile=0, ScalarType? gemm_dtype=None) -> (Tensor grad_z, Tensor grad_codebook)");
+  m.def("_ibq_nearest(Tensor z, Tensor codebook, ScalarType? gemm_dtype=None, int codes_per_tile=0) "
+        "-> (Tensor idx, Tensor search)");
 }
 
 TORCH_LIBRARY_IMPL(dcae_ext, CPU, m) {
   m.impl("ibq_forward", &dcae_ext::ibq_forward);
   m.impl("_ibq_backward", &dcae_ext::ibq_backward);
+  m.impl("_ibq_nearest", &dcae_ext::ibq_nearest);
 }
 
 #ifdef DCAE_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(dcae_ext, CUDA, m) {
   m.impl("ibq_forward", &dcae_ext::ibq_forward);
   m.impl("_ibq_backward", &dcae_ext::ibq_backward);
+  m.impl("_ibq_nearest", &dcae_ext::ibq_nearest);
 }
 #endif

@@ -24,17 +24,24 @@ enum IbqRowStat : int64_t {
   kRowStatCount = 4,
 };
 
+// Codes per row kept by the scan when the GEMMs round their operands (ibq_exact.cpp): the
+// candidates of the exact re-rank.
+constexpr int64_t kIbqCandidates = 16;
+
 // Pass 1 (online over code tiles): running max m, argmax idx (torch.argmax order: a NaN logit
 // wins, then ties -> lowest k; m becomes NaN), `sum_exp` = sum exp(l - m) and, when sum_exp_t
 // is defined, sum exp((l - m) / T). When `probs` is defined it receives exp(l - m_new) (GEMM
 // dtype; may alias `logits`) and the rows of `soft` (N, D) are rescaled by exp(m_old - m_new),
-// for the flash-style accumulation of s @ C.
+// for the flash-style accumulation of s @ C. When `cand_value` is defined, each row also keeps
+// its kIbqCandidates largest logits so far, sorted by (value desc, code asc), NaN never
+// entering; empty slots are (-inf, -1).
 struct IbqScanArgs {
   at::Tensor logits;            // (N, kt) slab
   int64_t code_offset;          // first code of the tile
   double inv_temperature;
   at::Tensor row_max, sum_exp, sum_exp_t, idx;  // (N) state; sum_exp_t undefined: no entropy
   at::Tensor probs, soft;       // optional outputs
+  at::Tensor cand_value, cand_code;  // optional (N, kIbqCandidates) state: accumulation dtype, int64
 };
 
 // Pass 2 of the entropy (lse and lse at T known): overwrites `logits` with p = softmax(l / T)

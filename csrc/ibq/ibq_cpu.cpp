@@ -57,6 +57,33 @@ int64_t first_index_of(const acc* __restrict row, int64_t kt, acc value) {
   return 0;
 }
 
+// Merges the row's codes into its candidates (value desc, code asc; IbqScanArgs): a code
+// enters when its logit beats the last candidate, so after the first tile few do. Codes come
+// in increasing order, so an equal value already kept stays ahead. NaN never enters.
+template <typename acc>
+void merge_candidates(const acc* __restrict row, int64_t kt, int64_t code_offset, acc* value, int64_t* code) {
+  constexpr int64_t last = kIbqCandidates - 1;
+  for (int64_t k0 = 0; k0 < kt; k0 += kArgmaxChunk) {
+    const int64_t k1 = std::min(kt, k0 + kArgmaxChunk);
+    const acc threshold = value[last];
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t k = k0; k < k1; ++k) hit |= row[k] > threshold;
+    if (!hit) continue;
+    for (int64_t k = k0; k < k1; ++k) {
+      const acc x = row[k];
+      if (!(x > value[last])) continue;
+      int64_t pos = last;
+      for (; pos > 0 && value[pos - 1] < x; --pos) {
+        value[pos] = value[pos - 1];
+        code[pos] = code[pos - 1];
+      }
+      value[pos] = x;
+      code[pos] = code_offset + k;
+    }
+  }
+}
+
 // sum_k exp(row[k] - max) [-> sum] and sum_k exp((row[k] - max) / T) [-> sum_t, kEntropy];
 // exp(row[k] - max) is stored to probs[k] when kProbs (probs may alias row).
 template <typename acc, bool kEntropy, bool kProbs>
@@ -86,6 +113,8 @@ void scan_rows(const IbqScanArgs& a) {
   int64_t* idx = a.idx.data_ptr<int64_t>();
   acc* probs = optional_ptr<acc>(a.probs);
   acc* soft = optional_ptr<acc>(a.soft);
+  acc* cand_value = optional_ptr<acc>(a.cand_value);
+  int64_t* cand_code = optional_ptr<int64_t>(a.cand_code);
   const int64_t dim = a.soft.defined() ? a.soft.size(1) : 0;
   const acc inv_t = static_cast<acc>(a.inv_temperature);
   const acc neg_inf = -std::numeric_limits<acc>::infinity();
@@ -97,6 +126,8 @@ void scan_rows(const IbqScanArgs& a) {
       // NaN above every number; strict, so earlier tiles win ties
       const bool tile_wins = !std::isnan(old_max) && (std::isnan(tile_max) || tile_max > old_max);
       if (tile_wins) idx[n] = a.code_offset + first_index_of(row, kt, tile_max);
+      if (cand_value != nullptr)
+        merge_candidates(row, kt, a.code_offset, cand_value + n * kIbqCandidates, cand_code + n * kIbqCandidates);
       const acc new_max = tile_wins ? tile_max : old_max;
       acc* prob_row = probs != nullptr ? probs + n * kt : nullptr;
       if (new_max == neg_inf) {  // every logit so far is -inf: nothing to add

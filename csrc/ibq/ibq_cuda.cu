@@ -66,11 +66,67 @@ __device__ __forceinline__ void block_argmax(T& value, int64_t& arg, T* shared_v
   }
 }
 
+// (value, code) comes before (other, other_code) in the candidates' order: value desc, code asc.
+template <typename acc>
+__device__ __forceinline__ bool ranks_before(acc value, int64_t code, acc other, int64_t other_code) {
+  return value > other || (value == other && code < other_code);
+}
+
+// A thread's own candidates (IbqScanArgs), sorted by ranks_before; empty slots: (-inf, -1).
+// Inserts (x, k) when it ranks before the last one (NaN never does) and says whether it did.
+// The loops are unrolled so the lists stay in registers.
+template <typename acc>
+__device__ __forceinline__ bool insert_candidate(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
+                                                 acc x, int64_t k) {
+  if (!ranks_before(x, k, value[kIbqCandidates - 1], code[kIbqCandidates - 1])) return false;
+#pragma unroll
+  for (int j = kIbqCandidates - 1; j > 0; --j) {
+    // sorted: the entries (x, k) ranks before form a suffix of the list, which moves down one slot
+    const bool shift = ranks_before(x, k, value[j - 1], code[j - 1]);
+    const bool place = !shift && ranks_before(x, k, value[j], code[j]);
+    value[j] = shift ? value[j - 1] : (place ? x : value[j]);
+    code[j] = shift ? code[j - 1] : (place ? k : code[j]);
+  }
+  if (ranks_before(x, k, value[0], code[0])) {
+    value[0] = x;
+    code[0] = k;
+  }
+  return true;
+}
+
+// Merges every thread's candidates (thread 0 holding the row's list from earlier tiles) into
+// the row's list: kIbqCandidates rounds of a block argmax over the heads, the winner's thread
+// popping its head. Codes are unique across the threads' lists.
+template <typename acc>
+__device__ void merge_block_candidates(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
+                                       acc* __restrict__ row_value, int64_t* __restrict__ row_code,
+                                       acc* shared_value, int64_t* shared_arg) {
+  for (int round = 0; round < kIbqCandidates; ++round) {
+    acc best = value[0];
+    int64_t best_code = code[0];
+    __syncthreads();  // the shared arrays may still be read by the previous reduction
+    block_argmax(best, best_code, shared_value, shared_arg);
+    if (threadIdx.x == 0) {
+      row_value[round] = best;
+      row_code[round] = best_code;
+    }
+    if (best_code >= 0 && code[0] == best_code) {
+#pragma unroll
+      for (int j = 0; j < kIbqCandidates - 1; ++j) {
+        value[j] = value[j + 1];
+        code[j] = code[j + 1];
+      }
+      value[kIbqCandidates - 1] = -std::numeric_limits<acc>::infinity();
+      code[kIbqCandidates - 1] = -1;
+    }
+  }
+}
+
 template <typename acc, typename out_t>
 __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t code_offset, acc inv_t,
                             acc* __restrict__ row_max, acc* __restrict__ sum_exp, acc* __restrict__ sum_exp_t,
                             int64_t* __restrict__ idx, out_t* __restrict__ probs, acc* __restrict__ soft,
-                            int64_t dim) {
+                            int64_t dim, acc* __restrict__ cand_value, int64_t* __restrict__ cand_code) {
   __shared__ acc shared_value[kWarps];
   __shared__ int64_t shared_arg[kWarps];
   __shared__ acc shared_sum[kWarps];
@@ -87,6 +143,28 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
     }
   }
   block_argmax(tile_max, tile_arg, shared_value, shared_arg);
+  if (cand_value != nullptr) {  // block-uniform: every thread takes part in the merge
+    acc value[kIbqCandidates];
+    int64_t code[kIbqCandidates];
+    acc* row_value = cand_value + n * kIbqCandidates;
+    int64_t* row_code = cand_code + n * kIbqCandidates;
+#pragma unroll
+    for (int j = 0; j < kIbqCandidates; ++j) {
+      value[j] = threadIdx.x == 0 ? row_value[j] : neg_inf;
+      code[j] = threadIdx.x == 0 ? row_code[j] : -1;
+    }
+    // A code of this tile enters the row's list only above its last value (an equal value has
+    // a higher code): that is every thread's threshold, so after the first tiles few insert.
+    const acc floor = row_value[kIbqCandidates - 1];
+    acc inserted = 0;
+    for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
+      const acc x = row[k];
+      if (x > floor && insert_candidate(value, code, x, code_offset + k)) inserted += 1;
+    }
+    if (block_sum(inserted, shared_sum) > 0) {  // block-uniform; nothing new: the list stands
+      merge_block_candidates(value, code, row_value, row_code, shared_value, shared_arg);
+    }
+  }
   const acc old_max = row_max[n];
   // strict: earlier tiles win ties
   const bool tile_wins = !isnan(old_max) && (isnan(tile_max) || tile_max > old_max);
@@ -182,7 +260,7 @@ void ibq_scan_cuda(const IbqScanArgs& a) {
         a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
         a.row_max.data_ptr<acc>(), a.sum_exp.data_ptr<acc>(), optional_ptr<acc>(a.sum_exp_t),
         a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.soft),
-        a.soft.defined() ? a.soft.size(1) : 0);
+        a.soft.defined() ? a.soft.size(1) : 0, optional_ptr<acc>(a.cand_value), optional_ptr<int64_t>(a.cand_code));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -50,11 +50,23 @@ def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor
     return usage, entropy.exp()
 
 
+def search_gemm_dtype(device_type: str) -> torch.dtype | None:
+    """The GEMM operand dtype of the code search: the autocast dtype (bf16 / fp16) on CUDA, where
+    those operands run on tensor cores and the op keeps the index exact (docs/ibq.md); None
+    (float32 operands) elsewhere: the CPU only emulates rounded operands, which is not faster."""
+    if device_type != "cuda" or not torch.is_autocast_enabled(device_type):
+        return None
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
 class IBQuantizer(nn.Module):
     """z (B, D, H, W) (channels at `channel_dim`, 1 by default for 4-D) or (..., D) -> QuantizerOutput.
 
-    The quantizer computes in float32 (float64 for float64 input; autocast is switched off inside),
-    as nearest-code search in bf16 picks wrong codes among 2^18 near-ties.
+    The quantizer takes float32 tensors (float64 for float64 input; autocast is switched off
+    inside), so the nearest code is exact: a plain bf16 search picks wrong codes among 2^18
+    near-ties. Under CUDA autocast its GEMMs still use the autocast dtype (`search_gemm_dtype`):
+    the op re-ranks in float64 the rows the rounding cannot decide.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, entropy_weight: float = 0.05,
@@ -95,14 +107,18 @@ class IBQuantizer(nn.Module):
             raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
         channel_dim = self._channel_dim(z, channel_dim)
         input_dtype = z.dtype
+        gemm_dtype = search_gemm_dtype(z.device.type)
         with torch.autocast(device_type=z.device.type, enabled=False):
             compute = torch.promote_types(z.dtype, torch.float32)
+            if compute != torch.float32:
+                gemm_dtype = None
             rows = z.to(compute).movedim(channel_dim, -1)
             codebook = self.codebook.to(compute)
             if self.entropy_weight != 0:
-                z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature)
+                z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature,
+                                                                      gemm_dtype=gemm_dtype)
             else:
-                z_q, indices = ops.ibq_quantize(rows, codebook)
+                z_q, indices = ops.ibq_quantize(rows, codebook, gemm_dtype=gemm_dtype)
                 entropy = rows.new_zeros(())
             hard = F.embedding(indices, codebook)
             straight_through = torch.mean((z_q - rows) ** 2)
@@ -125,9 +141,11 @@ class IBQuantizer(nn.Module):
         if not isinstance(z, torch.Tensor) or z.dim() < 1:
             raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
         channel_dim = self._channel_dim(z, channel_dim)
+        gemm_dtype = search_gemm_dtype(z.device.type)
         with torch.autocast(device_type=z.device.type, enabled=False):
             compute = torch.promote_types(z.dtype, torch.float32)
-            return ops.ibq_nearest_code(z.to(compute).movedim(channel_dim, -1), self.codebook.to(compute))
+            return ops.ibq_nearest_code(z.to(compute).movedim(channel_dim, -1), self.codebook.to(compute),
+                                        gemm_dtype=gemm_dtype if compute == torch.float32 else None)
 
     def lookup(self, indices: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """indices (B, H, W) -> codes (B, D, H, W) (channel_dim 1 for 3-D indices), else (..., D)."""

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from dcae_ext.models.quantizer import IBQuantizer, code_statistics
+from dcae_ext import ops
+from dcae_ext.models import quantizer as quantizer_module
+from dcae_ext.models.quantizer import IBQuantizer, code_statistics, search_gemm_dtype
 from dcae_ext.ops import reference
 
 
@@ -116,6 +118,48 @@ def test_nearest_gives_the_indices_of_forward_without_the_losses():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = torch.randn(2, 16, 4, 4)
         assert torch.equal(quantizer.nearest(z), quantizer(z.float()).indices)
+
+
+@pytest.mark.parametrize("device_type,enabled,dtype,want", [
+    ("cuda", True, torch.bfloat16, torch.bfloat16), ("cuda", True, torch.float16, torch.float16),
+    ("cuda", True, torch.float32, None), ("cuda", False, torch.bfloat16, None), ("cpu", True, torch.bfloat16, None)])
+def test_search_gemm_dtype_is_the_cuda_autocast_dtype(monkeypatch, device_type, enabled, dtype, want):
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device: enabled and device == device_type)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device: dtype)
+    assert search_gemm_dtype(device_type) == want
+
+
+def test_search_gemm_dtype_outside_autocast_and_on_cpu():
+    assert search_gemm_dtype("cpu") is None and search_gemm_dtype("cuda") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert search_gemm_dtype("cpu") is None
+
+
+@pytest.mark.parametrize("entropy_weight", [0.05, 0.0])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float64])
+def test_rounded_search_keeps_the_exact_codes(monkeypatch, entropy_weight, input_dtype):
+    # As under CUDA autocast, on CPU: the op gets float32 tensors and gemm_dtype=bf16 (float64
+    # input: none), and the codes are those of the float32 quantizer.
+    torch.manual_seed(6)
+    quantizer = IBQuantizer(512, 16, entropy_weight=entropy_weight)
+    z = torch.randn(2, 16, 8, 8, dtype=input_dtype)
+    expected = quantizer(z)
+    seen = []
+    for name in ("ibq_quantize", "ibq_quantize_with_entropy"):
+        original = getattr(ops, name)
+
+        def spy(*args, original=original, **kwargs):
+            seen.append((args[0].dtype, kwargs.get("gemm_dtype")))
+            return original(*args, **kwargs)
+        monkeypatch.setattr(ops, name, spy)
+    monkeypatch.setattr(quantizer_module, "search_gemm_dtype", lambda device_type: torch.bfloat16)
+    out = quantizer(z)
+    compute = torch.promote_types(input_dtype, torch.float32)
+    assert seen == [(compute, torch.bfloat16 if compute == torch.float32 else None)]
+    assert torch.equal(out.indices, expected.indices)
+    rows = z.movedim(1, -1).reshape(-1, 16).double()
+    assert torch.equal(out.indices.reshape(-1), (rows @ quantizer.codebook.double().t()).argmax(1))
+    torch.testing.assert_close(out.loss, expected.loss, rtol=1e-2, atol=1e-3)
 
 
 def test_bad_arguments_name_themselves():

@@ -1,5 +1,5 @@
 """The CUDA path of the trainers (bf16 autocast, fp16 + GradScaler, pinned-memory loading, the
-float32 quantizer under autocast). Skipped without a GPU."""
+quantizer under autocast: float32 tensors, autocast-dtype GEMMs, exact index). Skipped without a GPU."""
 import pytest
 import torch
 
