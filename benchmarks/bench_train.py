@@ -202,7 +202,13 @@ def preset_records(model: str, preset: str, trainer: Trainer, sides: list[Side],
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    model = "CPU"
+    try:
+        with open("/proc/cpuinfo") as stream:
+            model = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
 
 
 def report(records: list[dict]) -> None:
