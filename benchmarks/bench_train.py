@@ -1,6 +1,6 @@
 """Training-step throughput: the fast ops against reference mode (`DCAE_EXT_REFERENCE=1`), same run.
 
-    python benchmarks/bench_train.py --preset dcae:tiny,ibq:tiny --resolution 64 --steps 2   # CPU smoke run
+    python benchmarks/bench_train.py --device cpu --preset dcae:tiny,ibq:tiny --resolution 64 --threads 1  # CPU smoke run
     # on a GPU (bf16 autocast by default there), as issues 14 and 15 ask
     python benchmarks/bench_train.py --device cuda --preset dc-ae-f32c32-in-1.0 --batch-size 8 --grad-checkpointing
     python benchmarks/bench_train.py --device cuda --preset ibq-f16-16384,ibq-f16-262144 --batch-size 32
@@ -21,7 +21,8 @@ Records (one per side and one comparison per preset, appended to
 benchmarks/results/<device>-train.jsonl as each preset finishes, or --results; --no-save prints
 only): median, min and max images/s over the rounds, the spread ((max - min) / median) and a noisy
 flag above 10 %, peak memory (CUDA max_memory_allocated over the timed steps: weights, optimiser
-state, EMA and activations; null on CPU), the loss of the side's last step, and speedup_median =
+state, EMA and activations; null on CPU), the loss of the side's last step, the side's steps that
+the trainer skipped (a non-finite loss or gradient: no optimiser update), and speedup_median =
 fast images/s / reference images/s.
 """
 from __future__ import annotations
@@ -87,7 +88,6 @@ def build_trainer(model: str, preset: str, args, device: torch.device, out: str,
                          resolution=args.resolution, precision=args.precision, device=device.type,
                          grad_checkpointing=args.grad_checkpointing, out=out, num_workers=0,
                          steps=1_000_000, lpips_weight=0.0 if args.lpips == "off" else None)
-    torch.manual_seed(0)
     with warnings.catch_warnings():  # the random LPIPS trunk is intended here; the record says so
         warnings.filterwarnings("ignore", message="LPIPS: no trunk weights")
         return Trainer(config, dataset=batch.cpu())
@@ -110,9 +110,12 @@ class Side:
         self.kernel_ops: int | None = None
         self.oom_at: str | None = None
         self.loss: float | None = None
+        self.skipped_steps = 0
 
     def step(self, trainer: Trainer, batch: torch.Tensor) -> None:
+        skipped = trainer.skipped_steps
         self.loss = trainer.train_step([batch])["loss"]
+        self.skipped_steps += trainer.skipped_steps - skipped
 
 
 def run_on(side: Side, trainer: Trainer, fn, where: str):
@@ -172,7 +175,7 @@ def measure(trainer: Trainer, batch: torch.Tensor, args, device: torch.device) -
 def side_record(side: Side, images: int) -> dict:
     record = {"impl": side.name, "kernel_ops": side.kernel_ops, "oom": side.oom_at is not None,
               "oom_at": side.oom_at, "runs_s": side.seconds, "peak_mem_mb": max(side.peaks_mb, default=None),
-              "last_loss": side.loss, "images_per_s": None, "spread": None, "noisy": None}
+              "last_loss": side.loss, "skipped_steps": side.skipped_steps, "images_per_s": None, "spread": None, "noisy": None}
     if side.seconds:
         rates = sorted(images / s for s in side.seconds)
         median = statistics.median(rates)
@@ -185,7 +188,7 @@ def side_record(side: Side, images: int) -> dict:
 def preset_records(model: str, preset: str, trainer: Trainer, sides: list[Side], args, device) -> list[dict]:
     common = {"bench": "train", "model": model, "preset": preset, "phase": trainer.config.phase,
               "resolution": args.resolution, "batch_size": args.batch_size, "precision": trainer.precision,
-              "grad_checkpointing": args.grad_checkpointing, "lpips": lpips_label(trainer),
+              "grad_checkpointing": trainer.config.grad_checkpointing, "lpips": lpips_label(trainer),
               "discriminator": trainer.discriminator is not None, "ema": trainer.ema is not None,
               "steps_per_round": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "device": device.type, "device_name": device_name(device), "torch": torch.__version__,

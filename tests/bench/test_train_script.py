@@ -76,7 +76,7 @@ def test_tiny_presets_race_fast_against_reference(tmp_path, monkeypatch, capsys,
             rate = side["images_per_s"]
             assert 0 < rate["min"] <= rate["median"] <= rate["max"]
             assert rate["median"] == pytest.approx(statistics.median(2 / s for s in side["runs_s"]))
-            assert math.isfinite(side["last_loss"])
+            assert math.isfinite(side["last_loss"]) and side["skipped_steps"] == 0
         # The profiled step of each side: kernels on the fast path, none in reference mode.
         assert fast["kernel_ops"] > 0 and reference["kernel_ops"] == 0 and comparison["paths_differ"]
         assert comparison["speedup_median"] == pytest.approx(
@@ -105,3 +105,15 @@ def test_out_of_memory_on_one_side_is_recorded(tmp_path, monkeypatch, capsys):
     assert not fast["oom"] and len(fast["runs_s"]) == 2 and fast["images_per_s"]["median"] > 0
     assert comparison["speedup_median"] is None and comparison["paths_differ"] is None
     assert "OUT OF MEMORY at check step" in capsys.readouterr().out
+
+
+def test_options_reach_the_trainer(tmp_path, monkeypatch):
+    """bf16 autocast, activation checkpointing and DC-AE phase 3 (its discriminator) on the tiny DC-AE."""
+    results = tmp_path / "train.jsonl"
+    _run(monkeypatch, "--preset", "dcae:tiny", "--phase", "3", "--precision", "bf16", "--grad-checkpointing",
+         "--lpips", "off", "--results", str(results), *TINY)
+    fast, reference, comparison = _read(results)
+    for side in (fast, reference):
+        assert (side["phase"], side["precision"], side["grad_checkpointing"]) == (3, "bf16", True)
+        assert side["discriminator"] and side["lpips"] == "off" and side["images_per_s"]["median"] > 0
+    assert comparison["paths_differ"]
