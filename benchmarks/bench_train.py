@@ -1,6 +1,6 @@
 """Training-step throughput: the fast ops against reference mode (`DCAE_EXT_REFERENCE=1`), same run.
 
-    python benchmarks/bench_train.py --device cpu --preset dcae:tiny,ibq:tiny --resolution 64 --threads 1  # CPU smoke run
+    python benchmarks/bench_train.py --device cpu --preset dcae:tiny,ibq:tiny --resolution 64 --threads 1  # smoke
     # on a GPU (bf16 autocast by default there), as issues 14 and 15 ask
     python benchmarks/bench_train.py --device cuda --preset dc-ae-f32c32-in-1.0 --batch-size 8 --grad-checkpointing
     python benchmarks/bench_train.py --device cuda --preset ibq-f16-16384,ibq-f16-262144 --batch-size 32
@@ -175,7 +175,8 @@ def measure(trainer: Trainer, batch: torch.Tensor, args, device: torch.device) -
 def side_record(side: Side, images: int) -> dict:
     record = {"impl": side.name, "kernel_ops": side.kernel_ops, "oom": side.oom_at is not None,
               "oom_at": side.oom_at, "runs_s": side.seconds, "peak_mem_mb": max(side.peaks_mb, default=None),
-              "last_loss": side.loss, "skipped_steps": side.skipped_steps, "images_per_s": None, "spread": None, "noisy": None}
+              "last_loss": side.loss, "skipped_steps": side.skipped_steps, "images_per_s": None, "spread": None,
+              "noisy": None}
     if side.seconds:
         rates = sorted(images / s for s in side.seconds)
         median = statistics.median(rates)
