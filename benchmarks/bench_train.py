@@ -14,8 +14,8 @@ switches the path before each block. Before timing, one profiled step per side c
 dcae_ext kernels it ran (`kernel_ops`: above 0 for fast, 0 for reference, else the switch did not
 take), then --warmup untimed steps per side. Then --rounds rounds, each timing --steps steps of both
 sides back to back, in an order that alternates from round to round so that load which comes and
-goes falls on both; CUDA is synchronised around each block. A side that runs out of memory is
-recorded as such and dropped; the other goes on.
+goes falls on both; CUDA is synchronised around each block (--max-seconds ends the rounds early). A
+side that runs out of memory is recorded as such and dropped; the other goes on.
 
 Records (one per side and one comparison per preset, appended to
 benchmarks/results/<device>-train.jsonl as each preset finishes, or --results; --no-save prints
@@ -34,6 +34,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 import warnings
 
 import torch
@@ -152,12 +153,15 @@ def count_kernel_ops(side: Side, trainer: Trainer, batch: torch.Tensor) -> int |
 
 def measure(trainer: Trainer, batch: torch.Tensor, args, device: torch.device) -> list[Side]:
     sides = [Side("fast", False), Side("reference", True)]
+    start = time.perf_counter()
     for side in sides:
         side.kernel_ops = count_kernel_ops(side, trainer, batch)
         for index in range(args.warmup):
             if side.oom_at is None:
                 run_on(side, trainer, lambda: side.step(trainer, batch), f"warm-up step {index + 1}")
     for round_index in range(args.rounds):
+        if round_index and args.max_seconds and time.perf_counter() - start > args.max_seconds:
+            break
         for side in sides if round_index % 2 == 0 else sides[::-1]:
             if side.oom_at is not None:
                 continue
@@ -192,6 +196,7 @@ def preset_records(model: str, preset: str, trainer: Trainer, sides: list[Side],
               "grad_checkpointing": trainer.config.grad_checkpointing, "lpips": lpips_label(trainer),
               "discriminator": trainer.discriminator is not None, "ema": trainer.ema is not None,
               "steps_per_round": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+              "max_seconds": args.max_seconds,
               "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
               "cuda": torch.version.cuda, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds"), "load_1min": os.getloadavg()[0]}
@@ -243,6 +248,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side after the check step")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="per preset: start no further round after this many seconds of steps (check and "
+                             "warm-up included; at least one round runs), so that a time limit leaves a record")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -257,6 +265,8 @@ def main() -> None:
             parser.error(f"--{flag.replace('_', '-')}: expected >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         parser.error(f"--warmup: expected >= 0, got {args.warmup}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        parser.error(f"--max-seconds: expected > 0, got {args.max_seconds}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads: expected >= 1, got {args.threads}")

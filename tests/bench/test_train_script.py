@@ -107,6 +107,14 @@ def test_out_of_memory_on_one_side_is_recorded(tmp_path, monkeypatch, capsys):
     assert "OUT OF MEMORY at check step" in capsys.readouterr().out
 
 
+def test_max_seconds_ends_the_rounds_early(tmp_path, monkeypatch):
+    results = tmp_path / "train.jsonl"
+    _run(monkeypatch, "--preset", "ibq:tiny", "--lpips", "off", "--max-seconds", "1e-3", "--results", str(results),
+         *TINY, "--rounds", "3")  # the last --rounds counts
+    fast, reference, _ = _read(results)
+    assert len(fast["runs_s"]) == len(reference["runs_s"]) == 1 and fast["max_seconds"] == 1e-3
+
+
 def test_options_reach_the_trainer(tmp_path, monkeypatch):
     """bf16 autocast, activation checkpointing and DC-AE phase 3 (its discriminator) on the tiny DC-AE."""
     results = tmp_path / "train.jsonl"
