@@ -63,6 +63,7 @@ def test_bad_preset_names_the_flag(monkeypatch, preset, message):
 
 def test_tiny_presets_race_fast_against_reference(tmp_path, monkeypatch, capsys, reference_calls):
     results = tmp_path / "train.jsonl"
+    ops.use_reference(True)  # the caller's setting, to be restored (the autouse fixture resets it after)
     _run(monkeypatch, "--preset", "dcae:tiny,ibq:tiny", "--results", str(results), *TINY)
     records = _read(results)
     assert [(r["model"], r["impl"]) for r in records] == [
@@ -86,7 +87,7 @@ def test_tiny_presets_race_fast_against_reference(tmp_path, monkeypatch, capsys,
     called = {name for name, _ in reference_calls}
     assert {"linear_attention", "pixel_unshuffle_mean", "pixel_shuffle_repeat", "ibq_quantize"} <= called
     assert all(mode for _, mode in reference_calls)
-    assert not ops.reference_mode()
+    assert ops.reference_mode()
     assert "fast / reference" in capsys.readouterr().out
 
     _run(monkeypatch, "--preset", "ibq:tiny", "--results", str(results), "--no-save", "--lpips", "off", *TINY)
