@@ -50,7 +50,7 @@ def tracked_peak_mb(fn: Callable[[], Any]) -> float:
     """Peak MB of CPU tensor memory alive at once while `fn` runs (profiler allocation events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Each event's own (self) allocations minus frees: allocations land on the innermost op that
     # made them (counted at its start), frees outside any op on "[memory]" events, and the frees
@@ -68,7 +68,7 @@ def tracked_peak_mb(fn: Callable[[], Any]) -> float:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence the profiler backend's start/stop lines, written straight to file descriptor 2."""
     sys.stderr.flush()
     saved = os.dup(2)
