@@ -4,7 +4,7 @@ atomically) against the loop a diffusers user writes by hand (PIL in the main pr
 
     python benchmarks/bench_encode.py --preset dc-ae-f32c32-in-1.0 --resolution 256 --images 32
     python benchmarks/bench_encode.py --preset tiny --resolution 256 --images 64
-    # on a GPU (bf16 by default there), as the issue asks: f32c32 at 512 and 1024
+    # on a GPU (bf16 by default there): f32c32 at 512 and 1024
     python benchmarks/bench_encode.py --device cuda --resolution 512 --images 512 --batch-size 32
     python benchmarks/bench_encode.py --device cuda --resolution 1024 --images 256 --batch-size 8
 

@@ -1,7 +1,7 @@
 """Training-step throughput: the fast ops against reference mode (`DCAE_EXT_REFERENCE=1`), same run.
 
     python benchmarks/bench_train.py --device cpu --preset dcae:tiny,ibq:tiny --resolution 64 --threads 1  # smoke
-    # on a GPU (bf16 autocast by default there), as issues 14 and 15 ask
+    # on a GPU (bf16 autocast by default there): the DC-AE and IBQ presets at training size
     python benchmarks/bench_train.py --device cuda --preset dc-ae-f32c32-in-1.0 --batch-size 8 --grad-checkpointing
     python benchmarks/bench_train.py --device cuda --preset ibq-f16-16384,ibq-f16-262144 --batch-size 32
 

@@ -1,4 +1,4 @@
-"""Issue 12: one unreadable image (truncated PNG, text named .jpg) must not stop training, eval or
+"""One unreadable image (truncated PNG, text named .jpg) must not stop training, eval or
 reconstruct: it is skipped with a counted warning, or with --strict-data stops the run in one line."""
 import json
 import os
