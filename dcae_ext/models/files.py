@@ -60,9 +60,9 @@ def write_files_together(folder: str | os.PathLike, writers: dict[str, Callable[
                          leave_out: tuple[str, ...] = ()) -> None:
     """Files of `folder` that belong together (weights and their config) written as one: each
     `writers[name](tmp_path)` writes one, in a staging sibling folder that also gets a hard link to
-    every other file of `folder` but those named in `leave_out` (files the new set replaces); then the two folders swap places in one step (Linux
-    renameat2 RENAME_EXCHANGE), so a reader, or a kill at any instant, sees the old set or the new
-    one. Where the OS has no such swap, the old folder is renamed aside and the new one into place:
+    every other file of `folder` but those named in `leave_out` (files the new set replaces); then
+    the two folders swap places in one step (Linux renameat2 RENAME_EXCHANGE), so a reader, or a
+    kill at any instant, sees the old set or the new one. Where the OS has no such swap, the old folder is renamed aside and the new one into place:
     a kill between the two renames leaves `folder` missing, never mixed (both sets stay in
     `.NAME.*.tmp` folders)."""
     folder = os.path.realpath(os.fspath(folder))  # a symlinked folder: write where it points
