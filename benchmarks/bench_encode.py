@@ -22,9 +22,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -32,6 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dcae_ext.bench.hardware import machine_description
+from dcae_ext.bench.records import results_path
+from dcae_ext.bench.timing import throughput_summary
 from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 from dcae_ext.data.images import embedded_image_paths, list_images, resize_center_crop
 from dcae_ext.encode.codecs import LatentCodec
@@ -40,24 +41,6 @@ from dcae_ext.encode.run import encode_dataset
 from dcae_ext.models import DCAE, load_model_from_path
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "cuda-" + torch.cuda.get_device_name(device).lower().replace(" ", "-")
-    return "cpu"
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            model = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
 
 
 def make_folder(root: str, count: int) -> str:
@@ -107,11 +90,7 @@ def run_diffusers(vae, folder: str, out: str, args, device: torch.device) -> flo
 
 
 def summarize(seconds: list[float], images: int) -> dict:
-    rates = sorted(images / s for s in seconds)
-    median = statistics.median(rates)
-    spread = (rates[-1] - rates[0]) / median
-    return {"images_per_s": {"median": median, "min": rates[0], "max": rates[-1]}, "runs_s": seconds,
-            "spread": spread, "noisy": spread > 0.10}
+    return {**throughput_summary(seconds, images), "runs_s": seconds}
 
 
 def latent_agreement(codec: LatentCodec, vae, folder: str, args, device: torch.device) -> float:
@@ -162,7 +141,7 @@ def main() -> None:
 
     common = {"bench": "encode", "preset": args.preset, "resolution": args.resolution, "images": args.images,
               "batch_size": args.batch_size, "workers": args.workers, "dtype": args.dtype, "device": device.type,
-              "device_name": device_description(device), "torch": torch.__version__,
+              "device_name": machine_description(device), "torch": torch.__version__,
               "diffusers": diffusers_version,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "load_1min": os.getloadavg()[0]}
@@ -170,7 +149,7 @@ def main() -> None:
                dict(common, impl="diffusers AutoencoderDC loop", workers=0, **summarize(theirs, args.images))]
     speedup = records[0]["images_per_s"]["median"] / records[1]["images_per_s"]["median"]
     records.append(dict(common, impl="comparison", speedup_median=speedup, max_abs_latent_diff=agreement))
-    path = args.results or os.path.join(RESULTS, f"{device_label(device)}-encode.jsonl")
+    path = args.results or results_path(device, RESULTS, kind="encode")
     if not args.no_save:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as stream:

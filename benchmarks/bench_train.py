@@ -32,7 +32,6 @@ import datetime
 import gc
 import json
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -42,9 +41,10 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from dcae_ext import ops
+from dcae_ext.bench.hardware import machine_description
 from dcae_ext.bench.memory import quiet_stderr
 from dcae_ext.bench.records import results_path
-from dcae_ext.bench.timing import block_seconds, is_oom
+from dcae_ext.bench.timing import block_seconds, is_oom, throughput_summary
 from dcae_ext.commands._options import choose_device
 from dcae_ext.models import preset_names
 from dcae_ext.models.tokenizer import PRESETS as IBQ_PRESETS
@@ -52,7 +52,6 @@ from dcae_ext.train import Trainer, make_config
 from dcae_ext.train.config import ConfigError
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-NOISY_SPREAD = 0.10
 
 
 def parse_presets(text: str) -> list[tuple[str, str]]:
@@ -182,11 +181,7 @@ def side_record(side: Side, images: int) -> dict:
               "last_loss": side.loss, "skipped_steps": side.skipped_steps, "images_per_s": None, "spread": None,
               "noisy": None}
     if side.seconds:
-        rates = sorted(images / s for s in side.seconds)
-        median = statistics.median(rates)
-        spread = (rates[-1] - rates[0]) / median
-        record.update(images_per_s={"median": median, "min": rates[0], "max": rates[-1]}, spread=spread,
-                      noisy=spread > NOISY_SPREAD)
+        record.update(throughput_summary(side.seconds, images))
     return record
 
 
@@ -197,7 +192,7 @@ def preset_records(model: str, preset: str, trainer: Trainer, sides: list[Side],
               "discriminator": trainer.discriminator is not None, "ema": trainer.ema is not None,
               "steps_per_round": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "max_seconds": args.max_seconds,
-              "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+              "device": device.type, "device_name": machine_description(device), "torch": torch.__version__,
               "cuda": torch.version.cuda, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds"), "load_1min": os.getloadavg()[0]}
     fast, reference = (dict(common, **side_record(side, args.batch_size * args.steps)) for side in sides)
@@ -206,18 +201,6 @@ def preset_records(model: str, preset: str, trainer: Trainer, sides: list[Side],
     counts = (fast["kernel_ops"], reference["kernel_ops"])  # None: the side ran out of memory first
     paths_differ = None if None in counts else counts[0] > 0 and counts[1] == 0
     return [fast, reference, dict(common, impl="comparison", speedup_median=speedup, paths_differ=paths_differ)]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = "CPU"
-    try:
-        with open("/proc/cpuinfo") as stream:
-            model = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
 
 
 def report(records: list[dict]) -> None:
@@ -273,7 +256,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     presets = parse_presets(args.preset)
     device = choose_device(args.device)
-    path = args.results or results_path(device, RESULTS).replace(".jsonl", "-train.jsonl")
+    path = args.results or results_path(device, RESULTS, kind="train")
     batch = synthetic_batch(args.batch_size, args.resolution, device)
     previous = ops.reference_mode()
     try:

@@ -51,6 +51,23 @@ def device_name(device: torch.device | str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def machine_description(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU model with its logical CPUs and torch's threads (for records of
+    whole-command benchmarks, where the threads matter)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import os
+
+    model = device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as stream:
+            model = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+
+
 def datasheet_peaks(name: str) -> Peaks | None:
     for pattern, peaks in GPU_PEAKS.items():
         if re.fullmatch(pattern, name.strip()):

@@ -57,14 +57,16 @@ def normalize(record: dict) -> dict:
     return record
 
 
-def results_path(device: torch.device | str, results_dir: str = os.path.join("benchmarks", "results")) -> str:
+def results_path(device: torch.device | str, results_dir: str = os.path.join("benchmarks", "results"),
+                 kind: str = "") -> str:
+    """<results_dir>/<device>[-<kind>].jsonl: cpu.jsonl, cuda-nvidia-h200.jsonl, cpu-encode.jsonl, ..."""
     dev = torch.device(device)
     if dev.type == "cpu":
         name = "cpu"
     else:
         slug = "".join(c if c.isalnum() else "-" for c in device_name(dev).lower()).strip("-")
         name = f"{dev.type}-{slug}"
-    return os.path.join(results_dir, f"{name}.jsonl")
+    return os.path.join(results_dir, f"{name}-{kind}.jsonl" if kind else f"{name}.jsonl")
 
 
 def append_records(records: list[dict], path: str) -> None:

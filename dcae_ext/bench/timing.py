@@ -131,3 +131,13 @@ def _timed(fn: Callable[[], Any], runs: int, device: torch.device) -> float | No
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return None
+
+
+def throughput_summary(seconds: list[float], items: int) -> dict:
+    """Items per second over whole runs (the dataset-encode and training-step scripts): the median,
+    min and max rate, the spread (max - min) / median, and `noisy` above SPREAD_LIMIT."""
+    rates = sorted(items / s for s in seconds)
+    median = statistics.median(rates)
+    spread = (rates[-1] - rates[0]) / median
+    return {"images_per_s": {"median": median, "min": rates[0], "max": rates[-1]}, "spread": spread,
+            "noisy": spread > SPREAD_LIMIT}

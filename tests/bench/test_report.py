@@ -134,3 +134,20 @@ def test_without_a_baseline_the_columns_are_the_usual_ones(fake_records):
     assert report.table_header(fake_records) == report.HEADER
     assert report.summary_header(fake_records) == report.SUMMARY_HEADER
     assert report.table_note(fake_records) == report.NOTE
+
+
+def test_result_files_are_named_by_device_and_kind(monkeypatch):
+    from dcae_ext.bench import records
+
+    assert records.results_path("cpu", "out") == os.path.join("out", "cpu.jsonl")
+    assert records.results_path("cpu", "out", kind="train") == os.path.join("out", "cpu-train.jsonl")
+    monkeypatch.setattr(records, "device_name", lambda device: "NVIDIA H200")
+    assert records.results_path("cuda", "out", kind="encode") == os.path.join("out", "cuda-nvidia-h200-encode.jsonl")
+
+
+def test_throughput_summary_flags_a_wide_spread():
+    from dcae_ext.bench.timing import throughput_summary
+
+    steady = throughput_summary([1.0, 1.02, 0.99], 10)
+    assert steady["images_per_s"]["median"] == 10.0 and not steady["noisy"]
+    assert throughput_summary([1.0, 1.5, 1.0], 10)["noisy"]
