@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import pytest
@@ -40,6 +41,26 @@ def ibq_inputs(n, k, d, device, dtype, batch=(), scale=1.0, seed=0):
     z = torch.randn((*batch, n, d), generator=gen, dtype=torch.float64) * scale
     codebook = torch.randn((k, d), generator=gen, dtype=torch.float64)
     return z.to(device, dtype), codebook.to(device, dtype)
+
+
+def ibq_poisoned_rows(device, dtype):
+    """z rows whose logits hold NaN, +inf or only -inf, among ordinary rows (codebook finite)."""
+    z, codebook = ibq_inputs(8, 20, 4, device, torch.float64)
+    codebook[:, 0] = codebook[:, 0].abs() + 0.1
+    z[1] = math.nan                                   # every logit NaN
+    z[3] = torch.tensor([0.0, math.inf, 0.5, 0.5])    # +inf where codebook[:, 1] > 0, -inf elsewhere
+    z[5] = torch.tensor([-math.inf, 0.0, 0.0, 0.0])   # every logit -inf
+    return z.to(dtype), codebook.to(dtype)
+
+
+def ibq_poisoned_codes(device, dtype):
+    """A codebook whose codes give NaN and +inf logits to every row, in different tiles."""
+    z, codebook = ibq_inputs(6, 20, 4, device, torch.float64)
+    z = z.abs() + 0.1
+    codebook[3] = math.inf    # +inf logit, tile 0 (tiles of 4)
+    codebook[9] = math.nan    # NaN logit, tile 2: wins over the earlier +inf
+    codebook[14] = math.nan   # a later NaN: loses to the first
+    return z.to(dtype), codebook.to(dtype)
 
 
 def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):

@@ -10,6 +10,7 @@ from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
 from dcae_ext.testing import device_dtypes
 from dcae_ext.testing import ibq_inputs as _inputs
+from dcae_ext.testing import ibq_poisoned_codes, ibq_poisoned_rows
 
 
 def _reference(z, codebook, temperature):
@@ -17,28 +18,8 @@ def _reference(z, codebook, temperature):
     return z_q, idx, reference.ibq_entropy_loss(z, codebook, temperature)
 
 
-def _poisoned_rows(device, dtype):
-    """z rows whose logits hold NaN, +inf or only -inf, among ordinary rows (codebook finite)."""
-    z, codebook = _inputs(8, 20, 4, device, torch.float64)
-    codebook[:, 0] = codebook[:, 0].abs() + 0.1
-    z[1] = math.nan                                   # every logit NaN
-    z[3] = torch.tensor([0.0, math.inf, 0.5, 0.5])    # +inf where codebook[:, 1] > 0, -inf elsewhere
-    z[5] = torch.tensor([-math.inf, 0.0, 0.0, 0.0])   # every logit -inf
-    return z.to(dtype), codebook.to(dtype)
-
-
-def _poisoned_codes(device, dtype):
-    """A codebook whose codes give NaN and +inf logits to every row, in different tiles."""
-    z, codebook = _inputs(6, 20, 4, device, torch.float64)
-    z = z.abs() + 0.1
-    codebook[3] = math.inf    # +inf logit, tile 0 (tiles of 4)
-    codebook[9] = math.nan    # NaN logit, tile 2: wins over the earlier +inf
-    codebook[14] = math.nan   # a later NaN: loses to the first
-    return z.to(dtype), codebook.to(dtype)
-
-
 @pytest.mark.parametrize("device,dtype", device_dtypes())
-@pytest.mark.parametrize("make", [_poisoned_rows, _poisoned_codes])
+@pytest.mark.parametrize("make", [ibq_poisoned_rows, ibq_poisoned_codes])
 @pytest.mark.parametrize("codes_per_tile", [0, 4])
 def test_nan_and_inf_follow_torch_argmax(device, dtype, make, codes_per_tile):
     # The policy (docs/ibq.md): idx is torch.argmax of the logits (a NaN logit wins, then the
@@ -57,7 +38,7 @@ def test_nan_and_inf_follow_torch_argmax(device, dtype, make, codes_per_tile):
 
 
 @pytest.mark.parametrize("device,dtype", device_dtypes())
-@pytest.mark.parametrize("make", [_poisoned_rows, _poisoned_codes, "ties", "empty"])
+@pytest.mark.parametrize("make", [ibq_poisoned_rows, ibq_poisoned_codes, "ties", "empty"])
 def test_nearest_code_is_the_index_of_quantize(device, dtype, make):
     if make == "ties":  # duplicated codes: the lowest index wins
         z, codebook = _inputs(7, 20, 5, device, dtype)

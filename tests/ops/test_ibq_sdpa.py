@@ -1,6 +1,5 @@
 """The SDPA formulation of IBQ quantization (dcae_ext/ops/ibq_sdpa.py) against the reference and
 the compiled op: values, indices and gradients, ties across chunks, NaN and inf, bad arguments."""
-import math
 from unittest import mock
 
 import pytest
@@ -12,6 +11,7 @@ from dcae_ext.ops import reference
 from dcae_ext.ops.ibq_sdpa import _chunk_logits, chunked_argmax, codes_per_chunk, ibq_quantize_sdpa
 from dcae_ext.testing import assert_compiled_step_matches_eager, device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
+from dcae_ext.testing import ibq_poisoned_codes, ibq_poisoned_rows
 
 # (N, K, D): one code, odd sizes, many codes, D = 1024.
 SHAPES = [(1, 1, 1), (7, 13, 5), (13, 257, 17), (130, 2053, 13), (5, 33, 1024)]
@@ -117,27 +117,12 @@ def test_ties_pick_the_lowest_index_across_chunks(device, dtype, codes):
     assert idx.tolist() == [2, 2, 2, 3, 3, 3]
 
 
-def _poisoned(device, dtype):
-    """Rows whose logits hold NaN, +inf or only -inf; codes with NaN and +inf in later chunks."""
-    z, codebook = _inputs(8, 20, 4, device, torch.float64)
-    codebook[:, 0] = codebook[:, 0].abs() + 0.1
-    z[1] = math.nan                                   # every logit NaN
-    z[3] = torch.tensor([0.0, math.inf, 0.5, 0.5])    # +inf where codebook[:, 1] > 0, -inf elsewhere
-    z[5] = torch.tensor([-math.inf, 0.0, 0.0, 0.0])   # every logit -inf
-    rows_poisoned = (z.to(dtype), codebook.to(dtype))
-    z, codebook = z[[0, 2, 4]].abs() + 0.1, codebook.clone()
-    codebook[3] = math.inf     # +inf logit
-    codebook[9] = math.nan     # NaN logit, later chunk: wins over the +inf
-    codebook[14] = math.nan    # a later NaN: loses to the first
-    return [rows_poisoned, (z.to(dtype), codebook.to(dtype))]
-
-
 @pytest.mark.parametrize("device,dtype", device_dtypes())
 @pytest.mark.parametrize("codes", [4, None], ids=["4-code-chunks", "one-chunk"])
 def test_nan_and_inf_follow_torch_argmax(device, dtype, codes):
     # The policy of ops.ibq_quantize (docs/ibq.md): idx is torch.argmax of the logits; a row whose
     # softmax is undefined gets a NaN z_q, every other row its code.
-    for z, codebook in _poisoned(device, dtype):
+    for z, codebook in (ibq_poisoned_rows(device, dtype), ibq_poisoned_codes(device, dtype)):
         z_q, idx = ibq_quantize_sdpa(z, codebook, _chunk_bytes(z.shape[0], codes, dtype) if codes else 2**30)
         logits = reference.ibq_logits(z, codebook)
         assert torch.equal(idx, logits.argmax(dim=-1))
