@@ -50,3 +50,12 @@ def choose_device(value: str | None, local_rank: int | None = None, cuda_count: 
             raise SystemExit(f"--device cuda: LOCAL_RANK {local_rank} but only {count} CUDA device(s) are visible")
         return torch.device("cuda", local_rank)
     return torch.device(value)
+
+
+def select_device_type(value: str | None) -> str:
+    """For commands whose work is placed by device type (bench): 'cpu' or 'cuda' for --device
+    `value` as choose_device reads it, after making its GPU, cuda:N, the current CUDA device."""
+    device = choose_device(value)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device.type

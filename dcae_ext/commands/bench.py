@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from dcae_ext.commands._options import DTYPES
+from dcae_ext.commands._options import DTYPES, select_device_type
 
 SUITES = {
     "shortcuts": "dcae_ext.bench.shortcuts",
@@ -23,7 +23,7 @@ def add_parser(subparsers):
     parser.add_argument("--ops", default="all", help="all or a comma list of: " + ", ".join(SUITES))
     parser.add_argument("--model", default=None,
                         help="DC-AE config of the end-to-end (dcae) benchmark, e.g. f32c32 (default: the suite's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="comma list of fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the run (default: torch's, one per core); recorded in each record")
@@ -120,6 +120,7 @@ def run(args) -> int:
         if args.threads < 1:
             raise SystemExit(f"--threads: must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    run_suites(names, args.device, parse_dtypes(args.dtype, args.device), args.quick,
+    device = select_device_type(args.device)
+    run_suites(names, device, parse_dtypes(args.dtype, device), args.quick,
                args.results_dir, save=not args.no_save, model=args.model, plots_dir=args.plots_dir)
     return 0

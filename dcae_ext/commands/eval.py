@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from dcae_ext.commands._options import DTYPES
+from dcae_ext.commands._options import DTYPES, choose_device
 
 
 def add_parser(subparsers):
@@ -31,8 +31,8 @@ def add_parser(subparsers):
     parser.add_argument("--lpips-weights", default=None,
                         help="LPIPS trunk weights (LPIPS or torchvision state dict); without it LPIPS is unavailable")
     parser.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze"], help="LPIPS trunk")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
-                        help="where the model runs (default: cuda when visible, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast dtype of the model")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
@@ -76,8 +76,7 @@ def run(args) -> int:
     from dcae_ext.eval.images import EvalImages
     from dcae_ext.eval.metrics import MetricUnavailable, build_fid, load_lpips
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    device = choose_device(args.device)
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
@@ -106,7 +105,7 @@ def run(args) -> int:
     if not pretrained:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
-    model = model.to(args.device)
+    model = model.to(device)
     if resolution is None and kind == "DC-AE":
         model = _PadToFactor(model)
 
@@ -125,13 +124,13 @@ def run(args) -> int:
     dataset = EvalImages(paths, resolution)
     loader = ReadableBatches(
         DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                   pin_memory=args.device == "cuda", collate_fn=collate_readable),
+                   pin_memory=device.type == "cuda", collate_fn=collate_readable),
         strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
     autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
     started = time.perf_counter()
     try:
-        result = evaluate(model, loader, device=args.device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
+        result = evaluate(model, loader, device=device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
                           num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
     except UnreadableImageError as error:
@@ -141,7 +140,7 @@ def run(args) -> int:
         _note(f"warning: skipped {len(loader.skipped)} unreadable image(s); see 'skipped' in eval.json")
     info = {"model": args.model, "model_kind": kind, "pretrained": pretrained,
             "data": args.data or "embedded sample images (scikit-image)", "resolution": resolution,
-            "batch_size": args.batch_size, "tile": args.tile, "device": args.device, "dtype": args.dtype,
+            "batch_size": args.batch_size, "tile": args.tile, "device": str(device), "dtype": args.dtype,
             "seconds": round(seconds, 3), "notes": notes,
             "skipped": [{"path": failure.path, "reason": failure.reason} for failure in loader.skipped]}
     paths = write_results(result, args.out, info, grid_title=f"{args.model}: worst and best reconstructions (PSNR)")

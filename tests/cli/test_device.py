@@ -63,3 +63,24 @@ def test_encode_device_cuda_sets_the_rank_gpu(tmp_path, monkeypatch):
         main(["encode", "--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
               "--device", "cuda", "--debug"])
     assert chosen == [torch.device("cuda", 1)]
+
+
+def test_bench_device_cuda_index_becomes_the_current_gpu(monkeypatch, capsys):
+    """`dcae-ext bench --device cuda:1`: the suites place their tensors on "cuda", so cuda:1 must become
+    the current device before they run (the flag used to accept only cpu and cuda)."""
+    from dcae_ext.commands import bench
+
+    chosen, ran = [], []
+    monkeypatch.setattr(_options, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(bench, "run_suites", lambda names, device, *rest, **options: ran.append(device))
+    assert main(["bench", "--ops", "shortcuts", "--device", "cuda:1", "--no-save"]) == 0
+    assert chosen == [torch.device("cuda", 1)] and ran == ["cuda"]
+    assert main(["bench", "--ops", "shortcuts", "--device", "cuda:2", "--no-save"]) == 2
+    assert "--device cuda:2: only 2 CUDA device(s) are visible" in capsys.readouterr().err
+
+
+def test_eval_device_names_the_flag(monkeypatch, capsys):
+    monkeypatch.setattr(_options, "visible_gpus", lambda: 0)
+    assert main(["eval", "--model", "tiny", "--device", "cuda:0"]) == 2
+    assert "--device cuda:0: no CUDA GPU is visible" in capsys.readouterr().err
