@@ -294,6 +294,9 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
   const at::ScalarType gemm = plan.operands.gemm_dtype;
   const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
   const auto acc_options = z.options().dtype(acc_dtype);
+  // the epilogue kernels read these two through raw pointers; a direct caller may pass views
+  const at::Tensor row_stats_dense = row_stats.contiguous();
+  const at::Tensor code_coef_dense = code_coef.contiguous();
 
   at::Tensor grad_z = at::zeros({N, D}, acc_options);
   at::Tensor grad_codebook = at::zeros({K, D}, acc_options);
@@ -323,10 +326,10 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
         args.row_dot = row_dot;
       }
       if (with_entropy_grad) {
-        args.code_coef = code_coef.narrow(0, first_code, tile_codes);
+        args.code_coef = code_coef_dense.narrow(0, first_code, tile_codes);
         args.grad_entropy = grad_entropy_acc;
       }
-      args.row_stats = row_stats;
+      args.row_stats = row_stats_dense;
       args.inv_temperature = 1.0 / temperature;
       args.rows_total = N;
       args.out = slab_view(grad_logits_buffer, N, tile_codes);

@@ -139,7 +139,7 @@ void scan_rows(const IbqScanArgs& a) {
       const acc scale = std::exp(old_max - new_max);  // rescales the sums of earlier tiles
       sum_exp[n] = sum_exp[n] * scale + sum;
       if (kEntropy) sum_exp_t[n] = sum_exp_t[n] * std::exp((old_max - new_max) * inv_t) + sum_t;
-      if (soft != nullptr)
+      if (soft != nullptr && tile_wins)  // otherwise the scale is 1, or NaN on a row that is NaN already
         for (int64_t j = 0; j < dim; ++j) soft[n * dim + j] *= scale;
       row_max[n] = new_max;
     }

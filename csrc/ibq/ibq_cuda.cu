@@ -122,10 +122,12 @@ __device__ void merge_block_candidates(acc (&value)[kIbqCandidates], int64_t (&c
   }
 }
 
+// `probs` may alias `logits` (each element is read, then written once by the same thread), so
+// neither is __restrict__.
 template <typename acc, typename out_t>
-__global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t code_offset, acc inv_t,
+__global__ void scan_kernel(const acc* logits, int64_t kt, int64_t code_offset, acc inv_t,
                             acc* __restrict__ row_max, acc* __restrict__ sum_exp, acc* __restrict__ sum_exp_t,
-                            int64_t* __restrict__ idx, out_t* __restrict__ probs, acc* __restrict__ soft,
+                            int64_t* __restrict__ idx, out_t* probs, acc* __restrict__ soft,
                             int64_t dim, acc* __restrict__ cand_value, int64_t* __restrict__ cand_code) {
   __shared__ acc shared_value[kWarps];
   __shared__ int64_t shared_arg[kWarps];
@@ -192,7 +194,7 @@ __global__ void scan_kernel(const acc* __restrict__ logits, int64_t kt, int64_t 
     if (sum_exp_t != nullptr) sum_exp_t[n] = sum_exp_t[n] * exp((old_max - new_max) * inv_t) + sum_t;
     row_max[n] = new_max;
   }
-  if (soft != nullptr) {
+  if (soft != nullptr && tile_wins) {  // otherwise the scale is 1, or NaN on a row that is NaN already
     const acc scale = exp(old_max - new_max);
     for (int64_t j = threadIdx.x; j < dim; j += kRowThreads) soft[n * dim + j] *= scale;
   }
@@ -220,8 +222,9 @@ __global__ void entropy_kernel(acc* __restrict__ logits, int64_t kt, acc inv_t, 
   if (threadIdx.x == 0) row_entropy[n] += entropy;
 }
 
+// `out` may alias `logits`, so neither is __restrict__.
 template <typename acc, typename out_t, bool kQuantize, bool kEntropy>
-__global__ void grad_kernel(const acc* __restrict__ logits, const acc* __restrict__ grad_q, int64_t kt,
+__global__ void grad_kernel(const acc* logits, const acc* __restrict__ grad_q, int64_t kt,
                             const acc* __restrict__ stats, const acc* __restrict__ row_dot,
                             const acc* __restrict__ code_coef, const acc* __restrict__ grad_entropy, acc inv_t,
                             acc inv_rows, out_t* out) {

@@ -18,6 +18,7 @@ constexpr double kFloat32Max = std::numeric_limits<float>::max();
 constexpr double kFloat32Min = std::numeric_limits<float>::min();  // smallest normal
 constexpr double kUnitRoundoff32 = 0x1p-24;
 constexpr int64_t kRerankBytes = int64_t(32) << 20;  // float64 candidate vectors gathered at once
+constexpr int64_t kFullRowBytes = int64_t(64) << 20;  // float64 logits and codes of one full-row tile
 
 struct HalfFormat {
   double unit_roundoff, smallest_normal, largest;
@@ -29,20 +30,29 @@ HalfFormat half_format(at::ScalarType dtype) {
 }
 
 // True when every element of z and codebook is finite and below `largest` in magnitude, so
-// rounding to the half dtype neither overflows nor meets a NaN.
+// rounding to the half dtype neither overflows nor meets a NaN. Two reductions, one host sync.
 bool within_range(const at::Tensor& z, const at::Tensor& codebook, double largest) {
-  const double z_max = z.numel() ? z.abs().max().item<double>() : 0.0;
-  const double c_max = codebook.abs().max().item<double>();
-  return z_max < largest && c_max < largest;  // false for NaN
+  const at::Tensor z_max = z.numel() ? at::linalg_vector_norm(z, INFINITY, std::nullopt, false, at::kDouble)
+                                     : at::zeros({}, z.options().dtype(at::kDouble));
+  const at::Tensor c_max = at::linalg_vector_norm(codebook, INFINITY, std::nullopt, false, at::kDouble);
+  const at::Tensor maxima = at::stack({z_max, c_max}).cpu();
+  const double* m = maxima.data_ptr<double>();
+  return m[0] < largest && m[1] < largest;  // false for NaN
 }
 
-// cuBLAS's own rounding of float32 operands, per torch's float32 matmul precision: TF32
-// (10 bits; truncation assumed, so 2^-10) or bf16 for "medium".
+// cuBLAS's own rounding of float32 operands, per torch's precision for CUDA matmuls (the
+// backend-specific setting, which also reflects allow_tf32 and set_float32_matmul_precision;
+// the legacy getters throw once both APIs were used): TF32 (10 bits; truncation assumed, so
+// 2^-10), bf16 (8 bits), or none.
 double cublas_float32_roundoff() {
-  const auto& context = at::globalContext();
-  if (context.float32MatmulPrecision() == at::Float32MatmulPrecision::MEDIUM) return 0x1p-8;
-  return context.allowTF32CuBLAS() ? 0x1p-10 : 0.0;
+  const at::Float32Precision precision =
+      at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+  if (precision == at::Float32Precision::BF16) return 0x1p-8;
+  return precision == at::Float32Precision::TF32 ? 0x1p-10 : 0.0;
 }
+
+// cuBLAS refuses half operands with float32 output under allow_fp16_accumulation.
+bool fp16_gemms_accumulate_in_fp16() { return at::globalContext().allowFP16AccumulationCuBLAS(); }
 
 }  // namespace
 
@@ -64,6 +74,12 @@ IbqOperands ibq_operands(const at::Tensor& z, const at::Tensor& codebook, c10::o
   const bool half = gemm_dtype.has_value() && (*gemm_dtype == at::kHalf || *gemm_dtype == at::kBFloat16) &&
                     z.scalar_type() == at::kFloat;
   if (z.is_cuda()) {
+    if (fp16_gemms_accumulate_in_fp16()) {
+      // float32 logits from fp16 operands are refused there: fp16 inputs and an fp16 gemm_dtype
+      // take float32 operands instead, exact (or TF32, below)
+      if (z.scalar_type() == at::kHalf) return {at::kFloat};
+      if (half && *gemm_dtype == at::kHalf) return ibq_operands(z, codebook, at::kFloat);
+    }
     if (half) {
       const HalfFormat format = half_format(*gemm_dtype);
       // bf16 / fp16 operands multiply on tensor cores into float32 logits (aten::mm.dtype).
@@ -135,8 +151,10 @@ at::Tensor ibq_exact_rerank(const at::Tensor& z, const at::Tensor& codebook, con
     const at::Tensor z_rows = z.index_select(0, full_rows).to(at::kDouble);
     at::Tensor best = at::full({full_rows.size(0)}, -std::numeric_limits<double>::infinity(), z_rows.options());
     at::Tensor best_code = at::zeros({full_rows.size(0)}, idx.options());
-    for (int64_t first_code = 0; first_code < K; first_code += tile_codes) {
-      const int64_t codes = std::min(tile_codes, K - first_code);
+    // tiles sized for these few rows, not the forward's N: far fewer GEMMs and float64 copies
+    const int64_t step = std::max<int64_t>(tile_codes, kFullRowBytes / (8 * (full_rows.size(0) + D)));
+    for (int64_t first_code = 0; first_code < K; first_code += step) {
+      const int64_t codes = std::min(step, K - first_code);
       const at::Tensor logits = at::mm(z_rows, codebook.narrow(0, first_code, codes).to(at::kDouble).t());
       const at::Tensor tile_arg = logits.argmax(1);
       const at::Tensor tile_best = logits.gather(1, tile_arg.unsqueeze(1)).squeeze(1);

@@ -43,7 +43,9 @@ def _chunk_logits(rows: torch.Tensor, codes: torch.Tensor, acc: torch.dtype) -> 
 def chunked_argmax(rows: torch.Tensor, codebook: torch.Tensor, chunk_bytes: int = CHUNK_BYTES):
     """(idx, best): torch.argmax and max over k of rows . C_k, one chunk of codes at a time.
 
-    The logits are in the accumulation dtype (float32; float64 for float64), as in the reference.
+    The logits are in the accumulation dtype (float32; float64 for float64), as in the reference;
+    under TF32 (torch.backends.cuda.matmul.fp32_precision "tf32") they are TF32's, as the
+    reference's are, so near-ties may pick another code than the compiled op's exact argmax.
     Like torch.argmax: a NaN logit wins (the first NaN), then the largest, ties -> lowest index
     (an earlier chunk keeps a tie, and torch.max keeps the first within a chunk).
     """

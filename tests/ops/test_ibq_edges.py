@@ -8,7 +8,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
-from dcae_ext.testing import device_dtypes
+from dcae_ext.testing import device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 from dcae_ext.testing import ibq_poisoned_codes, ibq_poisoned_rows
 
@@ -131,6 +131,19 @@ def test_backward_checks_dtypes_and_shapes(name, bad, match):
     args[name] = bad(args[name])
     with pytest.raises(ValueError, match=f"argument '{name}'.*{match}"):
         _call_backward(args)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_backward_reads_strided_saved_tensors_by_their_values(device):
+    # The epilogue kernels read row_stats and code_coef through raw pointers: a column-major
+    # row_stats and a strided code_coef (a direct torch.ops caller's) gave gradients off by 1e5.
+    args = _backward_args(device)
+    want = _call_backward(args)
+    args["row_stats"] = args["row_stats"].t().contiguous().t()
+    args["code_coef"] = torch.stack([args["code_coef"], torch.full_like(args["code_coef"], 7.0)], 1)[:, 0]
+    assert not args["row_stats"].is_contiguous() and not args["code_coef"].is_contiguous()
+    for got, expected in zip(_call_backward(args), want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.cuda

@@ -287,3 +287,45 @@ def test_float32_gemm_dtype_is_the_default_path(gemm_dtype):
     z, codebook = _inputs(20, 50, 6, "cpu", torch.float32)
     idx, counts = _nearest(z, codebook, gemm_dtype)
     assert torch.equal(idx, reference.ibq_quantize(z, codebook)[1]) and counts == [20, 0, 0]
+
+
+@pytest.fixture
+def cuda_matmul_settings():
+    """Restores torch's CUDA matmul precision settings, which these tests change."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.fp32_precision,
+             torch.backends.cuda.matmul.fp32_precision, torch.backends.cuda.matmul.allow_fp16_accumulation)
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved[1], saved[2]
+    torch.backends.cuda.matmul.allow_fp16_accumulation = saved[3]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("setting", [
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+    "torch.backends.fp32_precision = 'tf32'",
+    "torch.backends.cuda.matmul.allow_tf32 = True",
+    "torch.set_float32_matmul_precision('high')",
+    "torch.set_float32_matmul_precision('high'); torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+])
+def test_float32_on_cuda_under_every_tf32_setting(setting, cuda_matmul_settings):
+    # Reading the TF32 state through the legacy getters threw once the new API was used, so every
+    # CUDA float32 call raised; under TF32 the index is still the exact argmax.
+    exec(setting)
+    z, codebook = _groups_of_near_copies("cuda", group_size=4, spread=1e-6)
+    idx, counts = _nearest(z, codebook, None)
+    assert torch.equal(idx.cpu(), _exact_argmax(z, codebook).cpu())
+    z_q, idx_op = ops.ibq_quantize(z.requires_grad_(True), codebook)
+    z_q.sum().backward()
+    assert torch.equal(idx_op, idx) and z.grad.isfinite().all()
+
+
+@pytest.mark.cuda
+def test_fp16_under_fp16_accumulation_takes_float32_operands(cuda_matmul_settings):
+    # cuBLAS refuses fp16 operands with float32 logits under allow_fp16_accumulation
+    torch.backends.cuda.matmul.allow_fp16_accumulation = True
+    z, codebook = _groups_of_near_copies("cuda", group_size=4, spread=1e-4)
+    idx, counts = _nearest(z, codebook, torch.float16)
+    assert torch.equal(idx.cpu(), _exact_argmax(z, codebook).cpu())
+    half_z, half_codebook = z.half(), codebook.half()
+    assert torch.equal(ops.ibq_quantize(half_z, half_codebook)[1], _exact_argmax(half_z.float(), half_codebook.float()))
