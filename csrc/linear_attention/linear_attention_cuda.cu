@@ -286,6 +286,7 @@ __global__ void __launch_bounds__(kThreads) query_kernel(const scalar_t* __restr
                                                          acc* __restrict__ dstate) {
   constexpr int kTile = TileSize<acc>::value, kStride = Padded<D>::kStride;
   static_assert(StateAccumulator<acc, D, false>::kScratch <= 2 * kTile * kStride, "flush scratch");
+  static_assert(kTile == kThreads, "query_kernel: one token of the tile per thread");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc* st = reinterpret_cast<acc*>(smem_raw);  // [vk; ksum]
   acc* dn_tile = st + (D + 1) * D;             // [G / den, dden] per token

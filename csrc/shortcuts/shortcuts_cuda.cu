@@ -134,7 +134,9 @@ at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor,
   // plane's pixel count in int, one block per plane, and the plane's offset table in shared memory.
   const int64_t plane_table = unshuffle ? geo.group : geo.factor * geo.factor;  // shared-memory entries
   const bool by_pixels = (channels_last || plane_table > kMaxPlaneTable) && geo.out_channels <= (int64_t(1) << 30);
-  TORCH_CHECK(by_pixels || (plane_pixels < (int64_t(1) << 31) && geo.batch * geo.out_channels < (int64_t(1) << 31)),
+  // the per-plane loops count pixels in int, and their last step may pass the end by a grid stride
+  const int64_t plane_pixels_max = (int64_t(1) << 31) - int64_t(kMaxPlaneBlocksY) * kThreadsPerBlock;
+  TORCH_CHECK(by_pixels || (plane_pixels < plane_pixels_max && geo.batch * geo.out_channels < (int64_t(1) << 31)),
               "dcae_ext: shortcut output planes too large for this kernel: ", y.sizes());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   DCAE_DISPATCH_FLOATING(x.scalar_type(), "dcae_ext_shortcut_cuda", [&] {
