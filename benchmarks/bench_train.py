@@ -44,9 +44,10 @@ from dcae_ext import ops
 from dcae_ext.bench.hardware import machine_description
 from dcae_ext.bench.memory import quiet_stderr
 from dcae_ext.bench.records import results_path
-from dcae_ext.bench.timing import block_seconds, is_oom, throughput_summary
+from dcae_ext.bench.timing import block_seconds, is_oom, release_memory, throughput_summary
 from dcae_ext.commands._options import choose_device
 from dcae_ext.models import preset_names
+from dcae_ext.ops._library import kernels_missing
 from dcae_ext.models.tokenizer import PRESETS as IBQ_PRESETS
 from dcae_ext.train import Trainer, make_config
 from dcae_ext.train.config import ConfigError
@@ -133,9 +134,7 @@ def run_on(side: Side, trainer: Trainer, fn, where: str):
             optimizer.zero_grad(set_to_none=True)
     if trainer.scaler.is_enabled():  # a step cut short may leave the scaler mid-update
         trainer.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=trainer.scaler.get_scale())
-    gc.collect()
-    if trainer.device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(trainer.device)
     return None
 
 
@@ -256,6 +255,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     presets = parse_presets(args.preset)
     device = choose_device(args.device)
+    missing = kernels_missing(device.type)
+    if missing:
+        raise SystemExit(f"--device {device.type}: {missing}; the fast side would be the reference")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the CUDA events of the timing record on the current device
     path = args.results or results_path(device, RESULTS, kind="train")
     batch = synthetic_batch(args.batch_size, args.resolution, device)
     previous = ops.reference_mode()

@@ -9,10 +9,11 @@ device) at the device's matmul peak. --quick swaps in the tiny preset for a smok
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 
-from dcae_ext.bench.harness import Case, Work, Workload
+from dcae_ext.bench.harness import Case, SuiteUnavailable, Work, Workload
 from dcae_ext.bench.timing import Timing
 from dcae_ext.models import DCAE, get_config
 
@@ -31,6 +32,8 @@ def resolve_model(name: str) -> str:
 
 
 def cases(device: str, quick: bool, model: str | None = None) -> list[Case]:
+    if importlib.util.find_spec("diffusers") is None:
+        raise SuiteUnavailable("needs diffusers, the model it races (pip install 'diffusers>=0.32')")
     on_gpu = device != "cpu"
     name = resolve_model(model) if model else ("tiny" if quick else MODEL)
     config = get_config(name)
@@ -72,7 +75,9 @@ def _build_pair(config, device, dtype):
     ours = DCAE(config).eval()
     theirs = AutoencoderDC(**{k: v for k, v in config.to_diffusers_dict().items() if not k.startswith("_")}).eval()
     theirs.load_state_dict(ours.state_dict())
-    ours, theirs = ours.to(device=device, dtype=dtype), theirs.to(device=device, dtype=dtype)
+    ours = ours.to(device=device, dtype=dtype)
+    # nn.Module.to itself: diffusers' override warns about float32-kept modules even when it has none
+    theirs = torch.nn.Module.to(theirs, device=device, dtype=dtype)
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
         ours = ours.to(memory_format=torch.channels_last)

@@ -87,13 +87,11 @@ def datasheet_limit(gpu_name: str | None, kind: str, dtype: torch.dtype) -> floa
         return peaks.bf16_tflops
     if dtype != torch.float32:
         return None
-    # float32 may run on tensor cores: TF32 when torch allows it (convolutions allow it by default),
-    # bfloat16 passes under float32_matmul_precision "medium". The ceiling is the fastest allowed.
-    precision = torch.get_float32_matmul_precision()
-    if precision == "medium":
-        return peaks.bf16_tflops
-    if precision == "high" or torch.backends.cuda.matmul.allow_tf32 or (
-            kind == "conv" and torch.backends.cudnn.allow_tf32):
+    # float32 may run on tensor cores: TF32 when torch allows it (convolutions allow it by default).
+    # The backend settings also reflect allow_tf32 and set_float32_matmul_precision ("high" and
+    # "medium" are TF32 on CUDA); the legacy getters throw once the new API was used.
+    if torch.backends.cuda.matmul.fp32_precision == "tf32" or (
+            kind == "conv" and torch.backends.cudnn.conv.fp32_precision == "tf32"):
         return peaks.tf32_tflops
     return peaks.fp32_tflops
 

@@ -16,7 +16,12 @@ import torch
 from dcae_ext.bench import hardware
 from dcae_ext.bench.memory import peak_mb
 from dcae_ext.bench.records import make_record
-from dcae_ext.bench.timing import Stats, Timing, is_oom, time_interleaved
+from dcae_ext.bench.timing import Stats, Timing, is_oom, release_memory, time_interleaved
+
+
+class SuiteUnavailable(Exception):
+    """Raised by a suite's cases() when this install cannot run it (e.g. an optional dependency
+    is missing); the bench command skips the suite and prints the message."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,8 @@ def _peak(workload: Workload, device: torch.device) -> tuple[float | None, bool]
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if not is_oom(error):
             raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return None, True
+    release_memory(device)
+    return None, True
 
 
 def _limit_setup(work: Work | None, device, dtype):

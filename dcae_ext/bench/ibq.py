@@ -42,7 +42,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                               functools.partial(_workloads, variant, (n, k, d)),
                               Work("matmul", fwd=fwd_gemms * gemm, fwdbwd=fwdbwd_gemms * gemm),
                               extra={"temperature": TEMPERATURE if variant != "quantize" else None,
-                                     "allow_tf32": torch.backends.cuda.matmul.allow_tf32}))
+                                     "allow_tf32": torch.backends.cuda.matmul.fp32_precision == "tf32"}))
     return found
 
 

@@ -21,9 +21,13 @@ def _shape_text(shape: dict) -> str:
 
 
 def _title(records: list[dict]) -> str:
-    first = records[0]
-    dtypes = ", ".join(sorted({r["dtype"] for r in records}))
-    return f"{first['device_name']} ({first['device']}), {dtypes}, torch {first['torch']}, {first['date'][:10]}"
+    """Device, dtypes, torch versions and dates of the records (a results file may hold several runs)."""
+    def joined(key, width=None):
+        return ", ".join(sorted({str(r[key])[:width] for r in records}))
+
+    dates = sorted({r["date"][:10] for r in records})
+    days = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return f"{joined('device_name')} ({joined('device')}), {joined('dtype')}, torch {joined('torch')}, {days}"
 
 
 def plot_speedups(records: list[dict], path: str) -> str | None:

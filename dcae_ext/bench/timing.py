@@ -10,6 +10,7 @@ CUDA blocks are timed with events on the current stream, CPU blocks with time.pe
 """
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -64,8 +65,19 @@ class Stats:
 
 
 def is_oom(error: BaseException) -> bool:
+    """torch's out-of-memory error, or cuBLAS / cuDNN failing to allocate their workspace (which
+    near the memory limit is the same event, reported as a RuntimeError)."""
+    text = str(error)
     return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+        isinstance(error, RuntimeError) and ("out of memory" in text.lower() or "ALLOC_FAILED" in text))
+
+
+def release_memory(device: torch.device) -> None:
+    """After an out-of-memory error has been handled (outside its except block, whose traceback
+    still holds the failed call's tensors): collect them and give the cached blocks back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def block_seconds(fn: Callable[[], Any], runs: int, device: torch.device) -> float:
@@ -128,9 +140,8 @@ def _timed(fn: Callable[[], Any], runs: int, device: torch.device) -> float | No
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if not is_oom(error):
             raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return None
+    release_memory(device)
+    return None
 
 
 def throughput_summary(seconds: list[float], items: int) -> dict:

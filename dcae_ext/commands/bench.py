@@ -70,12 +70,19 @@ def _busy_warning(device: str) -> str | None:
 
 
 def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None, plots_dir=None) -> list[dict]:
-    from dcae_ext.bench.harness import default_timing, run_cases
+    from dcae_ext.bench.harness import SuiteUnavailable, default_timing, run_cases
     from dcae_ext.bench.records import append_records, results_path
     from dcae_ext.bench.report import format_table
 
+    from dcae_ext.ops import _library
+
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
+    missing = _library.kernels_missing(device)
+    if _library.reference_mode():
+        missing = "reference mode is on (DCAE_EXT_REFERENCE=1 or ops.use_reference), so every op runs its reference"
+    if missing:
+        raise SystemExit(f"--device {device}: {missing}; the 'fast' timings would be the reference's")
     warning = _busy_warning(device)
     if warning:
         print(warning)
@@ -96,20 +103,33 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
                 raise
             print(f"[{name}] no benchmark suite in this build; skipped")
             continue
-        cases = _cases(suite, device, quick, model if name == "dcae" else None)
+        try:
+            cases = _cases(suite, device, quick, model if name == "dcae" else None)
+        except SuiteUnavailable as reason:
+            print(f"[{name}] skipped: {reason}")
+            continue
         timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
         suite_records = run_cases(cases, device, dtypes, timing, on_case=keep)
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
+        if path and suite_records:  # after each suite, so a run cut short keeps its plots
+            _redraw_plots(path, plots_dir or os.path.join(results_dir, "plots"), quick)
     if path and records:
         print(f"\nappended {len(records)} records to {path}")
-        from dcae_ext.bench.plots import write_plots
-
-        prefix = os.path.splitext(os.path.basename(path))[0]
-        for plot in write_plots(records, plots_dir or os.path.join(results_dir, "plots"), prefix):
-            print(f"wrote {plot}")
     return records
+
+
+def _redraw_plots(path: str, plots_dir: str, quick: bool) -> None:
+    """The plots of the results file: the latest record of every case with this run's --quick, so
+    that suites run by separate commands into one file share the plots instead of replacing them."""
+    from dcae_ext.bench.plots import write_plots
+    from dcae_ext.bench.records import latest, read_records
+
+    records = [record for record in latest(read_records(path)) if bool(record.get("quick")) == quick]
+    prefix = os.path.splitext(os.path.basename(path))[0]
+    for plot in write_plots(records, plots_dir, prefix):
+        print(f"wrote {plot}")
 
 
 def run(args) -> int:

@@ -59,6 +59,18 @@ def compiled_backends() -> list[str]:
     return ["cpu", "cuda"] if WITH_CUDA else ["cpu"]
 
 
+def kernels_missing(device_type: str) -> str | None:
+    """Why this build has no kernels for `device_type` ('cpu' or 'cuda'), or None: for benchmarks,
+    whose 'fast' side would time the pure-PyTorch references instead."""
+    if not LOADED:
+        return f"the compiled kernels did not load ({LOAD_ERROR}), so every op runs its reference"
+    if device_type not in compiled_backends():
+        return (f"dcae_ext was built without {device_type.upper()} kernels (compiled backends: "
+                f"{', '.join(compiled_backends())}), so the ops run their references there; rebuild on a "
+                "machine with the CUDA toolkit (README, Building)")
+    return None
+
+
 def has_ops(*op_names: str) -> bool:
     """True when the compiled library registered every op named. A library built from older
     sources lacks the newer ops: those then run their references, with a warning."""

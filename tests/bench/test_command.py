@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 from dcae_ext.bench.harness import Case, Workload
+from dcae_ext import ops
 from dcae_ext.bench.plots import plot_ibq_scaling, plot_speedups, write_plots
+from dcae_ext.commands import bench
+from dcae_ext.ops import _library
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,7 +31,6 @@ def _tiny_cases(device="cpu", quick=False, model="default"):
 
 @pytest.fixture
 def tiny_suite(monkeypatch):
-    from dcae_ext.commands import bench
 
     module = types.ModuleType("tiny_bench_suite")
     module.cases = _tiny_cases
@@ -51,7 +53,6 @@ def test_bench_command_prints_the_table_with_its_spread_appends_and_plots(tmp_pa
 
 
 def test_a_suite_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
-    from dcae_ext.commands import bench
 
     def cases(device="cpu", quick=False):
         def interrupted(device, dtype):
@@ -69,6 +70,24 @@ def test_a_suite_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
                                                                            ("double", "reference", True)]
 
 
+def test_suites_run_by_separate_commands_share_the_plots(tmp_path, monkeypatch):
+    """benchmarks/run_gpu.sh runs each suite in its own command into one results file: the plots
+    show every suite's latest cases (of the run's --quick), not the last command's alone."""
+    for name, op in (("shortcuts", "first"), ("linear_attention", "second")):
+        module = types.ModuleType(f"{name}_tiny_suite")
+        module.cases = lambda device="cpu", quick=False, op=op: [
+            Case(op, case.shape, case.build) for case in _tiny_cases(device, quick)]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setitem(bench.SUITES, name, module.__name__)
+    plotted = []
+    monkeypatch.setattr("dcae_ext.bench.plots.write_plots", lambda records, *rest: plotted.append(records) or [])
+    bench.run_suites(["shortcuts"], "cpu", [torch.float32], False, str(tmp_path))
+    bench.run_suites(["shortcuts"], "cpu", [torch.float32], True, str(tmp_path))
+    bench.run_suites(["linear_attention"], "cpu", [torch.float32], True, str(tmp_path))
+    assert sorted({record["op"] for record in plotted[-1]}) == ["first", "second"]
+    assert all(record["quick"] for record in plotted[-1]) and len(plotted[-1]) == 4  # fast and reference each
+
+
 def test_bench_command_rejects_bad_flags():
     from dcae_ext.cli import main
 
@@ -82,7 +101,6 @@ def test_bench_command_rejects_bad_flags():
 
 @pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae"])
 def test_wrapper_scripts_are_the_command_for_one_suite(op, monkeypatch):
-    from dcae_ext.commands import bench
 
     seen = {}
     monkeypatch.setattr(bench, "run_suites", lambda names, device, dtypes, *args, **kwargs: seen.update(
@@ -106,7 +124,6 @@ def test_plots_are_written_as_png(tmp_path, fake_records):
 
 
 def test_a_busy_cpu_is_announced(monkeypatch):
-    from dcae_ext.commands import bench
 
     monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(bench.os, "getloadavg", lambda: (6.0, 5.0, 4.0))
@@ -135,3 +152,35 @@ def test_the_ibq_plot_draws_every_implementation_and_marks_what_ran_out_of_memor
                          "ibq_quantize sdpa float32 N=8192 D=256": [2**14, 2**16, 2**20]}
         assert [text.get_text() for text in axis.texts] == ["quantize reference float32 OOM"]
         assert [label.get_text() for label in axis.get_xticklabels()] == ["16k", "64k", "1024k\nN=16384"]
+
+
+@pytest.mark.parametrize("setup,words", [
+    (lambda monkeypatch: ops.use_reference(True), "reference mode is on"),
+    (lambda monkeypatch: monkeypatch.setattr(_library, "WITH_CUDA", False), "built without CUDA kernels"),
+    (lambda monkeypatch: monkeypatch.setattr(_library, "LOADED", False), "did not load"),
+])
+def test_bench_refuses_to_time_the_reference_as_the_fast_side(tmp_path, monkeypatch, setup, words):
+    """On a machine whose build lacks the device's kernels (a fresh GPU machine that was not built,
+    a CPU-only wheel) or in reference mode, 'fast' would be the reference: about 1.0x, unmarked."""
+    device = "cuda" if "CUDA" in words else "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    previous = ops.reference_mode()
+    try:
+        setup(monkeypatch)
+        with pytest.raises(SystemExit, match=f"--device {device}: .*{words}.*the 'fast' timings would be the reference"):
+            bench.run_suites(["shortcuts"], device, [torch.float32], True, str(tmp_path))
+    finally:
+        ops.use_reference(previous)
+    assert not os.listdir(tmp_path)
+
+
+def test_the_end_to_end_suite_without_diffusers_is_skipped_with_the_reason(tmp_path, monkeypatch, capsys):
+    # diffusers is an optional dependency; `dcae-ext bench` (all suites) used to end in a traceback
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "diffusers"
+                        else find_spec(name, *rest))
+    assert bench.run_suites(["dcae"], "cpu", [torch.float32], True, str(tmp_path)) == []
+    assert "[dcae] skipped: needs diffusers" in capsys.readouterr().out
+    assert not os.listdir(tmp_path)

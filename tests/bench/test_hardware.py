@@ -19,10 +19,13 @@ def test_datasheet_bandwidth_only_for_exact_names():
 
 @pytest.fixture
 def precision():
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.fp32_precision,
+             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
     yield
     torch.set_float32_matmul_precision(saved[0])
     torch.backends.cudnn.allow_tf32 = saved[1]
+    torch.backends.fp32_precision = saved[2]
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved[3], saved[4]
 
 
 def test_float32_peak_follows_the_math_mode_torch_allows(precision):
@@ -36,8 +39,22 @@ def test_float32_peak_follows_the_math_mode_torch_allows(precision):
     assert datasheet_limit(h200, "conv", torch.float32) == 67.0
     torch.set_float32_matmul_precision("high")
     assert datasheet_limit(h200, "matmul", torch.float32) == 494.0
-    torch.set_float32_matmul_precision("medium")
-    assert datasheet_limit(h200, "matmul", torch.float32) == 989.0
+    torch.set_float32_matmul_precision("medium")  # TF32 on CUDA too
+    assert datasheet_limit(h200, "matmul", torch.float32) == 494.0
+
+
+def test_float32_peak_follows_the_backend_precision_settings(precision):
+    # torch's newer per-backend settings; reading the legacy getters after them used to raise
+    h200 = "NVIDIA H200"
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    assert datasheet_limit(h200, "matmul", torch.float32) == 494.0
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    assert datasheet_limit(h200, "matmul", torch.float32) == 67.0
+    assert datasheet_limit(h200, "conv", torch.float32) == 67.0
+    torch.backends.fp32_precision = "tf32"
+    torch.backends.cuda.matmul.fp32_precision = "none"  # inherits the generic setting
+    assert datasheet_limit(h200, "matmul", torch.float32) == 494.0
 
 
 def test_probes_do_the_work_they_claim():

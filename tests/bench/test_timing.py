@@ -85,3 +85,16 @@ def test_an_implementation_out_of_memory_is_dropped_and_the_others_go_on(monkeyp
     assert oom == {"reference"} and list(stats) == ["fast"] and len(stats["fast"].block_ms) == 3
     with pytest.raises(RuntimeError, match="shape mismatch"):
         time_interleaved({"broken": broken}, "cpu", Timing(min_blocks=1, max_blocks=1))
+
+
+@pytest.mark.parametrize("error,oom", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+    (ValueError("out of memory"), False),
+])
+def test_cublas_and_cudnn_allocation_failures_count_as_out_of_memory(error, oom):
+    # near the memory limit the K = 2^20 IBQ reference fails inside cuBLAS; that is a result, not a crash
+    assert timing.is_oom(error) is oom
