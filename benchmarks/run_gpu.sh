@@ -8,7 +8,12 @@
 # the tails of the logs are printed as it goes.
 #
 #   benchmarks/run_gpu.sh build-test bench-ibq     # a first call: build, CUDA tests, the IBQ sweep
-#   benchmarks/run_gpu.sh build bench-rest train   # a second call on the warm machine (the build is incremental)
+#   BUDGET_S=... benchmarks/run_gpu.sh bench-rest train   # a second call with what is left
+#
+# BUDGET_S must end before the call's own limit (timeout_s, and the session's device time left:
+# the device tool kills the command there, and a killed call packs nothing): 570 suits a 600 s
+# call; for a later call take the device budget left (the tool's status) less about 45 s. A
+# bench or train step on a machine without the CUDA build (a fresh one) builds first.
 #
 # Steps:
 #   build       build for the visible GPU (ptxas.md: registers and spills per kernel), info.txt
@@ -84,8 +89,18 @@ run_tests() {
   elapsed tests "$start"
 }
 
+# A machine given back and started again is bare: without this the bench and train steps of a
+# call with no build step would find no CUDA kernels (and refuse to time the references).
+ensure_build() {
+  [[ "$DEVICE" == cuda ]] || return 0
+  $PY -c 'from dcae_ext.ops import _library; raise SystemExit(0 if _library.WITH_CUDA else 1)' 2>/dev/null && return 0
+  echo "no CUDA build of dcae_ext here (a fresh machine?): building first"
+  SKIP_BUILD=0 build
+}
+
 # `bench_suites PLAN`: PLAN is "suite:dtypes:limit_s ..."; BENCH_FLAGS adds flags (e.g. --quick).
 bench_suites() {
+  ensure_build || return 0
   for spec in $1; do
     IFS=: read -r suite dtypes limit <<< "$spec"
     limit=$(cut_limit "$limit")
@@ -103,7 +118,7 @@ bench_suites() {
 
 # The IBQ plan is estimated at 2-3 minutes on an H200 (not yet measured), most of it float32 at 2^20.
 IBQ_PLAN="ibq:bf16,fp32:270"
-REST_PLAN="linear_attention:bf16,fp16,fp32:60 shortcuts:bf16,fp32:60 dcae:bf16:150"
+REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:150"
 
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the
@@ -113,6 +128,7 @@ train() {
   # batch 32 under a second (36 steps per preset); start-up and model construction about 20 s.
   # f32c32 runs twice: as `dcae-ext train` does (LPIPS on) and without LPIPS, the same cost on both
   # sides that dilutes the ratio of the autoencoder's own step.
+  ensure_build || return 0
   IFS=';' read -ra plan <<< "${TRAIN_PLAN:-60 --preset dcae:tiny,ibq:tiny --batch-size 8;\
 180 --preset ibq-f16-262144 --batch-size 32;\
 100 --preset dc-ae-f32c32-in-1.0 --batch-size 8 --grad-checkpointing;\
@@ -153,6 +169,7 @@ for step in "$@"; do
   esac
 done
 trap 'pack "$@"' EXIT
+trap 'exit 143' TERM  # a kill from outside still packs (EXIT); SIGKILL cannot, so keep BUDGET_S inside it
 status=0
 for step in "$@"; do
   case "$step" in
