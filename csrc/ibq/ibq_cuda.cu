@@ -123,8 +123,9 @@ __device__ void merge_block_candidates(acc (&value)[kIbqCandidates], int64_t (&c
 }
 
 // `probs` may alias `logits` (each element is read, then written once by the same thread), so
-// neither is __restrict__.
-template <typename acc, typename out_t>
+// neither is __restrict__. kCandidates (cand_value given): the per-thread candidate lists, whose
+// registers the plain scan should not carry (85-88 per thread with them: 2 blocks per SM).
+template <typename acc, typename out_t, bool kCandidates>
 __global__ void scan_kernel(const acc* logits, int64_t kt, int64_t code_offset, acc inv_t,
                             acc* __restrict__ row_max, acc* __restrict__ sum_exp, acc* __restrict__ sum_exp_t,
                             int64_t* __restrict__ idx, out_t* probs, acc* __restrict__ soft,
@@ -145,7 +146,7 @@ __global__ void scan_kernel(const acc* logits, int64_t kt, int64_t code_offset, 
     }
   }
   block_argmax(tile_max, tile_arg, shared_value, shared_arg);
-  if (cand_value != nullptr) {  // block-uniform: every thread takes part in the merge
+  if constexpr (kCandidates) {  // every thread takes part in the merge
     acc value[kIbqCandidates];
     int64_t code[kIbqCandidates];
     acc* row_value = cand_value + n * kIbqCandidates;
@@ -259,11 +260,14 @@ void ibq_scan_cuda(const IbqScanArgs& a) {
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
   DCAE_DISPATCH_FLOATING(out_type, "ibq_scan_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    scan_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
-        a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
-        a.row_max.data_ptr<acc>(), a.sum_exp.data_ptr<acc>(), optional_ptr<acc>(a.sum_exp_t),
-        a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.soft),
-        a.soft.defined() ? a.soft.size(1) : 0, optional_ptr<acc>(a.cand_value), optional_ptr<int64_t>(a.cand_code));
+    DCAE_BOOL_SWITCH(a.cand_value.defined(), kCandidates, [&] {
+      scan_kernel<acc, scalar_t, kCandidates><<<rows, kRowThreads, 0, stream>>>(
+          a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
+          a.row_max.data_ptr<acc>(), a.sum_exp.data_ptr<acc>(), optional_ptr<acc>(a.sum_exp_t),
+          a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.soft),
+          a.soft.defined() ? a.soft.size(1) : 0, optional_ptr<acc>(a.cand_value),
+          optional_ptr<int64_t>(a.cand_code));
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
