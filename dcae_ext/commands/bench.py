@@ -73,14 +73,12 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
     from dcae_ext.bench.harness import SuiteUnavailable, default_timing, run_cases
     from dcae_ext.bench.records import append_records, results_path
     from dcae_ext.bench.report import format_table
-
     from dcae_ext.ops import _library
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
-    missing = _library.kernels_missing(device)
-    if _library.reference_mode():
-        missing = "reference mode is on (DCAE_EXT_REFERENCE=1 or ops.use_reference), so every op runs its reference"
+    missing = ("reference mode is on (DCAE_EXT_REFERENCE=1 or ops.use_reference), so every op runs its reference"
+               if _library.reference_mode() else _library.kernels_missing(device))
     if missing:
         raise SystemExit(f"--device {device}: {missing}; the 'fast' timings would be the reference's")
     warning = _busy_warning(device)
