@@ -69,6 +69,14 @@ def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dt
                                rtol=tol["rtol"] * scale)
 
 
+def codebook_grad_without_scatter(grad_codebook: torch.Tensor, idx: torch.Tensor,
+                                  grad_z_q: torch.Tensor) -> torch.Tensor:
+    """IBQ's d codebook (float64) minus G scattered into the chosen rows idx: the part that does not
+    depend on idx, which may differ between implementations at near-ties."""
+    flat = grad_z_q.reshape(-1, grad_codebook.shape[1]).to(grad_codebook.device, torch.float64)
+    return grad_codebook.double().index_add(0, idx.reshape(-1), -flat)
+
+
 def assert_compiled_step_matches_eager(step, *leaves: torch.Tensor) -> None:
     """`step(*leaves) -> (loss, other outputs...)` under torch.compile(fullgraph=True) gives the eager
     values and the eager gradients of every leaf."""

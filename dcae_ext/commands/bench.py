@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from dcae_ext.commands._options import DTYPES, select_device_type
+from dcae_ext.commands._options import DTYPES, default_dtype, select_device_type
 
 SUITES = {
     "shortcuts": "dcae_ext.bench.shortcuts",
@@ -36,7 +36,7 @@ def add_parser(subparsers):
 
 def parse_dtypes(text: str | None, device: str) -> list[torch.dtype]:
     if text is None:
-        return [torch.float32] if device == "cpu" else [torch.bfloat16]
+        return [DTYPES[default_dtype(torch.device(device))]]
     try:
         return [DTYPES[name.strip()] for name in text.split(",")]
     except KeyError as error:

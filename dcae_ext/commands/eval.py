@@ -57,8 +57,6 @@ def image_paths(data: str | None, limit: int | None) -> list[str]:
     from dcae_ext.data.images import embedded_image_paths, list_images
 
     paths = embedded_image_paths() if data is None else list_images(data)
-    if limit is not None and limit < 1:
-        raise ValueError(f"argument 'limit': expected a positive number of images, got {limit}")
     return paths if limit is None else paths[:limit]
 
 

@@ -90,11 +90,10 @@ def _prepare(args):
 
 def run(args) -> int:
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
 
     from dcae_ext.data.images import UnreadableImageError, distinct_png_names, open_rgb
-    from dcae_ext.data.psnr import psnr_per_image, to_unit
+    from dcae_ext.data.psnr import psnr_per_image, save_png, to_unit
 
     device, dtype, paths, model = _prepare(args)
     if device.type == "cuda":
@@ -112,8 +111,7 @@ def run(args) -> int:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             reconstruction = model((target * 2 - 1).to(device), pad=True).reconstruction
         result = to_unit(reconstruction).cpu()
-        Image.fromarray((result[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(
-            os.path.join(args.out, name))
+        save_png(result[0], os.path.join(args.out, name))
         score = float(psnr_per_image(result, target))
         scores.append(score)
         tqdm.write(f"{os.path.basename(path)}: PSNR {score:.2f} dB -> {name}")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcae_ext.models import DCAE, IBQTokenizer
+from dcae_ext.models.loading import cast_model
 from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 
@@ -26,7 +27,7 @@ class Codec:
     stored_dtype: torch.dtype
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
-        self.model = (model.cast(dtype) if isinstance(model, IBQTokenizer) else model.to(dtype)).eval()
+        self.model = cast_model(model, dtype).eval()
         self.dtype = dtype
         self.factor = model.spatial_compression
         self.memory_format = torch.contiguous_format

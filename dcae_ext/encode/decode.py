@@ -6,13 +6,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
 from dcae_ext.data.datasets import open_encoded
 from dcae_ext.data.images import UnreadableImageError, distinct_png_names, load_image
-from dcae_ext.data.psnr import psnr_per_image, to_unit
+from dcae_ext.data.psnr import psnr_per_image, save_png, to_unit
 from dcae_ext.encode.codecs import Codec
 
 
@@ -59,8 +57,7 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
             record = dataset.records[first + offset]
             height, width = record["size"]
             image = image[:, :height, :width]
-            pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            Image.fromarray(np.ascontiguousarray(pixels)).save(os.path.join(out, names[first + offset]))
+            save_png(image, os.path.join(out, names[first + offset]))
             score = None
             if compare:
                 try:

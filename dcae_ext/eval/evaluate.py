@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcae_ext.eval.metrics import CodebookUsage, psnr_per_image, ssim_per_image
+from dcae_ext.data.psnr import psnr_per_image, to_unit
+from dcae_ext.eval.metrics import CodebookUsage, ssim_per_image
 from dcae_ext.models.files import atomic_write
 
 
@@ -91,7 +92,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         reconstruction = reconstruction.float()
         if not torch.isfinite(reconstruction).all():
             raise FloatingPointError("the model produced non-finite values (NaN or inf) in a reconstruction")
-        recon01 = ((reconstruction + 1) / 2).clamp(0, 1)
+        recon01 = to_unit(reconstruction)
         psnr, ssim = psnr_per_image(recon01, target), ssim_per_image(recon01, target)
         if lpips is not None:
             lpips_sum += float(lpips(recon01 * 2 - 1, target * 2 - 1)) * target.shape[0]

@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from dcae_ext.data.psnr import psnr_per_image  # noqa: F401  (part of the metrics, defined once below eval)
+from dcae_ext.data.psnr import check_image_pair
 from dcae_ext.models.perceptual import LPIPS_WEIGHTS_ENV
 
 INCEPTION_WEIGHTS_ENV = "DCAE_EXT_INCEPTION_WEIGHTS"
@@ -22,12 +22,6 @@ INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 class MetricUnavailable(Exception):
     """A metric cannot be computed honestly here (its network weights were not given)."""
-
-
-def _check_pair(reconstruction: torch.Tensor, target: torch.Tensor) -> None:
-    if reconstruction.shape != target.shape or reconstruction.ndim != 4:
-        raise ValueError(f"argument 'reconstruction': expected the shape of 'target', (B, C, H, W); got "
-                         f"{tuple(reconstruction.shape)} and {tuple(target.shape)}")
 
 
 SSIM_WINDOW = 11
@@ -39,7 +33,7 @@ def ssim_per_image(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.
     own mean also counts the reflect-padded border, which reads a few thousandths lower)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    _check_pair(reconstruction, target)
+    check_image_pair(reconstruction, target)
     if min(target.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"argument 'target': SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
                          f"got {tuple(target.shape[-2:])}")

@@ -89,7 +89,13 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
     return DCAE.from_pretrained(path, config=config, torch_dtype=torch_dtype)
 
 
+def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` in `dtype`, through its own `cast` where it has one (an IBQ tokenizer keeps its
+    codebook float32), else `.to(dtype)`."""
+    return model.cast(dtype) if hasattr(model, "cast") else model.to(dtype)
+
+
 def _finish(model: nn.Module, torch_dtype: torch.dtype | None) -> nn.Module:
     if torch_dtype is not None:
-        model = model.cast(torch_dtype) if hasattr(model, "cast") else model.to(torch_dtype)
+        model = cast_model(model, torch_dtype)
     return model.eval()

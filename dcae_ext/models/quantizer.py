@@ -102,18 +102,20 @@ class IBQuantizer(nn.Module):
                              f"got shape {tuple(z.shape)}")
         return channel_dim
 
-    def forward(self, z: torch.Tensor, channel_dim: int | None = None) -> QuantizerOutput:
+    def _search_inputs(self, z: torch.Tensor, channel_dim: int | None):
+        """(channel_dim, rows (..., D), codebook, gemm_dtype) of a search: rows and codebook in
+        float32 (float64 for float64 input); gemm_dtype from the autocast state at the call, for
+        float32 only (the op takes no rounded GEMMs for float64)."""
         if not isinstance(z, torch.Tensor) or z.dim() < 1:
             raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
         channel_dim = self._channel_dim(z, channel_dim)
-        input_dtype = z.dtype
-        gemm_dtype = search_gemm_dtype(z.device.type)
+        compute = torch.promote_types(z.dtype, torch.float32)
+        gemm_dtype = search_gemm_dtype(z.device.type) if compute == torch.float32 else None
+        return channel_dim, z.to(compute).movedim(channel_dim, -1), self.codebook.to(compute), gemm_dtype
+
+    def forward(self, z: torch.Tensor, channel_dim: int | None = None) -> QuantizerOutput:
+        channel_dim, rows, codebook, gemm_dtype = self._search_inputs(z, channel_dim)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            compute = torch.promote_types(z.dtype, torch.float32)
-            if compute != torch.float32:
-                gemm_dtype = None
-            rows = z.to(compute).movedim(channel_dim, -1)
-            codebook = self.codebook.to(compute)
             if self.entropy_weight != 0:
                 z_q, indices, entropy = ops.ibq_quantize_with_entropy(rows, codebook, self.entropy_temperature,
                                                                       gemm_dtype=gemm_dtype)
@@ -131,21 +133,16 @@ class IBQuantizer(nn.Module):
             loss = straight_through + commitment + codebook_term + self.entropy_weight * entropy
             usage, perplexity = code_statistics(indices, self.num_codes)
         return QuantizerOutput(
-            quantized=z_q.movedim(-1, channel_dim).to(input_dtype), indices=indices, loss=loss,
+            quantized=z_q.movedim(-1, channel_dim).to(z.dtype), indices=indices, loss=loss,
             codebook_loss=codebook_term, commitment_loss=commitment, entropy_loss=entropy,
             usage=usage, perplexity=perplexity)
 
     def nearest(self, z: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """The indices of `forward(z)` alone (one pass over the codebook, no losses, no gradient):
         what tokenizing needs."""
-        if not isinstance(z, torch.Tensor) or z.dim() < 1:
-            raise ValueError(f"argument 'z': expected a tensor with a channel dimension, got {z!r:.80}")
-        channel_dim = self._channel_dim(z, channel_dim)
-        gemm_dtype = search_gemm_dtype(z.device.type)
+        _, rows, codebook, gemm_dtype = self._search_inputs(z, channel_dim)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            compute = torch.promote_types(z.dtype, torch.float32)
-            return ops.ibq_nearest_code(z.to(compute).movedim(channel_dim, -1), self.codebook.to(compute),
-                                        gemm_dtype=gemm_dtype if compute == torch.float32 else None)
+            return ops.ibq_nearest_code(rows, codebook, gemm_dtype=gemm_dtype)
 
     def lookup(self, indices: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """indices (B, H, W) -> codes (B, D, H, W) (channel_dim 1 for 3-D indices), else (..., D)."""

@@ -19,6 +19,7 @@ from torch import nn
 
 from dcae_ext.models import dcae, vqgan
 from dcae_ext.models.config import DCAEConfig
+from dcae_ext.models.files import read_json, write_files_together
 from dcae_ext.models.ibq_weights import convert_official_state, infer_vqgan_config, is_official_layout, \
     read_official_file
 from dcae_ext.models.output import AutoencoderOutput
@@ -205,7 +206,6 @@ class IBQTokenizer(nn.Module):
         """config.json + model.safetensors in folder `path`, the pair written whole or not at all."""
         from safetensors.torch import save_file
 
-        from dcae_ext.models.files import write_files_together
 
         config = json.dumps(dict(self.config.to_dict(), _class_name="IBQTokenizer"), indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -251,8 +251,7 @@ class IBQTokenizer(nn.Module):
 def _from_saved_folder(cls, path: str, config: IBQConfig | None):
     from safetensors.torch import load_file
 
-    with open(os.path.join(path, CONFIG_NAME)) as stream:
-        values = json.load(stream)
+    values = read_json(os.path.join(path, CONFIG_NAME))
     if values.pop("_class_name", "IBQTokenizer") != "IBQTokenizer":
         raise ValueError(f"argument 'path': {path}/{CONFIG_NAME} describes no IBQ tokenizer")
     weights = os.path.join(path, WEIGHTS_NAME)

@@ -44,13 +44,15 @@ def _check_python_arguments(z, codebook, temperature, gemm_dtype) -> float:
 
 
 def _forward(z, codebook, temperature, quantize, entropy, gemm_dtype):
-    """(z_q, idx, entropy) from the kernel, or from the reference after the kernel's checks.
-    The reference computes in float32 whatever gemm_dtype says: it is the exact answer."""
+    """(z_q, idx, entropy) from the kernel, or from the reference after the kernel's checks (neither
+    flag: idx alone). The reference computes in float32 whatever gemm_dtype says: the exact answer."""
     temperature = _check_python_arguments(z, codebook, temperature, gemm_dtype)
     if use_kernel("ibq_forward", z):
         return _run(z, codebook, temperature, quantize, entropy, gemm_dtype=gemm_dtype)
     _library.check_arguments("_check_ibq_args", _rows(z), codebook, temperature, gemm_dtype)
     z_q, idx = reference.ibq_quantize(z, codebook) if quantize else (None, None)
+    if not quantize and not entropy:
+        idx = reference.ibq_nearest_code(z, codebook)
     return z_q, idx, reference.ibq_entropy_loss(z, codebook, temperature) if entropy else None
 
 
@@ -71,12 +73,8 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor, *, gemm_dtype: torch.d
 def ibq_nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, gemm_dtype: torch.dtype | None = None):
     """idx (...) int64 of `ibq_quantize` alone (argmax_k z . C_k, same ties and NaN policy, exact
     under gemm_dtype too), for tokenizing: one pass over the codebook, no z_q, no gradient."""
-    _check_python_arguments(z, codebook, 1.0, gemm_dtype)
     with torch.no_grad():
-        if use_kernel("ibq_forward", z):
-            return _run(z, codebook, 1.0, False, False, gemm_dtype=gemm_dtype)[1]
-        _library.check_arguments("_check_ibq_args", _rows(z), codebook, 1.0, gemm_dtype)
-        return reference.ibq_nearest_code(z, codebook)
+        return _forward(z, codebook, 1.0, False, False, gemm_dtype)[1]
 
 
 def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01, *,

@@ -26,7 +26,7 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
     for column in range(count):
         for row, images in enumerate((originals, reconstructions)):
             axis = axes[row][column]
-            axis.imshow(((images[column].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), interpolation="nearest")
+            axis.imshow(to_unit(images[column]).permute(1, 2, 0).numpy(), interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
         axes[1][column].set_xlabel(f"PSNR {scores[column]:.1f} dB", fontsize=9)

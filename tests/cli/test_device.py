@@ -1,5 +1,7 @@
-"""--device: one reading for every command. `cuda` (and no value, on a GPU machine) is this process's
-GPU, cuda:LOCAL_RANK, so a torchrun rank uses its own GPU and torch.cuda.set_device gets an index."""
+"""--device: one reading (choose_device) for encode, tokenize, decode, reconstruct, eval and bench.
+`cuda` (and no value, on a GPU machine) is this process's GPU, cuda:LOCAL_RANK, so a torchrun rank
+uses its own GPU and torch.cuda.set_device gets an index. train and demo take cpu, cuda or auto
+(train/distributed.py places a torchrun rank on cuda:LOCAL_RANK the same way)."""
 import pytest
 import torch
 

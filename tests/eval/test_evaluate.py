@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from dcae_ext.eval.evaluate import evaluate, write_results
 from dcae_ext.eval.images import EvalImages, load_image
-from dcae_ext.eval.metrics import build_fid, psnr_per_image
+from dcae_ext.data.psnr import psnr_per_image
+from dcae_ext.eval.metrics import build_fid
 from dcae_ext.models.output import AutoencoderOutput
 
 

@@ -6,7 +6,8 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from dcae_ext.eval.metrics import CodebookUsage, MetricUnavailable, build_fid, load_lpips, psnr_per_image, ssim_per_image
+from dcae_ext.data.psnr import psnr_per_image
+from dcae_ext.eval.metrics import CodebookUsage, MetricUnavailable, build_fid, load_lpips, ssim_per_image
 
 
 def _known_pair():

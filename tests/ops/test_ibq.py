@@ -7,7 +7,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
-from dcae_ext.testing import assert_compiled_step_matches_eager, device_dtypes, devices
+from dcae_ext.testing import assert_compiled_step_matches_eager, codebook_grad_without_scatter, device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 
 MODES = {"quantize": (True, False), "entropy": (False, True), "both": (True, True)}
@@ -60,13 +60,8 @@ def _upstream(z, codebook, mode, temperature):
 
 
 def _without_scatter(result, grad_z_q, quantize):
-    """d codebook of a result minus the scatter of G into its rows idx (the only part of
-    d codebook that depends on idx, which may differ at near-ties)."""
-    grad_codebook, codes = result[4].double(), result[1]
-    if not quantize:
-        return grad_codebook
-    flat = grad_z_q.reshape(-1, grad_codebook.shape[1]).double().to(grad_codebook.device)
-    return grad_codebook.index_add(0, codes.reshape(-1), -flat)
+    """d codebook of a result, less the scatter of G into its rows idx when it quantizes."""
+    return codebook_grad_without_scatter(result[4], result[1], grad_z_q) if quantize else result[4].double()
 
 
 def _max_error(a, b):

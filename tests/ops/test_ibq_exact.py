@@ -8,7 +8,7 @@ import torch
 from dcae_ext import ops
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq import _run
-from dcae_ext.testing import devices
+from dcae_ext.testing import assert_compiled_step_matches_eager, codebook_grad_without_scatter, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 
 HALF = [torch.bfloat16, torch.float16]
@@ -190,10 +190,6 @@ def _grads(fn, z, codebook, grad_z_q, grad_entropy):
     return (z_q.detach(), idx, ent.detach(), *torch.autograd.grad(loss, (z, codebook)))
 
 
-def _without_scatter(grad_codebook, idx, grad_z_q):
-    return grad_codebook.double().index_add(0, idx.reshape(-1), -grad_z_q.reshape(-1, grad_codebook.shape[1]))
-
-
 @pytest.mark.parametrize("gemm_dtype", HALF)
 def test_gradients_are_the_rounded_operands_math(gemm_dtype):
     # CPU emulation: the op's softmax, entropy and gradients are the reference's math on z and
@@ -217,7 +213,8 @@ def test_gradients_are_the_rounded_operands_math(gemm_dtype):
 
     assert torch.equal(got[1], _exact_argmax(z, codebook)) and torch.equal(got[0], codebook[got[1]])
     torch.testing.assert_close(got[2].double(), rounded[2], rtol=1e-5, atol=1e-5)
-    parts = {"d z": lambda r: r[3].double(), "d codebook": lambda r: _without_scatter(r[4], r[1], grad_z_q)}
+    parts = {"d z": lambda r: r[3].double(),
+             "d codebook": lambda r: codebook_grad_without_scatter(r[4], r[1], grad_z_q)}
     for what, part in parts.items():
         scale = part(rounded).abs().max().item()
         torch.testing.assert_close(part(got), part(rounded), rtol=2e-4, atol=2e-4 * scale,
@@ -250,15 +247,7 @@ def test_compile_fullgraph_with_gemm_dtype(device):
         z_q, idx, ent = ops.ibq_quantize_with_entropy(z * 1.5, codebook, 0.1, gemm_dtype=torch.bfloat16)
         return (z_q - z).square().mean() + 0.05 * ent, idx
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    results = []
-    for fn in (step, compiled):
-        zz, cc = z.clone().requires_grad_(True), codebook.clone().requires_grad_(True)
-        loss, idx = fn(zz, cc)
-        loss.backward()
-        results.append((loss, idx, zz.grad, cc.grad))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want)
+    assert_compiled_step_matches_eager(step, z, codebook)
 
 
 @pytest.mark.parametrize("reference_mode", [False, True])

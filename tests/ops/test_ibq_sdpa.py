@@ -9,7 +9,7 @@ from dcae_ext import ops
 from dcae_ext.bench.memory import tracked_peak_mb
 from dcae_ext.ops import reference
 from dcae_ext.ops.ibq_sdpa import _chunk_logits, chunked_argmax, codes_per_chunk, ibq_quantize_sdpa
-from dcae_ext.testing import assert_compiled_step_matches_eager, device_dtypes, devices
+from dcae_ext.testing import assert_compiled_step_matches_eager, codebook_grad_without_scatter, device_dtypes, devices
 from dcae_ext.testing import ibq_inputs as _inputs
 from dcae_ext.testing import ibq_poisoned_codes, ibq_poisoned_rows
 
@@ -56,13 +56,6 @@ def test_float64_values_and_gradients_equal_the_reference_and_the_kernel(shape, 
             torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=atol, msg=lambda m: f"{name} {what}: {m}")
 
 
-def _without_scatter(grad_codebook, idx, grad_z_q):
-    """d codebook minus G scattered into rows idx: the part that does not depend on idx, which
-    may differ from the reference's at near-ties in low precision."""
-    flat = grad_z_q.reshape(-1, grad_codebook.shape[1]).to(grad_codebook.device, torch.float64)
-    return grad_codebook.double().index_add(0, idx.reshape(-1), -flat)
-
-
 def _same_precision_reference(z, codebook):
     """The reference math with every intermediate in z's own dtype (no float32 accumulation)."""
     with mock.patch.object(reference, "accumulation_dtype", lambda dtype: dtype):
@@ -94,7 +87,8 @@ def test_low_precision_is_as_close_to_float64_as_the_reference(device, dtype, sh
     for row in (got[1] != same_dtype[1]).nonzero().flatten().tolist():  # only near-ties may differ
         gap = (logits[row, got[1][row]] - logits[row, same_dtype[1][row]]).abs().item()
         assert gap <= 1e-5 * logits[row].abs().max().item() + 1e-6, (row, gap)
-    parts = {"d z": lambda r: r[2].double(), "d codebook": lambda r: _without_scatter(r[3], r[1], grad_z_q)}
+    parts = {"d z": lambda r: r[2].double(),
+             "d codebook": lambda r: codebook_grad_without_scatter(r[3], r[1], grad_z_q)}
     for what, part in parts.items():
         scale = part(want64).abs().max().item()
         atol = max([TOL[dtype] * scale] + [2 * (part(base) - part(want64)).abs().max().item() for base in baselines])
