@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 from dcae_ext.bench.hardware import machine_description
-from dcae_ext.bench.records import results_path
+from dcae_ext.bench.records import append_records, results_path
 from dcae_ext.bench.timing import throughput_summary
 from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 from dcae_ext.data.images import embedded_image_paths, list_images, resize_center_crop
@@ -151,10 +150,7 @@ def main() -> None:
     records.append(dict(common, impl="comparison", speedup_median=speedup, max_abs_latent_diff=agreement))
     path = args.results or results_path(device, RESULTS, kind="encode")
     if not args.no_save:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a") as stream:
-            for record in records:
-                stream.write(json.dumps(record) + "\n")
+        append_records(records, path)
     for record in records[:2]:
         rate = record["images_per_s"]
         print(f"{record['impl']:30s} {rate['median']:8.2f} images/s (min {rate['min']:.2f}, max {rate['max']:.2f}, "

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
-import json
 import os
 import tempfile
 import time
@@ -43,7 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 from dcae_ext import ops
 from dcae_ext.bench.hardware import machine_description
 from dcae_ext.bench.memory import quiet_stderr
-from dcae_ext.bench.records import results_path
+from dcae_ext.bench.records import append_records, results_path
 from dcae_ext.bench.timing import block_seconds, is_oom, release_memory, throughput_summary
 from dcae_ext.commands._options import choose_device
 from dcae_ext.models import preset_names
@@ -275,14 +273,10 @@ def main() -> None:
                       f"{'on' if trainer.discriminator is not None else 'off'}", flush=True)
                 records = preset_records(model, preset, trainer, measure(trainer, batch, args, device), args, device)
             del trainer
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_memory(device)
             report(records)
             if not args.no_save:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                with open(path, "a") as stream:
-                    stream.writelines(json.dumps(record) + "\n" for record in records)
+                append_records(records, path)
     finally:
         ops.use_reference(previous)
     if not args.no_save:

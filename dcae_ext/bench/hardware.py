@@ -75,6 +75,13 @@ def datasheet_peaks(name: str) -> Peaks | None:
     return None
 
 
+def matmul_tf32() -> bool:
+    """Whether float32 matmuls on CUDA may run in TF32: torch's per-backend setting, which also
+    reflects allow_tf32 and set_float32_matmul_precision ("high" and "medium" are TF32 on CUDA);
+    the legacy getters throw once the new API was used."""
+    return torch.backends.cuda.matmul.fp32_precision == "tf32"
+
+
 def datasheet_limit(gpu_name: str | None, kind: str, dtype: torch.dtype) -> float | None:
     """GB/s (memory) or TFLOP/s (matmul, conv) from the data sheet of the GPU named; None (CPUs,
     unknown GPUs) where a probe must measure it."""
@@ -87,10 +94,8 @@ def datasheet_limit(gpu_name: str | None, kind: str, dtype: torch.dtype) -> floa
         return peaks.bf16_tflops
     if dtype != torch.float32:
         return None
-    # float32 may run on tensor cores: TF32 when torch allows it (convolutions allow it by default).
-    # The backend settings also reflect allow_tf32 and set_float32_matmul_precision ("high" and
-    # "medium" are TF32 on CUDA); the legacy getters throw once the new API was used.
-    if torch.backends.cuda.matmul.fp32_precision == "tf32" or (
+    # float32 may run on tensor cores: TF32 when torch allows it (convolutions allow it by default)
+    if matmul_tf32() or (
             kind == "conv" and torch.backends.cudnn.conv.fp32_precision == "tf32"):
         return peaks.tf32_tflops
     return peaks.fp32_tflops

@@ -17,9 +17,10 @@ import functools
 import torch
 
 from dcae_ext import ops
+from dcae_ext.bench.hardware import matmul_tf32
 from dcae_ext.bench.harness import Case, Work, Workload
 from dcae_ext.bench.timing import Timing
-from dcae_ext.ops.ibq_sdpa import ibq_quantize_sdpa
+from dcae_ext.ops.ibq_sdpa import sdpa_backend
 
 TEMPERATURE = 0.01
 GEMMS = {"quantize": (2, 6), "quantize+entropy": (3, 7)}  # (forward, forward+backward)
@@ -42,7 +43,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                               functools.partial(_workloads, variant, (n, k, d)),
                               Work("matmul", fwd=fwd_gemms * gemm, fwdbwd=fwdbwd_gemms * gemm),
                               extra={"temperature": TEMPERATURE if variant != "quantize" else None,
-                                     "allow_tf32": torch.backends.cuda.matmul.fp32_precision == "tf32"}))
+                                     "allow_tf32": matmul_tf32()}))
     return found
 
 
@@ -69,19 +70,6 @@ def _quantize_with_entropy(fn, z, codebook):
     return z_q, entropy
 
 
-def sdpa_backend(z: torch.Tensor, codebook: torch.Tensor) -> str | None:
-    """The kernel scaled_dot_product_attention picks for ibq_quantize_sdpa's call (FLASH_ATTENTION,
-    EFFICIENT_ATTENTION, MATH, ...): the math one builds N x K tensors. None where torch cannot say."""
-    try:
-        from torch.nn.attention import SDPBackend
-
-        choice = torch._fused_sdp_choice(z[None, None], codebook[None, None], codebook.detach()[None, None],
-                                         None, 0.0, False, scale=1.0)
-        return SDPBackend(choice).name
-    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):  # a private API
-        return None
-
-
 def _workloads(variant: str, shape: tuple, device, dtype) -> dict[str, Workload]:
     n, k, d = shape
     gen = torch.Generator(device=device).manual_seed(0)
@@ -94,6 +82,6 @@ def _workloads(variant: str, shape: tuple, device, dtype) -> dict[str, Workload]
                 for impl, fn in WITH_ENTROPY.items()}
     workloads = {impl: Workload(functools.partial(_quantize, fn, z, codebook), (z, codebook), grads)
                  for impl, fn in QUANTIZERS.items()}
-    workloads["sdpa"] = Workload(functools.partial(_quantize, ibq_quantize_sdpa, z, codebook), (z, codebook), grads,
+    workloads["sdpa"] = Workload(functools.partial(_quantize, ops.ibq_quantize_sdpa, z, codebook), (z, codebook), grads,
                                  extra={"sdpa_backend": sdpa_backend(z, codebook)})
     return workloads

@@ -135,8 +135,14 @@ def _ratio_cell(fast: dict, ref: dict | None, key: str, ref_name: str = "ref") -
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _spread_cell(fast: dict, ref: dict | None, *others: dict | None) -> str:
-    worst = worst_spread(fast, ref, *others)
+def _row_spread(fast: dict, ref: dict | None, found: dict) -> float | None:
+    """The widest IQR behind a table row: its own and the reference's timings, and on a fast row
+    those of the baselines its `vs` columns divide by (`found`: `_baseline_records`)."""
+    rivals = found.get(_case_key(fast), {}) if fast["impl"] == FAST else {}
+    return worst_spread(fast, ref, *rivals.values())
+
+
+def _spread_cell(worst: float | None) -> str:
     if worst is None:
         return "n/a"
     return f"{worst:.1%}" + ("!" if worst > SPREAD_LIMIT else "")
@@ -161,7 +167,7 @@ def table_rows(records: list[dict]) -> list[list[str]]:
                      _number(fast.get("fwd_ms")), _number(other.get("fwd_ms")), _ratio_cell(fast, ref, "fwd_ms"),
                      _number(fast.get("fwdbwd_ms")), _number(other.get("fwdbwd_ms")),
                      _ratio_cell(fast, ref, "fwdbwd_ms"), *_baseline_cells(fast, names, rivals),
-                     _spread_cell(fast, ref, *rivals.values()),
+                     _spread_cell(_row_spread(fast, ref, found)),
                      _number(fast.get("peak_mem_mb")), _number(other.get("peak_mem_mb")),
                      _percent(fast.get("fwd_fraction_of_limit")), _percent(fast.get("fwdbwd_fraction_of_limit")),
                      fast["date"][:10]])
@@ -196,7 +202,7 @@ def summary_rows(records: list[dict]) -> list[list[str]]:
             found = [fn(fast, ref) for fast, ref in among]
             return [value for value in found if value is not None]
 
-        spreads = values(worst_spread, pairs)
+        spreads = values(lambda f, r: _row_spread(f, r, found), pairs)
         ref_oom = sum(1 for _, ref in compared if ref.get("oom"))
         memory = _span(values(lambda f, r: r["peak_mem_mb"] / f["peak_mem_mb"]
                               if r.get("peak_mem_mb") and f.get("peak_mem_mb") else None), lambda v: f"{v:.1f}x")

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from dcae_ext.ops import _library
-from dcae_ext.ops._validate import check_int, check_same_device, check_tensor
+from dcae_ext.ops._validate import check_int
+from dcae_ext.ops.ibq import _check_python_arguments, _rows
 from dcae_ext.ops.reference import accumulation_dtype
 
 # Logits held at once by the chunked argmax: 256 MiB is 4096 codes of float32 logits at N = 16384.
@@ -63,6 +64,24 @@ def chunked_argmax(rows: torch.Tensor, codebook: torch.Tensor, chunk_bytes: int 
     return idx, best
 
 
+def _attention_inputs(rows: torch.Tensor, codebook: torch.Tensor):
+    """(query, key, value) of the soft codes softmax(z C^T) C: one batch, one head, scale 1."""
+    return rows[None, None], codebook[None, None], codebook.detach()[None, None]
+
+
+def sdpa_backend(z: torch.Tensor, codebook: torch.Tensor) -> str | None:
+    """The kernel scaled_dot_product_attention picks for ibq_quantize_sdpa's call on z (N, D)
+    (FLASH_ATTENTION, EFFICIENT_ATTENTION, MATH, ...): the math one builds N x K tensors. None where
+    torch cannot say."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        choice = torch._fused_sdp_choice(*_attention_inputs(z, codebook), None, 0.0, False, scale=1.0)
+        return SDPBackend(choice).name
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):  # a private API
+        return None
+
+
 def ibq_quantize_sdpa(z: torch.Tensor, codebook: torch.Tensor, chunk_bytes: int = CHUNK_BYTES):
     """`ops.ibq_quantize` from scaled_dot_product_attention and a chunked argmax; no custom kernel.
 
@@ -74,21 +93,16 @@ def ibq_quantize_sdpa(z: torch.Tensor, codebook: torch.Tensor, chunk_bytes: int 
     (CUDA: half precision for flash, float32 for memory-efficient); its math fallback builds
     N x K attention weights.
     """
-    check_tensor(z, "z")
-    check_tensor(codebook, "codebook")
-    check_same_device(z, "z", codebook, "codebook")
+    _check_python_arguments(z, codebook, 1.0, None)
     check_int(chunk_bytes, "chunk_bytes")
     if chunk_bytes < 1:
         raise ValueError(f"argument 'chunk_bytes': must be at least 1, got {chunk_bytes}")
-    if z.dim() == 0:
-        raise ValueError("argument 'z': expected a tensor of shape (..., D), got a 0-d tensor")
-    rows = z.reshape(math.prod(z.shape[:-1]), z.shape[-1])
+    rows = _rows(z)
     _library.check_arguments("_check_ibq_args", rows, codebook, 1.0)
 
     idx, best = chunked_argmax(rows.detach(), codebook.detach(), chunk_bytes)
     if rows.shape[0]:
-        soft = F.scaled_dot_product_attention(rows[None, None], codebook[None, None],
-                                              codebook.detach()[None, None], scale=1.0)[0, 0]
+        soft = F.scaled_dot_product_attention(*_attention_inputs(rows, codebook), scale=1.0)[0, 0]
     else:  # no rows to attend from (empty launches are not every backend's case); keeps z in the graph
         soft = rows * 0
     z_q = codebook[idx] + (soft - soft.detach())

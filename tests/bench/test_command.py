@@ -164,13 +164,9 @@ def test_bench_refuses_to_time_the_reference_as_the_fast_side(tmp_path, monkeypa
     a CPU-only wheel) or in reference mode, 'fast' would be the reference: about 1.0x, unmarked."""
     device = "cuda" if "CUDA" in words else "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    previous = ops.reference_mode()
-    try:
-        setup(monkeypatch)
-        with pytest.raises(SystemExit, match=f"--device {device}: .*{words}.*the 'fast' timings would be the reference"):
-            bench.run_suites(["shortcuts"], device, [torch.float32], True, str(tmp_path))
-    finally:
-        ops.use_reference(previous)
+    setup(monkeypatch)  # reference mode is restored by the autouse fixture of tests/conftest.py
+    with pytest.raises(SystemExit, match=f"--device {device}: .*{words}.*the 'fast' timings would be the reference"):
+        bench.run_suites(["shortcuts"], device, [torch.float32], True, str(tmp_path))
     assert not os.listdir(tmp_path)
 
 

@@ -128,6 +128,8 @@ def test_a_baseline_gets_its_own_summary_row(ibq_sweep_records):
     sdpa = rows["IBQ quantize [sdpa]"]
     assert sdpa["speedup fwd+bwd"] == "4.00x" and sdpa["vs sdpa fwd"] == "-"
     assert rows["IBQ quantize"]["ref / fast peak memory"] == "20.0x - 80.0x (ref OOM in 1)"
+    # as the full table's IQR column: a fast row counts the noise of the baseline it is divided by
+    assert rows["IBQ quantize"]["noisy rows"] == "3 of 3"
 
 
 def test_without_a_baseline_the_columns_are_the_usual_ones(fake_records):
