@@ -159,12 +159,12 @@ __global__ void scan_kernel(const acc* logits, int64_t kt, int64_t code_offset, 
     // A code of this tile enters the row's list only above its last value (an equal value has
     // a higher code): that is every thread's threshold, so after the first tiles few insert.
     const acc floor = row_value[kIbqCandidates - 1];
-    acc inserted = 0;
+    int inserted = 0;
     for (int64_t k = threadIdx.x; k < kt; k += kRowThreads) {
       const acc x = row[k];
-      if (x > floor && insert_candidate(value, code, x, code_offset + k)) inserted += 1;
+      if (x > floor && insert_candidate(value, code, x, code_offset + k)) inserted = 1;
     }
-    if (block_sum(inserted, shared_sum) > 0) {  // block-uniform; nothing new: the list stands
+    if (__syncthreads_or(inserted)) {  // block-uniform; nothing new: the list stands
       merge_block_candidates(value, code, row_value, row_code, shared_value, shared_arg);
     }
   }

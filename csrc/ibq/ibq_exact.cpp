@@ -30,12 +30,11 @@ HalfFormat half_format(at::ScalarType dtype) {
 }
 
 // True when every element of z and codebook is finite and below `largest` in magnitude, so
-// rounding to the half dtype neither overflows nor meets a NaN. Two reductions, one host sync.
+// rounding to the half dtype neither overflows nor meets a NaN. Two reductions in the inputs'
+// dtype (the largest magnitude is one of the elements, exact there), one host sync.
 bool within_range(const at::Tensor& z, const at::Tensor& codebook, double largest) {
-  const at::Tensor z_max = z.numel() ? at::linalg_vector_norm(z, INFINITY, std::nullopt, false, at::kDouble)
-                                     : at::zeros({}, z.options().dtype(at::kDouble));
-  const at::Tensor c_max = at::linalg_vector_norm(codebook, INFINITY, std::nullopt, false, at::kDouble);
-  const at::Tensor maxima = at::stack({z_max, c_max}).cpu();
+  const at::Tensor z_max = z.numel() ? at::linalg_vector_norm(z, INFINITY) : at::zeros({}, z.options());
+  const at::Tensor maxima = at::stack({z_max, at::linalg_vector_norm(codebook, INFINITY)}).to(at::kDouble).cpu();
   const double* m = maxima.data_ptr<double>();
   return m[0] < largest && m[1] < largest;  // false for NaN
 }
@@ -112,9 +111,14 @@ at::Tensor ibq_exact_rerank(const at::Tensor& z, const at::Tensor& codebook, con
   const double u = operands.unit_roundoff, tiny = operands.tiny;
   // |rounded logit - exact logit| <= e_n for every code (docs/ibq.md): operand rounding and
   // underflow, float32 accumulation of the exact products, the float64 re-score's own error.
-  const at::Tensor z_norm = at::linalg_vector_norm(z, 2, {1}, false, at::kDouble);
-  const at::Tensor code_norm = at::linalg_vector_norm(codebook, 2, {1}, false, at::kDouble).max();
+  // Norms in the inputs' float32 (no float64 copies of z and the codebook), raised to upper
+  // bounds: the D + 2 roundings of a root of a sum of squares, and what underflowing squares may
+  // drop. An overflow gives inf, and such a row is never trusted.
   const double d = static_cast<double>(D);
+  const double norm_slack = 1 + (d + 2) * kUnitRoundoff32, norm_floor = std::sqrt(d * kFloat32Min);
+  const at::Tensor z_norm = at::linalg_vector_norm(z, 2, {1}).to(at::kDouble) * norm_slack + norm_floor;
+  const at::Tensor code_norm =
+      at::linalg_vector_norm(codebook, 2, {1}).max().to(at::kDouble) * norm_slack + norm_floor;
   const at::Tensor norm_product = z_norm * code_norm;
   const at::Tensor bound = (2 * u + u * u + 4 * d * kUnitRoundoff32) * norm_product +
                            tiny * (1 + u) * std::sqrt(d) * (z_norm + code_norm) + d * (tiny * tiny + kFloat32Min);
