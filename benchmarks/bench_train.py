@@ -45,7 +45,7 @@ from dcae_ext.bench.records import append_records, results_path
 from dcae_ext.bench.timing import block_seconds, is_oom, release_memory, throughput_summary
 from dcae_ext.commands._options import choose_device
 from dcae_ext.models import preset_names
-from dcae_ext.models.tokenizer import PRESETS as IBQ_PRESETS
+from dcae_ext.models.ibq.tokenizer import PRESETS as IBQ_PRESETS
 from dcae_ext.ops._library import kernels_missing
 from dcae_ext.train import Trainer, make_config
 from dcae_ext.train.config import ConfigError

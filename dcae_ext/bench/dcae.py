@@ -22,7 +22,7 @@ MODEL = "dc-ae-f32c32-in-1.0"
 
 def resolve_model(name: str) -> str:
     """A preset name, or its short form: "f32c32" -> "dc-ae-f32c32-in-1.0"."""
-    from dcae_ext.models.config import preset_names
+    from dcae_ext.models.dcae.config import preset_names
 
     for candidate in (name, f"dc-ae-{name}-in-1.0"):
         if candidate in preset_names():

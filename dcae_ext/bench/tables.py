@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dcae_ext.bench import report
 from dcae_ext.bench.records import latest, read_records
-from dcae_ext.models.files import atomic_write
+from dcae_ext.files import atomic_write
 
 BLOCK = re.compile(r"(<!-- bench-table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /bench-table -->)", re.DOTALL)
 DEFAULT_FILES = ("README.md", os.path.join("benchmarks", "README.md"))

@@ -32,7 +32,7 @@ METADATA_FILE = "metadata.json"
 def atomic_write(path: str, data: bytes | str) -> None:
     """`data` into `path` through the package's one atomic writer: a reader, or a run killed at any
     instant, sees the old file or the complete new one, never part of one."""
-    from dcae_ext.models.files import atomic_write as write_atomically
+    from dcae_ext.files import atomic_write as write_atomically
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as stream:
@@ -43,7 +43,7 @@ def atomic_write(path: str, data: bytes | str) -> None:
 
 def remove_stale_temporaries(root: str) -> None:
     """Temporary files of writes that a killed run left behind (main rank, before the others write)."""
-    from dcae_ext.models.files import remove_stale_temporaries as remove
+    from dcae_ext.files import remove_stale_temporaries as remove
 
     for folder in (root, os.path.join(root, SHARD_DIR)):
         remove(folder)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
                                   atomic_write, completed_shards, read_json, remove_stale_temporaries)
-from dcae_ext.models.files import stale_temporaries
+from dcae_ext.files import stale_temporaries
 
 PLAN_VERSION = 1
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from dcae_ext.data.psnr import psnr_per_image, to_unit
 from dcae_ext.eval.metrics import CodebookUsage, ssim_per_image
-from dcae_ext.models.files import atomic_write
+from dcae_ext.files import atomic_write
 
 
 def reconstruct(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,21 +7,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcae_ext.models.files import read_json, safe_torch_load
-from dcae_ext.models.ibq_weights import is_official_ibq_file
-
-TRAINING_CHECKPOINT = "checkpoint.pt"
+from dcae_ext.files import read_json, safe_torch_load
+from dcae_ext.models.formats.ibq_official import is_official_ibq_file
+from dcae_ext.models.formats.training_run import TRAINING_CHECKPOINT, is_run_config, is_training_checkpoint
 
 
 def _model_classes() -> dict:
-    from dcae_ext.models.dcae import DCAE
-    from dcae_ext.models.tokenizer import IBQTokenizer
+    from dcae_ext.models.dcae.model import DCAE
+    from dcae_ext.models.ibq.tokenizer import IBQTokenizer
 
     return {"DCAE": DCAE, "IBQTokenizer": IBQTokenizer}
-
-
-def is_training_checkpoint(state) -> bool:
-    return isinstance(state, dict) and "model_class" in state and "model_config" in state and "model" in state
 
 
 def model_from_training_checkpoint(state: dict, source: str, ema: bool = False) -> nn.Module:
@@ -39,11 +34,6 @@ def model_from_training_checkpoint(state: dict, source: str, ema: bool = False) 
         weights = state["model"]
     model.load_state_dict(weights)
     return model
-
-
-def is_run_config(data: dict) -> bool:
-    """The config.json a training run writes next to its checkpoint (a TrainConfig)."""
-    return "batch_size" in data and "steps" in data and "model" in data
 
 
 def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = False,
@@ -68,14 +58,14 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
             raise FileNotFoundError(f"{path} holds a training run's config.json but no {TRAINING_CHECKPOINT}; "
                                     f"its exported weights are in {path / 'model'} once the run finished")
         if data.get("_class_name") == "IBQTokenizer":
-            from dcae_ext.models.tokenizer import IBQTokenizer
+            from dcae_ext.models.ibq.tokenizer import IBQTokenizer
 
             if ema:
                 raise ValueError(f"ema=True (--ema): {path} is a tokenizer folder written by save_pretrained, "
                                  "which holds one set of weights; load the run's checkpoint.pt for its EMA weights")
             return _finish(IBQTokenizer.from_pretrained(path), torch_dtype)
     elif is_official_ibq_file(path):
-        from dcae_ext.models.tokenizer import IBQTokenizer
+        from dcae_ext.models.ibq.tokenizer import IBQTokenizer
 
         return _finish(IBQTokenizer.from_pretrained(path, use_ema=ema), torch_dtype)
     elif path.suffix not in (".safetensors",):
@@ -84,7 +74,7 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
             return _finish(model_from_training_checkpoint(state, str(path), ema=ema), torch_dtype)
     if ema:
         raise ValueError(f"ema=True (--ema): {path} is not a training run or checkpoint, so it holds no EMA weights")
-    from dcae_ext.models.dcae import DCAE
+    from dcae_ext.models.dcae.model import DCAE
 
     return DCAE.from_pretrained(path, config=config, torch_dtype=torch_dtype)
 

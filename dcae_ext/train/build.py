@@ -14,7 +14,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     """The generator: a DC-AE (`preset` a preset name or a diffusers config.json path) or an IBQ
     tokenizer (an IBQ preset name); `init_weights` loads saved weights instead of random ones."""
     from dcae_ext.models import DCAE, IBQTokenizer, load_model_from_path, preset_names
-    from dcae_ext.models.tokenizer import PRESETS as IBQ_PRESETS
+    from dcae_ext.models.ibq.tokenizer import PRESETS as IBQ_PRESETS
 
     cls = DCAE if config.model == "dcae" else IBQTokenizer
     if config.init_weights:

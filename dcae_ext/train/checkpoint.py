@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from dcae_ext.models.files import atomic_write, safe_torch_load
+from dcae_ext.files import atomic_write, safe_torch_load
 
 
 def atomic_save(obj, path: str, save=torch.save) -> None:

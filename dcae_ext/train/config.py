@@ -332,7 +332,7 @@ def to_dict(config: TrainConfig) -> dict:
 
 
 def save_config(config: TrainConfig, path: str) -> None:
-    from dcae_ext.models.files import atomic_write
+    from dcae_ext.files import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as stream:

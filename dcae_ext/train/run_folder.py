@@ -5,8 +5,8 @@ import json
 import os
 import shutil
 
-from dcae_ext.models.files import atomic_write, remove_stale_temporaries
-from dcae_ext.models.loading import TRAINING_CHECKPOINT
+from dcae_ext.files import atomic_write, remove_stale_temporaries
+from dcae_ext.models.formats.training_run import TRAINING_CHECKPOINT
 
 CHECKPOINT_NAME = TRAINING_CHECKPOINT
 METRICS_NAME = "metrics.jsonl"

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from dcae_ext.cli import main
 from dcae_ext.data.images import UnreadableImageError, UnreadableImageWarning, list_images, open_rgb
-from dcae_ext.models.config import DCAEConfig
-from dcae_ext.models.dcae import DCAE
+from dcae_ext.models.dcae.config import DCAEConfig
+from dcae_ext.models.dcae.model import DCAE
 from dcae_ext.train.config import make_config
 from dcae_ext.train.data import CropDataset
 from dcae_ext.train.trainer import Trainer

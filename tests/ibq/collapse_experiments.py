@@ -31,8 +31,8 @@ from dcae_ext.eval.images import EvalImages  # noqa: E402
 from dcae_ext.models import IBQTokenizer  # noqa: E402
 from dcae_ext.models.output import AutoencoderOutput  # noqa: E402
 from dcae_ext.models.perceptual import PerceptualLoss  # noqa: E402
-from dcae_ext.models.quantizer import code_statistics  # noqa: E402
-from dcae_ext.models.tokenizer import get_ibq_config  # noqa: E402
+from dcae_ext.models.ibq.quantizer import code_statistics  # noqa: E402
+from dcae_ext.models.ibq.tokenizer import get_ibq_config  # noqa: E402
 from dcae_ext.train.config import make_config, to_dict  # noqa: E402
 from dcae_ext.train.data import ResumableSampler, build_dataset, embedded_image_paths  # noqa: E402
 from dcae_ext.train.demo import demo_configs  # noqa: E402

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 import seed_voken_ibq as official
 from dcae_ext.models import IBQTokenizer
-from dcae_ext.models.tokenizer import IBQConfig, get_ibq_config
-from dcae_ext.models.vqgan import VQGANConfig
+from dcae_ext.models.ibq.tokenizer import IBQConfig, get_ibq_config
+from dcae_ext.models.ibq.vqgan import VQGANConfig
 from dcae_ext.train.discriminator import PatchDiscriminator
 
 # The official ddconfig shape at small widths: two levels, attention at 16x16 (the second level)

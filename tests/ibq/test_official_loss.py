@@ -9,8 +9,8 @@ from torch.utils.data import Dataset
 
 import seed_voken_ibq as official
 from dcae_ext.models import IBQTokenizer
-from dcae_ext.models.tokenizer import IBQConfig
-from dcae_ext.models.vqgan import VQGANConfig
+from dcae_ext.models.ibq.tokenizer import IBQConfig
+from dcae_ext.models.ibq.vqgan import VQGANConfig
 from dcae_ext.train.config import NAMED_CONFIGS, make_config
 from dcae_ext.train.losses import hinge_discriminator_loss, non_saturating_generator_loss
 from dcae_ext.train.trainer import Trainer, lr_factor

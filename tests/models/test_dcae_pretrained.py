@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dcae_ext.models import DCAE, IBQTokenizer, get_config, load_model_from_path, tiny_config
-from dcae_ext.models.config import EFFICIENTVIT_MODEL_NAMES, DCAEConfig, efficientvit_model_name
+from dcae_ext.models.dcae.config import EFFICIENTVIT_MODEL_NAMES, DCAEConfig, efficientvit_model_name
 
 
 def _batch_norms(model):
@@ -62,7 +62,7 @@ def test_diffusers_model_saved_as_efficientvit_loads_in_efficientvits_loader(tmp
     `model_name` from config.json (huggingface_hub's mixin) and asserts it is registered; the
     weights come from model.safetensors (the key mapping is tested in test_dcae_weights.py)."""
     hub_mixin = pytest.importorskip("huggingface_hub").PyTorchModelHubMixin
-    import dcae_ext.models.weights as weights
+    import dcae_ext.models.formats.dcae_weights as weights
 
     seen = {}
 

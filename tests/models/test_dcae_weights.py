@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dcae_ext.models import DCAE, tiny_config
-from dcae_ext.models.weights import from_efficientvit, to_efficientvit
+from dcae_ext.models.formats.dcae_weights import from_efficientvit, to_efficientvit
 from dcae_configs import IN_STYLE, SANA_STYLE
 
 

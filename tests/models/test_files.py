@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcae_ext.models import DCAE, IBQTokenizer, files, tiny_config
+from dcae_ext import files
+from dcae_ext.models import DCAE, IBQTokenizer, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from dcae_ext import ops
-from dcae_ext.models import quantizer as quantizer_module
-from dcae_ext.models.quantizer import IBQuantizer, code_statistics, search_gemm_dtype
+from dcae_ext.models.ibq import quantizer as quantizer_module
+from dcae_ext.models.ibq.quantizer import IBQuantizer, code_statistics, search_gemm_dtype
 from dcae_ext.ops import reference
 
 

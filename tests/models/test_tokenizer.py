@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dcae_ext.models import IBQTokenizer
-from dcae_ext.models.tokenizer import IBQConfig, get_ibq_config
+from dcae_ext.models.ibq.tokenizer import IBQConfig, get_ibq_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,7 +71,7 @@ def test_bad_inputs_raise(tiny):
 
 
 def test_vqgan_gradient_checkpointing_gives_the_same_gradients():
-    from dcae_ext.models.vqgan import VQGANConfig
+    from dcae_ext.models.ibq.vqgan import VQGANConfig
 
     config = IBQConfig(VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16,
                                    z_channels=32), num_codes=32, dim=8)

@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from dcae_ext.models.dcae import DCAE
+from dcae_ext.models.dcae.model import DCAE
 from dcae_ext.train.config import make_config
 
 from train_helpers import micro_dcae_config
@@ -19,7 +19,7 @@ def micro_dcae():
 
 @pytest.fixture
 def micro_ibq():
-    from dcae_ext.models.tokenizer import IBQConfig, IBQTokenizer
+    from dcae_ext.models.ibq.tokenizer import IBQConfig, IBQTokenizer
 
     def build(num_codes=64, dim=8, entropy_weight=0.05):
         torch.manual_seed(0)

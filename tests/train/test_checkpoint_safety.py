@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcae_ext.models import load_model_from_path
-from dcae_ext.models.files import UnreadableFileError
+from dcae_ext.files import UnreadableFileError
 from dcae_ext.train.checkpoint import load_checkpoint, rng_state, set_rng_state
 from dcae_ext.train.trainer import Trainer
 

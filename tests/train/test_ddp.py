@@ -21,7 +21,7 @@ WORKER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from train_helpers import SmoothImages, micro_dcae_config
-    from dcae_ext.models.dcae import DCAE
+    from dcae_ext.models.dcae.model import DCAE
     from dcae_ext.train.config import make_config
     from dcae_ext.train.trainer import Trainer
     config = make_config("dcae", steps=3, batch_size=2, resolution=16, out={out!r}, num_workers=0, device="cpu",

@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from dcae_ext.models.tokenizer import IBQConfig, IBQTokenizer
+from dcae_ext.models.ibq.tokenizer import IBQConfig, IBQTokenizer
 from dcae_ext.train.data import build_dataset
 from dcae_ext.train.trainer import Trainer
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from dcae_ext.models.config import DCAEConfig
+from dcae_ext.models.dcae.config import DCAEConfig
 
 
 class SmoothImages(Dataset):

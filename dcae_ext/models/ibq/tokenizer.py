@@ -1,6 +1,6 @@
 """IBQ tokenizer: encoder -> 1x1 conv to the code dim -> IBQuantizer -> 1x1 conv -> decoder.
 
-Two backbones: the VQGAN encoder/decoder of the paper's tokenizers (dcae_ext.models.vqgan, the
+Two backbones: the VQGAN encoder/decoder of the paper's tokenizers (dcae_ext.models.ibq.vqgan, the
 official parameter names: official checkpoints load through `from_pretrained`), and the DC-AE
 `Encoder`/`Decoder` built from a convolution-only configuration (residual conv blocks, stride-2
 conv down / interpolate up), kept as the `ibq-dcae-*` presets and the CPU-sized `tiny`.
@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcae_ext.models import dcae, vqgan
-from dcae_ext.models.config import DCAEConfig
-from dcae_ext.models.files import read_json, write_files_together
-from dcae_ext.models.ibq_weights import convert_official_state, infer_vqgan_config, is_official_layout, \
+from dcae_ext.models.dcae import model as dcae
+from dcae_ext.models.ibq import vqgan
+from dcae_ext.models.dcae.config import DCAEConfig
+from dcae_ext.files import read_json, write_files_together
+from dcae_ext.models.formats.ibq_official import convert_official_state, infer_vqgan_config, is_official_layout, \
     read_official_file
 from dcae_ext.models.output import AutoencoderOutput
-from dcae_ext.models.quantizer import IBQuantizer, QuantizerOutput
-from dcae_ext.models.vqgan import VQGANConfig
+from dcae_ext.models.ibq.quantizer import IBQuantizer, QuantizerOutput
+from dcae_ext.models.ibq.vqgan import VQGANConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -220,7 +221,7 @@ class IBQTokenizer(nn.Module):
 
         - a folder written by `save_pretrained` (config.json + model.safetensors);
         - an official SEED-Voken checkpoint: the Lightning .ckpt (read without running pickled code,
-          see dcae_ext.models.ibq_weights), a safetensors export of its state dict, or a folder
+          see dcae_ext.models.formats.ibq_official), a safetensors export of its state dict, or a folder
           holding one such file. Its configuration is read from the weight shapes unless `config`
           (a preset name, IBQConfig or dict) is given; `use_ema` takes the EMA weights.
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dcae_ext.models.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
-from dcae_ext.models.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
-from dcae_ext.models.files import read_json, safe_torch_load, write_files_together
-from dcae_ext.models.loading import is_run_config
+from dcae_ext.models.dcae.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
+from dcae_ext.models.dcae.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
+from dcae_ext.files import read_json, safe_torch_load, write_files_together
+from dcae_ext.models.formats.training_run import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 EFFICIENTVIT_WEIGHTS = "model.safetensors"

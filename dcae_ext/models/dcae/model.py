@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dcae_ext import ops
-from dcae_ext.models.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
-from dcae_ext.models.config import DCAEConfig, get_config
+from dcae_ext.models.dcae.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
+from dcae_ext.models.dcae.config import DCAEConfig, get_config
 from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.tiling import checked_overlap, tiled_map
 
@@ -144,7 +144,7 @@ class DCAE(nn.Module):
         holding `model_name`, or by a preset name in the path). As in diffusers, the model comes back
         in eval mode (BatchNorm uses its running statistics), in `torch_dtype` if given, read from
         `path/subfolder` if given."""
-        from dcae_ext.models.weights import load_pretrained
+        from dcae_ext.models.formats.dcae_weights import load_pretrained
 
         if subfolder:
             path = os.path.join(path, subfolder)
@@ -155,7 +155,7 @@ class DCAE(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
         """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""
-        from dcae_ext.models.weights import save_pretrained
+        from dcae_ext.models.formats.dcae_weights import save_pretrained
 
         save_pretrained(self, path, format=format)
 

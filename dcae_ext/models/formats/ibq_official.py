@@ -149,7 +149,7 @@ def convert_official_state(state: dict, use_ema: bool = False) -> dict:
 def infer_vqgan_config(state: dict):
     """The VQGANConfig that built an (IBQTokenizer-named) state dict, read from its shapes.
     Attention levels are given as resolutions counted from 256, as the official configs do."""
-    from dcae_ext.models.vqgan import VQGANConfig
+    from dcae_ext.models.ibq.vqgan import VQGANConfig
 
     conv_in = state["encoder.conv_in.weight"]
     ch = conv_in.shape[0]
