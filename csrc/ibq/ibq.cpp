@@ -4,6 +4,8 @@
 // entropy gradient and the GEMM count are derived in docs/ibq.md.
 #include "ibq/ibq.h"
 #include "ibq/ibq_exact.h"
+#include "ibq/ibq_metric.h"
+#include "ibq/ibq_operands.h"
 
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -20,19 +22,11 @@ namespace {
 constexpr int64_t kMinCodesPerTile = 64;
 constexpr int64_t kSlabsAtOnce = 3;  // logits, and probabilities or d(logits), and G C^T
 
-// What differs between devices, besides the epilogue kernels.
-struct DevicePlan {
-  IbqOperands operands;     // the GEMM operands (the outputs are the accumulation dtype)
-  int64_t workspace_bytes;  // budget for the slabs
-};
-
-DevicePlan plan_for(const at::Tensor& z, const at::Tensor& codebook, c10::optional<at::ScalarType> gemm_dtype) {
-  // CPU: slabs of ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so few
-  // thread-pool round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident)
-  // were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete
-  // for the cores, where every barrier can wait a scheduler time slice.
-  return {ibq_operands(z, codebook, gemm_dtype), z.is_cuda() ? int64_t(256) << 20 : int64_t(64) << 20};
-}
+// Budget for the slabs. CPU: ~64 MB in all (~2700 codes per tile at N = 2048): few tiles, so
+// few thread-pool round trips (GEMM, epilogue, GEMM, each a barrier). 8 MB slabs (cache-resident)
+// were 10-15% faster on an idle 2-core machine but 2-5x slower when other processes compete for
+// the cores, where every barrier can wait a scheduler time slice.
+int64_t workspace_bytes(const at::Tensor& z) { return z.is_cuda() ? int64_t(256) << 20 : int64_t(64) << 20; }
 
 void scan_tile(const IbqScanArgs& args) {
 #ifdef DCAE_EXT_WITH_CUDA
@@ -55,8 +49,8 @@ void grad_tile(const IbqGradArgs& args) {
   ibq_grad_cpu(args);
 }
 
-void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double temperature,
-                      c10::optional<at::ScalarType> gemm_dtype) {
+IbqMetric check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double temperature,
+                           c10::optional<at::ScalarType> gemm_dtype, c10::string_view metric) {
   DCAE_CHECK_DIM(z, "z", 2);
   DCAE_CHECK_DIM(codebook, "codebook", 2);
   DCAE_CHECK_FLOATING(z, "z");
@@ -70,6 +64,12 @@ void check_ibq_inputs(const at::Tensor& z, const at::Tensor& codebook, double te
   DCAE_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
                  "expected a finite number > 0, got ", temperature);
   check_gemm_dtype(z, gemm_dtype);
+  return parse_metric(metric);
+}
+
+void check_ibq_args(const at::Tensor& z, const at::Tensor& codebook, double temperature,
+                    c10::optional<at::ScalarType> gemm_dtype, c10::string_view metric) {
+  check_ibq_inputs(z, codebook, temperature, gemm_dtype, metric);
 }
 
 // The saved tensors and the incoming gradients come from the forward and autograd; a direct
@@ -150,20 +150,22 @@ at::Tensor code_coefficients(const at::Tensor& mean_probs) {
   return (mean_probs + kIbqEntropyEps).log() + mean_probs / (mean_probs + kIbqEntropyEps);
 }
 
-using IbqForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using IbqForwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Forward: returns (z_q (N, D), idx (N) int64, entropy () in z's dtype,
-//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k).
+//                   row_stats (N, 4), soft_codes (N or 0, D) = s @ C, code_coef (K or 0) = b_k,
+//                   gemm_plan (kPlanSize) CPU int64: the operands, for the backward).
 // `search`, when given, receives the (N) int8 IbqRowSearch of every row (all kCertified
-// without rounded operands).
+// where nothing is re-ranked).
 IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize,
                               bool entropy, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype,
-                              at::Tensor* search) {
-  check_ibq_inputs(z, codebook, temperature, gemm_dtype);
+                              c10::string_view metric_name, bool exact_index, at::Tensor* search) {
+  const IbqMetric metric = check_ibq_inputs(z, codebook, temperature, gemm_dtype, metric_name);
   const c10::DeviceGuard device_guard(z.device());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
-  const DevicePlan plan = plan_for(z, codebook, gemm_dtype);
-  const at::ScalarType gemm = plan.operands.gemm_dtype;
+  const IbqOperands operands = ibq_operands(z, codebook, gemm_dtype);
+  const at::ScalarType gemm = operands.gemm_dtype;
   const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
   const auto acc_options = z.options().dtype(acc_dtype);
   // Quantize alone: s @ C is accumulated online during the single pass (flash-attention style);
@@ -178,9 +180,12 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
   if (search != nullptr) *search = at::zeros({N}, z.options().dtype(at::kChar));
 
   if (N > 0) {
-    const at::Tensor z_gemm = plan.operands.prepare(z);
-    const at::Tensor codebook_gemm = plan.operands.prepare(codebook);
-    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, plan.workspace_bytes,
+    const IbqScores scores = ibq_scores(z, codebook, metric);
+    const at::Tensor z_gemm = scores.z_operand(z, operands);
+    // the codes as GEMM operands: the scores' right operand (dot, l2) and the values of z_q (s @ C)
+    const at::Tensor codebook_gemm =
+        metric != IbqMetric::kCosine || quantize ? operands.prepare(codebook) : at::Tensor();
+    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, workspace_bytes(z),
                                                        c10::elementSize(acc_dtype));
     at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
     at::Tensor probs_buffer;  // probabilities in the GEMM dtype, where they cannot overwrite the logits
@@ -190,19 +195,26 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
     at::Tensor row_max = at::full({N}, -std::numeric_limits<double>::infinity(), acc_options);
     at::Tensor sum_exp = at::zeros({N}, acc_options);
     at::Tensor sum_exp_scaled = entropy ? at::zeros({N}, acc_options) : at::Tensor();
-    // rounded operands: the candidates of the exact re-rank (IbqScanArgs)
-    const bool rerank = plan.operands.rounded();
+    // The exact index (rounded operands, or asked for): the candidates of the re-rank
+    // (IbqScanArgs). An entropy-only call returns no index, so it scans for none.
+    const bool index_used = quantize || !entropy;
+    const bool rerank = index_used && (operands.rounded() || (exact_index && acc_dtype != at::kDouble));
     const at::Tensor cand_value =
         rerank ? at::full({N, kIbqCandidates}, -std::numeric_limits<double>::infinity(), acc_options) : at::Tensor();
     const at::Tensor cand_code = rerank ? at::full({N, kIbqCandidates}, -1, idx.options()) : at::Tensor();
+    // The scores of one tile into its slab: GEMM, then the metric's code terms.
+    const auto score_tile = [&](int64_t first_code, int64_t tile_codes) {
+      at::Tensor slab = slab_view(logits_buffer, N, tile_codes);
+      gemm_into(slab, z_gemm, scores.code_tile(codebook, codebook_gemm, operands, first_code, tile_codes).t());
+      scores.finish_scores(slab, first_code);
+      return slab;
+    };
 
     // Pass 1: online max / argmax / sums over the tiles.
     for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
       const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
-      const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
       IbqScanArgs args;
-      args.logits = slab_view(logits_buffer, N, tile_codes);
-      gemm_into(args.logits, z_gemm, tile.t());
+      args.logits = score_tile(first_code, tile_codes);
       args.code_offset = first_code;
       args.inv_temperature = 1.0 / temperature;
       args.row_max = row_max;
@@ -216,14 +228,16 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
         args.soft = soft_codes;
       }
       scan_tile(args);
-      if (soft_codes_in_scan) gemm_accumulate(soft_codes, args.probs, tile);  // soft was rescaled by the scan
+      if (soft_codes_in_scan) {  // soft was rescaled by the scan
+        gemm_accumulate(soft_codes, args.probs, codebook_gemm.narrow(0, first_code, tile_codes));
+      }
     }
     row_stats.select(1, kRowMax).copy_(row_max);
     row_stats.select(1, kRowLse).copy_(row_max + sum_exp.log());
     if (soft_codes_in_scan) soft_codes.div_(sum_exp.unsqueeze(1));
     if (rerank) {
       at::Tensor rows =
-          ibq_exact_rerank(z, codebook, plan.operands, tile_codes_max, row_max, cand_value, cand_code, idx);
+          ibq_exact_rerank(z, codebook, operands, scores, tile_codes_max, row_max, cand_value, cand_code, idx);
       if (search != nullptr) *search = rows;
     }
 
@@ -235,10 +249,8 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
       at::Tensor mean_probs = at::empty({K}, acc_options);
       for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
         const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
-        const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
         IbqEntropyArgs args;
-        args.logits = slab_view(logits_buffer, N, tile_codes);
-        gemm_into(args.logits, z_gemm, tile.t());
+        args.logits = score_tile(first_code, tile_codes);
         args.inv_temperature = 1.0 / temperature;
         args.row_stats = row_stats;
         args.row_entropy = row_entropy;
@@ -248,7 +260,7 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
         at::sum_out(mean_tile, args.logits, {0});
         mean_tile.div_(static_cast<double>(N));
         row_dot_coef.addmv_(args.logits, code_coefficients(mean_tile));
-        if (quantize) gemm_accumulate(soft_codes, args.probs, tile);
+        if (quantize) gemm_accumulate(soft_codes, args.probs, codebook_gemm.narrow(0, first_code, tile_codes));
       }
       const at::Tensor mean_entropy = -(mean_probs * (mean_probs + kIbqEntropyEps).log()).sum();
       loss = row_entropy.mean() - mean_entropy;
@@ -256,42 +268,49 @@ IbqForwardResult forward_impl(const at::Tensor& z, const at::Tensor& codebook, d
       code_coef = code_coefficients(mean_probs);
     }
   }
-  // A row whose softmax is undefined (a NaN or +inf logit, or every logit -inf) gets a NaN
+  // A row whose softmax is undefined (a NaN or +inf score, or every score -inf) gets a NaN
   // z_q, as the straight-through hard - s + s of the reference does.
   at::Tensor z_q = codebook.index_select(0, idx);
   if (N > 0) {
     const at::Tensor undefined_rows = row_stats.select(1, kRowLse).isfinite().logical_not().unsqueeze(1);
     z_q.masked_fill_(undefined_rows, std::numeric_limits<double>::quiet_NaN());
   }
-  return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft_codes, code_coef};
+  return {z_q, idx, loss.to(z.scalar_type()), row_stats, soft_codes, code_coef, operands.to_plan()};
 }
 
 IbqForwardResult ibq_forward(const at::Tensor& z, const at::Tensor& codebook, double temperature, bool quantize,
-                             bool entropy, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype) {
-  return forward_impl(z, codebook, temperature, quantize, entropy, codes_per_tile, gemm_dtype, nullptr);
+                             bool entropy, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype,
+                             c10::string_view metric, bool exact_index) {
+  return forward_impl(z, codebook, temperature, quantize, entropy, codes_per_tile, gemm_dtype, metric, exact_index,
+                      nullptr);
 }
 
 // The nearest code alone and how each row found it (IbqRowSearch), for the tests.
 std::tuple<at::Tensor, at::Tensor> ibq_nearest(const at::Tensor& z, const at::Tensor& codebook,
-                                               c10::optional<at::ScalarType> gemm_dtype, int64_t codes_per_tile) {
+                                               c10::optional<at::ScalarType> gemm_dtype, int64_t codes_per_tile,
+                                               c10::string_view metric, bool exact_index) {
   at::Tensor search;
-  const IbqForwardResult result = forward_impl(z, codebook, 1.0, false, false, codes_per_tile, gemm_dtype, &search);
+  const IbqForwardResult result =
+      forward_impl(z, codebook, 1.0, false, false, codes_per_tile, gemm_dtype, metric, exact_index, &search);
   return {std::get<1>(result), search};
 }
 
-// Backward: returns (grad_z (N, D), grad_codebook (K, D)).
+// Backward: returns (grad_z (N, D), grad_codebook (K, D)). The GEMM operands are the forward's
+// (gemm_plan), so the recomputed scores are the ones its row statistics were taken from.
 std::tuple<at::Tensor, at::Tensor> ibq_backward(
     const c10::optional<at::Tensor>& grad_z_q, const c10::optional<at::Tensor>& grad_entropy, const at::Tensor& z,
     const at::Tensor& codebook, const at::Tensor& idx, const at::Tensor& row_stats, const at::Tensor& soft_codes,
-    const at::Tensor& code_coef, double temperature, int64_t codes_per_tile, c10::optional<at::ScalarType> gemm_dtype) {
-  check_ibq_inputs(z, codebook, temperature, gemm_dtype);
+    const at::Tensor& code_coef, const at::Tensor& gemm_plan, double temperature, int64_t codes_per_tile,
+    c10::string_view metric_name) {
+  const IbqMetric metric = check_ibq_inputs(z, codebook, temperature, c10::nullopt, metric_name);
   check_ibq_backward_inputs(grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft_codes, code_coef);
+  const IbqOperands operands = IbqOperands::from_plan(gemm_plan, z);
   const c10::DeviceGuard device_guard(z.device());
+  const IbqCublasSettingsGuard cublas_settings(operands, z.is_cuda());
   const int64_t N = z.size(0), D = z.size(1), K = codebook.size(0);
   const bool with_quantize_grad = grad_z_q.has_value() && grad_z_q->defined();
   const bool with_entropy_grad = grad_entropy.has_value() && grad_entropy->defined();
-  const DevicePlan plan = plan_for(z, codebook, gemm_dtype);
-  const at::ScalarType gemm = plan.operands.gemm_dtype;
+  const at::ScalarType gemm = operands.gemm_dtype;
   const at::ScalarType acc_dtype = accumulation_dtype(z.scalar_type());
   const auto acc_options = z.options().dtype(acc_dtype);
   // the epilogue kernels read these two through raw pointers; a direct caller may pass views
@@ -301,13 +320,17 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
   at::Tensor grad_z = at::zeros({N, D}, acc_options);
   at::Tensor grad_codebook = at::zeros({K, D}, acc_options);
   if (N > 0 && (with_quantize_grad || with_entropy_grad)) {
-    const at::Tensor z_gemm = plan.operands.prepare(z);
-    const at::Tensor codebook_gemm = plan.operands.prepare(codebook);
-    const at::Tensor grad_z_q_gemm = with_quantize_grad ? grad_z_q->to(gemm) : at::Tensor();
-    // D_n = G_n . (s_n @ C), once per row.
-    const at::Tensor row_dot = with_quantize_grad ? (grad_z_q->to(acc_dtype) * soft_codes).sum(1) : at::Tensor();
+    const IbqScores scores = ibq_scores(z, codebook, metric);
+    const at::Tensor z_gemm = scores.z_operand(z, operands);
+    const at::Tensor codebook_gemm =
+        metric != IbqMetric::kCosine || with_quantize_grad ? operands.prepare(codebook) : at::Tensor();
+    // G as the GEMMs see it; D_n = G_n . (s_n @ C) once per row from the same G as g = G C^T,
+    // so that sum_k dL_nk = 0 holds: nothing moves along the softmax-invariant direction.
+    const at::Tensor grad_z_q_gemm = with_quantize_grad ? operands.prepare(*grad_z_q) : at::Tensor();
+    const at::Tensor row_dot =
+        with_quantize_grad ? (grad_z_q_gemm.to(acc_dtype) * soft_codes).sum(1) : at::Tensor();
     const at::Tensor grad_entropy_acc = with_entropy_grad ? grad_entropy->to(acc_dtype).reshape({}) : at::Tensor();
-    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, plan.workspace_bytes,
+    const int64_t tile_codes_max = pick_codes_per_tile(N, K, codes_per_tile, workspace_bytes(z),
                                                        c10::elementSize(acc_dtype));
     at::Tensor logits_buffer = at::empty({N * tile_codes_max}, acc_options);
     at::Tensor grad_logits_q_buffer = with_quantize_grad ? at::empty({N * tile_codes_max}, acc_options) : at::Tensor();
@@ -316,13 +339,15 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
                                         : logits_buffer;
     for (int64_t first_code = 0; first_code < K; first_code += tile_codes_max) {
       const int64_t tile_codes = std::min(tile_codes_max, K - first_code);
-      const at::Tensor tile = codebook_gemm.narrow(0, first_code, tile_codes);
+      const at::Tensor tile = scores.code_tile(codebook, codebook_gemm, operands, first_code, tile_codes);
       IbqGradArgs args;
       args.logits = slab_view(logits_buffer, N, tile_codes);
       gemm_into(args.logits, z_gemm, tile.t());  // recomputed, never saved
+      scores.finish_scores(args.logits, first_code);
       if (with_quantize_grad) {
         args.grad_logits_q = slab_view(grad_logits_q_buffer, N, tile_codes);
-        gemm_into(args.grad_logits_q, grad_z_q_gemm, tile.t());  // g = G C_t^T
+        // g = G C_t^T with the codes' values (z_q = C[idx])
+        gemm_into(args.grad_logits_q, grad_z_q_gemm, codebook_gemm.narrow(0, first_code, tile_codes).t());
         args.row_dot = row_dot;
       }
       if (with_entropy_grad) {
@@ -334,9 +359,12 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
       args.rows_total = N;
       args.out = slab_view(grad_logits_buffer, N, tile_codes);
       grad_tile(args);
-      gemm_accumulate(grad_z, args.out, tile);                                     // dz += dL C_t
-      gemm_into(grad_codebook.narrow(0, first_code, tile_codes), args.out.t(), z_gemm);  // dC_t = dL^T z
+      gemm_accumulate(grad_z, args.out, tile);  // dz += dL C_t (the scores' right operand)
+      at::Tensor grad_tile_codes = grad_codebook.narrow(0, first_code, tile_codes);
+      gemm_into(grad_tile_codes, args.out.t(), z_gemm);  // dC_t = dL^T z (the scores' left operand)
+      scores.chain_code_grad(grad_tile_codes, args.out, codebook, first_code);
     }
+    scores.chain_row_grad(grad_z);
     if (with_quantize_grad) grad_codebook.index_add_(0, idx, grad_z_q->to(acc_dtype));  // the straight-through part
   }
   return {grad_z.to(z.scalar_type()), grad_codebook.to(codebook.scalar_type())};
@@ -347,16 +375,18 @@ std::tuple<at::Tensor, at::Tensor> ibq_backward(
 
 TORCH_LIBRARY_FRAGMENT(dcae_ext, m) {
   // The argument checks alone, for the Python side when it runs the reference instead.
-  m.def("_check_ibq_args(Tensor z, Tensor codebook, float temperature, ScalarType? gemm_dtype=None) -> ()",
-        &dcae_ext::check_ibq_inputs);
+  m.def("_check_ibq_args(Tensor z, Tensor codebook, float temperature, ScalarType? gemm_dtype=None, "
+        "str metric='dot') -> ()",
+        &dcae_ext::check_ibq_args);
   m.def("ibq_forward(Tensor z, Tensor codebook, float temperature, bool quantize, bool entropy, "
-        "int codes_per_tile=0, ScalarType? gemm_dtype=None) -> (Tensor z_q, Tensor idx, Tensor entropy, "
-        "Tensor row_stats, Tensor soft_codes, Tensor code_coef)");
+        "int codes_per_tile=0, ScalarType? gemm_dtype=None, str metric='dot', bool exact_index=False) -> "
+        "(Tensor z_q, Tensor idx, Tensor entropy, Tensor row_stats, Tensor soft_codes, Tensor code_coef, "
+        "Tensor gemm_plan)");
   m.def("_ibq_backward(Tensor? grad_z_q, Tensor? grad_entropy, Tensor z, Tensor codebook, Tensor idx, "
-        "Tensor row_stats, Tensor soft_codes, Tensor code_coef, float temperature, "
-        "int codes_per_tile=0, ScalarType? gemm_dtype=None) -> (Tensor grad_z, Tensor grad_codebook)");
-  m.def("_ibq_nearest(Tensor z, Tensor codebook, ScalarType? gemm_dtype=None, int codes_per_tile=0) "
-        "-> (Tensor idx, Tensor search)");
+        "Tensor row_stats, Tensor soft_codes, Tensor code_coef, Tensor gemm_plan, float temperature, "
+        "int codes_per_tile=0, str metric='dot') -> (Tensor grad_z, Tensor grad_codebook)");
+  m.def("_ibq_nearest(Tensor z, Tensor codebook, ScalarType? gemm_dtype=None, int codes_per_tile=0, "
+        "str metric='dot', bool exact_index=False) -> (Tensor idx, Tensor search)");
 }
 
 TORCH_LIBRARY_IMPL(dcae_ext, CPU, m) {

@@ -5,7 +5,8 @@ DCAE_EXT_REFERENCE=1) or no kernel exists for the device. `ibq_quantize_sdpa` is
 scaled_dot_product_attention, no custom kernel: the baseline the IBQ kernel is raced against."""
 from dcae_ext.ops import reference
 from dcae_ext.ops._library import compiled_backends, reference_mode, use_reference
-from dcae_ext.ops.ibq import ibq_entropy_loss, ibq_nearest_code, ibq_quantize, ibq_quantize_with_entropy
+from dcae_ext.ops.ibq import (ibq_entropy_loss, ibq_nearest_code, ibq_quantize, ibq_quantize_with_entropy,
+                              nearest_code)
 from dcae_ext.ops.ibq_sdpa import ibq_quantize_sdpa
 from dcae_ext.ops.linear_attention import linear_attention
 from dcae_ext.ops.shortcuts import pixel_shuffle_repeat, pixel_unshuffle_mean
@@ -13,5 +14,6 @@ from dcae_ext.ops.shortcuts import pixel_shuffle_repeat, pixel_unshuffle_mean
 __all__ = [
     "reference", "use_reference", "reference_mode", "compiled_backends",
     "pixel_unshuffle_mean", "pixel_shuffle_repeat", "linear_attention",
-    "ibq_quantize", "ibq_nearest_code", "ibq_entropy_loss", "ibq_quantize_with_entropy", "ibq_quantize_sdpa",
+    "nearest_code", "ibq_quantize", "ibq_nearest_code", "ibq_entropy_loss", "ibq_quantize_with_entropy",
+    "ibq_quantize_sdpa",
 ]

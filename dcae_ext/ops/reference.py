@@ -33,28 +33,53 @@ def pixel_shuffle_repeat(x: torch.Tensor, factor: int, out_channels: int, residu
     return y if residual is None else residual + y
 
 
-# --- IBQ (docs/ibq.md) ---------------------------------------------------------------------------
+# --- IBQ and the nearest code (docs/ibq.md) ------------------------------------------------------
 
-def ibq_logits(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(N, K) logits z . C_k of the flattened rows, in the accumulation dtype."""
-    acc = accumulation_dtype(z.dtype)
-    return z.reshape(-1, codebook.shape[1]).to(acc) @ codebook.to(acc).t()
+METRICS = ("dot", "l2", "cosine")
+
+
+def ibq_logits(z: torch.Tensor, codebook: torch.Tensor, metric: str = "dot", dtype: torch.dtype | None = None):
+    """(N, K) scores of the flattened rows against every code, in the accumulation dtype (or `dtype`).
+
+    dot: z . c;  l2: z . c - |c|^2 / 2 (argmax = argmin |z - c|);  cosine: normalize(z) . normalize(c)
+    (torch.nn.functional.normalize: x / max(|x|, 1e-12), both sides, as LlamaGen does).
+    """
+    acc = dtype or accumulation_dtype(z.dtype)
+    rows, codes = z.reshape(-1, codebook.shape[1]).to(acc), codebook.to(acc)
+    if metric == "cosine":
+        rows, codes = F.normalize(rows, dim=-1), F.normalize(codes, dim=-1)
+    scores = rows @ codes.t()
+    if metric == "l2":
+        scores = scores - 0.5 * codes.square().sum(dim=-1)
+    return scores
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, metric: str = "dot", *,
+                 gemm_dtype: torch.dtype | None = None, exact_index: bool = False) -> torch.Tensor:
+    """idx (...) int64 = argmax_k of the metric's score (torch.argmax: a NaN wins, ties -> lowest k).
+
+    The scores are in the accumulation dtype (float32; float64 for float64), or in float64 with
+    `exact_index`; gemm_dtype is accepted for the op's signature and ignored (float32 is exact).
+    """
+    dtype = torch.float64 if exact_index else None
+    return ibq_logits(z, codebook, metric, dtype).argmax(dim=-1).reshape(z.shape[:-1])
 
 
 def ibq_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """idx (...) int64 = argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k)."""
-    return ibq_logits(z, codebook).argmax(dim=-1).reshape(z.shape[:-1])
+    return nearest_code(z, codebook, "dot")
 
 
-def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
+def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor, metric: str = "dot", exact_index: bool = False):
     """z (..., D), codebook (K, D) -> z_q (..., D), idx (...) int64.
 
-    idx = argmax_k z . C_k (torch.argmax: a NaN logit wins, ties -> lowest k); z_q = onehot @ C
-    with the straight-through one-hot `hard - sg(s) + s`, s = softmax(logits), so every code gets
-    gradient. A row whose softmax is undefined (a NaN or +inf logit, every logit -inf) gives NaN.
+    idx = argmax_k of the metric's score (torch.argmax: a NaN wins, ties -> lowest k; float64 scores
+    with `exact_index`); z_q = onehot @ C with the straight-through one-hot `hard - sg(s) + s`,
+    s = softmax(scores), so every code gets gradient, through the metric's score. A row whose
+    softmax is undefined (a NaN or +inf score, every score -inf) gives NaN.
     """
-    logits = ibq_logits(z, codebook)
-    idx = logits.argmax(dim=-1)
+    logits = ibq_logits(z, codebook, metric)
+    idx = nearest_code(z, codebook, metric, exact_index=True).reshape(-1) if exact_index else logits.argmax(dim=-1)
     soft = logits.softmax(dim=-1)
     hard = F.one_hot(idx, codebook.shape[0]).to(soft.dtype)
     onehot = hard - soft.detach() + soft
@@ -62,12 +87,12 @@ def ibq_quantize(z: torch.Tensor, codebook: torch.Tensor):
     return z_q.reshape(z.shape).to(z.dtype), idx.reshape(z.shape[:-1])
 
 
-def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    """mean_n H(p_n) - H_eps(mean_n p_n), p_n = softmax(logits_n / T): a scalar in z's dtype.
+def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01, metric: str = "dot"):
+    """mean_n H(p_n) - H_eps(mean_n p_n), p_n = softmax(scores_n / T): a scalar in z's dtype.
 
     H(p) = -sum p log p exactly (log p from log_softmax); H_eps(pbar) = -sum pbar log(pbar + 1e-5).
     """
-    scaled = ibq_logits(z, codebook) / temperature
+    scaled = ibq_logits(z, codebook, metric) / temperature
     if scaled.shape[0] == 0:  # zero, but still connected to z and codebook for autograd
         return (scaled.sum() * 0).to(z.dtype)
     probs = scaled.softmax(dim=-1)
@@ -77,9 +102,10 @@ def ibq_entropy_loss(z: torch.Tensor, codebook: torch.Tensor, temperature: float
     return (row_entropy.mean() - mean_entropy).to(z.dtype)
 
 
-def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01):
-    z_q, idx = ibq_quantize(z, codebook)
-    return z_q, idx, ibq_entropy_loss(z, codebook, temperature)
+def ibq_quantize_with_entropy(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.01,
+                              metric: str = "dot", exact_index: bool = False):
+    z_q, idx = ibq_quantize(z, codebook, metric, exact_index)
+    return z_q, idx, ibq_entropy_loss(z, codebook, temperature, metric)
 
 
 # --- ReLU linear attention (docs/linear_attention.md) --------------------------------------------

@@ -231,11 +231,11 @@ def test_opcheck_forward(device, mode):
 def test_opcheck_backward(device, mode):
     z, codebook = _inputs(9, 21, 5, device, torch.float32)
     quantize, entropy = MODES[mode]
-    _, idx, _, row_stats, soft, coef = torch.ops.dcae_ext.ibq_forward(z, codebook, 0.5, quantize, entropy, 8)
+    _, idx, _, row_stats, soft, coef, plan = torch.ops.dcae_ext.ibq_forward(z, codebook, 0.5, quantize, entropy, 8)
     grad_z_q = torch.randn_like(z) if quantize else None
     grad_entropy = torch.tensor(0.3, device=device) if entropy else None
     torch.library.opcheck(torch.ops.dcae_ext._ibq_backward,
-                          (grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft, coef, 0.5, 8))
+                          (grad_z_q, grad_entropy, z, codebook, idx, row_stats, soft, coef, plan, 0.5, 8))
 
 
 @pytest.mark.parametrize("device", devices())

@@ -96,9 +96,9 @@ def test_kernel_checks_arguments_too(args, match):
 
 def _backward_args(device):
     z, codebook = _inputs(9, 21, 5, device, torch.float32)
-    _, idx, _, row_stats, soft, coef = torch.ops.dcae_ext.ibq_forward(z, codebook, 0.5, True, True, 8)
+    _, idx, _, row_stats, soft, coef, plan = torch.ops.dcae_ext.ibq_forward(z, codebook, 0.5, True, True, 8)
     return dict(grad_z_q=torch.randn_like(z), grad_entropy=torch.tensor(0.3, device=device), z=z,
-                codebook=codebook, idx=idx, row_stats=row_stats, soft_codes=soft, code_coef=coef)
+                codebook=codebook, idx=idx, row_stats=row_stats, soft_codes=soft, code_coef=coef, gemm_plan=plan)
 
 
 def _call_backward(args):

@@ -137,12 +137,14 @@ class IBQuantizer(nn.Module):
             codebook_loss=codebook_term, commitment_loss=commitment, entropy_loss=entropy,
             usage=usage, perplexity=perplexity)
 
-    def nearest(self, z: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
+    def nearest(self, z: torch.Tensor, channel_dim: int | None = None, exact_index: bool = True) -> torch.Tensor:
         """The indices of `forward(z)` alone (one pass over the codebook, no losses, no gradient):
-        what tokenizing needs."""
+        what tokenizing needs. exact_index (the default): the float64 argmax, the same on CPU and
+        CUDA, in float32 and under autocast (docs/ibq.md, "One index on every path"); forward's
+        float32 indices agree with it wherever float32 tells the top codes apart."""
         _, rows, codebook, gemm_dtype = self._search_inputs(z, channel_dim)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return ops.ibq_nearest_code(rows, codebook, gemm_dtype=gemm_dtype)
+            return ops.ibq_nearest_code(rows, codebook, gemm_dtype=gemm_dtype, exact_index=exact_index)
 
     def lookup(self, indices: torch.Tensor, channel_dim: int | None = None) -> torch.Tensor:
         """indices (B, H, W) -> codes (B, D, H, W) (channel_dim 1 for 3-D indices), else (..., D)."""
