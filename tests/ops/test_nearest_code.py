@@ -117,7 +117,8 @@ def test_cosine_ties_of_scaled_copies_pick_the_lowest_code(device):
 def _norm_ties(device):
     """Rows z = 0, so the l2 score is -|c|^2 / 2 alone: the shortest code wins. 12 codes differ from
     one another by a few float32 ulps in a few coordinates, which moves |c|^2 by less than its
-    float32 rounding; among seeds, the first where the op's float32 scores rank them wrongly."""
+    float32 rounding: the first seed where the float32 scores (as the op computes them, from a
+    float32 norm) have a unique maximum on another code than the shortest."""
     for seed in range(200):
         gen = torch.Generator().manual_seed(seed)
         base = torch.rand(64, generator=gen) + 0.5
@@ -125,11 +126,12 @@ def _norm_ties(device):
         for _ in range(3):  # up to 3 ulps up or down in each of 8 coordinates
             moved = torch.randint(-1, 2, (12, 8), generator=gen).float()
             codes[:, :8] = torch.nextafter(codes[:, :8], codes[:, :8] + moved)
-        filler = torch.rand(30, 64, generator=gen) + 0.7  # longer than every near-tie
-        codebook = torch.cat([filler[:3], codes, filler[3:]]).to(device)
-        z = torch.zeros(4, 64, device=device)
-        if not torch.equal(ops.nearest_code(z, codebook, "l2").cpu(), _exact(z, codebook, "l2")):
-            return z, codebook
+        float32_scores = torch.linalg.vector_norm(codes, dim=1).square() * -0.5
+        unique_top = (float32_scores == float32_scores.max()).sum() == 1
+        if unique_top and float32_scores.argmax() != codes.double().square().sum(1).argmin():
+            filler = torch.rand(30, 64, generator=gen) + 0.7  # longer than every near-tie
+            codebook = torch.cat([filler[:3], codes, filler[3:]]).to(device)
+            return torch.zeros(4, 64, device=device), codebook
     raise AssertionError("no seed gave a float32 misranking")
 
 
@@ -137,8 +139,10 @@ def _norm_ties(device):
 @pytest.mark.parametrize("gemm_dtype,exact_index", [(None, True), (torch.bfloat16, False), (torch.float16, False)])
 def test_l2_norm_term_near_ties_are_exact(device, gemm_dtype, exact_index):
     # The rounding bound includes the norm term: without it these rows are certified on the
-    # float32 scores' winner, which is not the shortest code.
+    # float32 scores' unique winner, which is not the shortest code.
     z, codebook = _norm_ties(device)
+    if device == "cpu":  # the op's float32 scores rank as computed above
+        assert not torch.equal(ops.nearest_code(z, codebook, "l2"), _exact(z, codebook, "l2"))
     idx, counts = _nearest(z, codebook, "l2", gemm_dtype, 8, exact_index)
     assert torch.equal(idx.cpu(), _exact(z, codebook, "l2")) and counts[0] == 0, counts
 
