@@ -5,8 +5,10 @@
 // reduced inside the block with warp shuffles and updated by thread 0, with no atomics.
 // Probabilities and d(logits) are written in the GEMM operand dtype (the input's), like flash
 // attention's P. A fully fused tensor-core kernel that never writes the slab is a later step.
+#include <cstdint>
 #include <limits>
 
+#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/dispatch.h"
 #include "common/static_switch.h"
@@ -96,9 +98,10 @@ __device__ __forceinline__ bool insert_candidate(acc (&value)[kIbqCandidates], i
 
 // Merges every thread's candidates (thread 0 holding the row's list from earlier tiles) into
 // the row's list: kIbqCandidates rounds of a block argmax over the heads, the winner's thread
-// popping its head. Codes are unique across the threads' lists.
+// popping its head. Codes are unique across the threads' lists. Inlined, so that the lists
+// stay in registers (a call would pass them through the stack: ptxas_report.py shows 0 bytes).
 template <typename acc>
-__device__ void merge_block_candidates(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
+__device__ __forceinline__ void merge_block_candidates(acc (&value)[kIbqCandidates], int64_t (&code)[kIbqCandidates],
                                        acc* __restrict__ row_value, int64_t* __restrict__ row_code,
                                        acc* shared_value, int64_t* shared_arg) {
   for (int round = 0; round < kIbqCandidates; ++round) {
@@ -250,18 +253,26 @@ __global__ void grad_kernel(const acc* logits, const acc* __restrict__ grad_q, i
   }
 }
 
+// One block per row: the grid's x dimension holds at most 2^31 - 1 blocks.
+unsigned int row_blocks(int64_t rows) {
+  DCAE_CHECK_ARG(rows <= std::numeric_limits<int32_t>::max(), "z", rows,
+                 " rows exceed the CUDA grid limit of 2^31 - 1 blocks (one per row); split the call");
+  return static_cast<unsigned int>(rows);
+}
+
 }  // namespace
 
 // The slabs are in the accumulation dtype; dispatch on the GEMM operand dtype (`probs` / `out`).
 void ibq_scan_cuda(const IbqScanArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
+  const unsigned int blocks = row_blocks(rows);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
   DCAE_DISPATCH_FLOATING(out_type, "ibq_scan_cuda", [&] {
     using acc = acc_t<scalar_t>;
     DCAE_BOOL_SWITCH(a.cand_value.defined(), kCandidates, [&] {
-      scan_kernel<acc, scalar_t, kCandidates><<<rows, kRowThreads, 0, stream>>>(
+      scan_kernel<acc, scalar_t, kCandidates><<<blocks, kRowThreads, 0, stream>>>(
           a.logits.data_ptr<acc>(), kt, a.code_offset, static_cast<acc>(a.inv_temperature),
           a.row_max.data_ptr<acc>(), a.sum_exp.data_ptr<acc>(), optional_ptr<acc>(a.sum_exp_t),
           a.idx.data_ptr<int64_t>(), optional_ptr<scalar_t>(a.probs), optional_ptr<acc>(a.soft),
@@ -275,11 +286,12 @@ void ibq_scan_cuda(const IbqScanArgs& a) {
 void ibq_entropy_cuda(const IbqEntropyArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
+  const unsigned int blocks = row_blocks(rows);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::ScalarType out_type = a.probs.defined() ? a.probs.scalar_type() : a.logits.scalar_type();
   DCAE_DISPATCH_FLOATING(out_type, "ibq_entropy_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    entropy_kernel<acc, scalar_t><<<rows, kRowThreads, 0, stream>>>(
+    entropy_kernel<acc, scalar_t><<<blocks, kRowThreads, 0, stream>>>(
         a.logits.data_ptr<acc>(), kt, static_cast<acc>(a.inv_temperature), a.row_stats.data_ptr<acc>(),
         a.row_entropy.data_ptr<acc>(), optional_ptr<scalar_t>(a.probs));
   });
@@ -289,6 +301,7 @@ void ibq_entropy_cuda(const IbqEntropyArgs& a) {
 void ibq_grad_cuda(const IbqGradArgs& a) {
   const int64_t rows = a.logits.size(0), kt = a.logits.size(1);
   if (rows == 0) return;
+  const unsigned int blocks = row_blocks(rows);
   const auto stream = at::cuda::getCurrentCUDAStream();
   DCAE_DISPATCH_FLOATING(a.out.scalar_type(), "ibq_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -296,7 +309,7 @@ void ibq_grad_cuda(const IbqGradArgs& a) {
     const acc inv_rows = acc(1) / static_cast<acc>(a.rows_total);
     DCAE_BOOL_SWITCH(a.grad_logits_q.defined(), kQuantize, [&] {
       DCAE_BOOL_SWITCH(a.grad_entropy.defined(), kEntropy, [&] {
-        grad_kernel<acc, scalar_t, kQuantize, kEntropy><<<rows, kRowThreads, 0, stream>>>(
+        grad_kernel<acc, scalar_t, kQuantize, kEntropy><<<blocks, kRowThreads, 0, stream>>>(
             a.logits.data_ptr<acc>(), optional_ptr<acc>(a.grad_logits_q), kt, a.row_stats.data_ptr<acc>(),
             optional_ptr<acc>(a.row_dot), optional_ptr<acc>(a.code_coef), optional_ptr<acc>(a.grad_entropy),
             inv_t, inv_rows, a.out.data_ptr<scalar_t>());

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
@@ -408,11 +411,20 @@ int64_t splits_for(const AttentionGeometry& geo, int64_t tile) {
   return std::max<int64_t>(1, std::min<int64_t>({tiles, wanted, 65535}));
 }
 
+// Dynamic shared memory above the default 48 KB must be allowed per kernel and device. The
+// attribute lasts for the process, so it is set once per (kernel, device) and size, not on every
+// launch (a driver call each time).
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  }
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> allowed;  // (kernel, device) -> bytes allowed
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), c10::cuda::current_device()};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = allowed.find(key);
+  if (found != allowed.end() && found->second >= bytes) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allowed[key] = bytes;
 }
 
 // A per-head (D+1) x D sum over the blocks of each head's token splits; `launch(out, atomic)`

@@ -3,6 +3,9 @@
 // coalesced in the output's own memory order (W fastest for NCHW, C for channels_last).
 #include <torch/library.h>
 
+#include <cstdint>
+#include <limits>
+
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/dispatch.h"
@@ -86,8 +89,10 @@ __global__ void unshuffle_mean_pixels(ShortcutGeometry geo, const scalar_t* __re
     for (int o = threadIdx.x; o < channels; o += blockDim.x) {
       acc sum = 0;
       for (int g = 0; g < G; ++g) {
-        const int src = o * G + g;
-        const int c = src / r2, rem = src - c * r2, dy = rem / r, dx = rem - dy * r;
+        // the source channel-pixel o * G + g < C r^2 may pass 2^31: int64
+        const int64_t src = static_cast<int64_t>(o) * G + g;
+        const int64_t c = src / r2;
+        const int rem = static_cast<int>(src - c * r2), dy = rem / r, dx = rem - dy * r;
         sum += static_cast<acc>(in[c * xs.dim1 + dy * xs.dim2 + dx * xs.dim3]);
       }
       acc value = weight * sum;
@@ -110,7 +115,7 @@ __global__ void shuffle_repeat_pixels(ShortcutGeometry geo, const scalar_t* __re
     const int q = static_cast<int>((i % r) * r + (j % r));
     const scalar_t* in = x + b * xs.dim0 + (i / r) * xs.dim2 + (j / r) * xs.dim3;
     for (int o = threadIdx.x; o < channels; o += blockDim.x) {
-      acc value = weight * static_cast<acc>(in[static_cast<int64_t>((o * r2 + q) / R) * xs.dim1]);
+      acc value = weight * static_cast<acc>(in[((static_cast<int64_t>(o) * r2 + q) / R) * xs.dim1]);
       if (kResidual) value += static_cast<acc>(res[b * rs.dim0 + o * rs.dim1 + i * rs.dim2 + j * rs.dim3]);
       y[b * ys.dim0 + o * ys.dim1 + i * ys.dim2 + j * ys.dim3] = static_cast<scalar_t>(value);
     }
@@ -121,6 +126,10 @@ at::Tensor shortcut_cuda(ShortcutKind kind, const at::Tensor& x, int64_t factor,
                          double scale, const c10::optional<at::Tensor>& residual) {
   const ShortcutGeometry geo = check_shortcut_args(kind, x, factor, out_channels, residual);
   DCAE_CHECK_DEVICE_TYPE(x, "x", c10::kCUDA);
+  // the kernels hold r, r^2 and the group size in int
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  DCAE_CHECK_ARG(geo.factor <= 46340 && geo.group <= kIntMax, "factor", "factor ", geo.factor, " (group of ",
+                 geo.group, " channels) is beyond the CUDA kernels' 32-bit index range");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = allocate_shortcut_output(geo, x);
   if (y.numel() == 0) return y;
