@@ -42,8 +42,8 @@ std::pair<at::Tensor, at::Tensor> score_error_bound(const at::Tensor& z, const a
     u_z = (1 + u_new) * (1 + kUnitRoundoff32) - 1;
     u_c = (1 + u_new) * (1 + scale_error) * (1 + kUnitRoundoff32) - 1;
     tiny = tiny_new;
-    z_norm = at::linalg_vector_norm(scores.unit_rows, 2, {1}).to(at::kDouble) * (norm_slack * (1 + 2 * kUnitRoundoff32)) +
-             norm_floor;
+    const double slack = norm_slack * (1 + 2 * kUnitRoundoff32);  // and fl(z r_z)'s rounding
+    z_norm = at::linalg_vector_norm(scores.unit_rows, 2, {1}).to(at::kDouble) * slack + norm_floor;
     code_norm = at::ones({}, z_norm.options());  // |c r_c| <= 1
   } else {
     z_norm = at::linalg_vector_norm(z, 2, {1}, false, acc_dtype).to(at::kDouble) * norm_slack + norm_floor;
@@ -104,15 +104,19 @@ at::Tensor ibq_exact_rerank(const at::Tensor& z, const at::Tensor& codebook, con
       at::where(certified, 0, at::where(among_candidates, 1, 2)).to(at::kChar);
 
   // Candidates: the exact argmax lies among them; float64 scores (exact products, sums to
-  // ~D 2^-53), the best with ties to the lowest code.
+  // ~D 2^-53), the best with ties to the lowest code. Only a candidate within 2 e_n of the top
+  // can hold the exact maximum (l_k <= v_k + e < v1 - e <= l_1 otherwise), and the values are
+  // sorted, so those form a prefix of each list: a chunk re-scores its rows' longest such prefix.
   const at::Tensor rerank_rows = (status == kCandidates).nonzero().select(1, 0);
+  const at::Tensor reachable = (top.unsqueeze(1) - values <= 2 * bound.unsqueeze(1)).sum(1);
   const int64_t chunk = std::max<int64_t>(1, kRerankBytes / (kIbqCandidates * D * 8));
   for (int64_t first = 0; first < rerank_rows.size(0); first += chunk) {
     const at::Tensor rows = rerank_rows.narrow(0, first, std::min(chunk, rerank_rows.size(0) - first));
     const int64_t m = rows.size(0);
-    const at::Tensor codes = cand_code.index_select(0, rows);
+    const int64_t width = reachable.index_select(0, rows).max().item<int64_t>();
+    const at::Tensor codes = cand_code.index_select(0, rows).narrow(1, 0, width);
     const at::Tensor vectors =
-        codebook.index_select(0, codes.clamp_min(0).flatten()).to(at::kDouble).view({m, kIbqCandidates, D});
+        codebook.index_select(0, codes.clamp_min(0).flatten()).to(at::kDouble).view({m, width, D});
     const at::Tensor dots = at::bmm(vectors, z.index_select(0, rows).to(at::kDouble).unsqueeze(2)).squeeze(2);
     at::Tensor exact = exact_scores(dots, vectors, scores.metric);
     exact.masked_fill_(codes < 0, -std::numeric_limits<double>::infinity());

@@ -1,8 +1,8 @@
 """IBQ large-codebook quantization and the nearest-code search of every VQ tokenizer (docs/ibq.md).
 
-The codes are ranked by a `metric`: "dot" (IBQ), "l2" (z . c - |c|^2/2) or "cosine". The compiled op `dcae_ext::ibq_forward` streams codebook tiles (never an N x K tensor) and saves
-O((N + K) D) for its backward op `dcae_ext::_ibq_backward`, which recomputes the logits tile by
-tile. One forward op serves the three public functions through its `quantize` / `entropy` flags,
+The codes are ranked by a `metric`: "dot" (IBQ), "l2" (z . c - |c|^2/2) or "cosine". The compiled
+op `dcae_ext::ibq_forward` streams codebook tiles (never an N x K tensor) and saves O((N + K) D) for
+its backward op `dcae_ext::_ibq_backward`, which recomputes the logits tile by tile. One forward op serves the three public functions through its `quantize` / `entropy` flags,
 so the combined call shares its passes and its backward forms one d(logits) for both losses.
 Autocast: the ops run in z's dtype (no cast is inserted); codebook must match it. `gemm_dtype`
 (bfloat16 / float16, float32 inputs) runs the GEMMs on rounded operands, with the index still

@@ -10,6 +10,7 @@ from dcae_ext.ops.ibq import _run
 from dcae_ext.testing import (assert_compiled_step_matches_eager, codebook_grad_without_scatter, device_dtypes,
                               devices)
 from dcae_ext.testing import ibq_inputs as _inputs
+from dcae_ext.testing import ibq_poisoned_codes, ibq_poisoned_rows
 
 METRICS = ["l2", "cosine"]
 MODES = {"quantize": (True, False), "entropy": (False, True), "both": (True, True)}
@@ -125,6 +126,22 @@ def test_zero_rows_and_codes(device, metric):
     z[2] = 0.0
     codebook[3] = 0.0
     _check(z, codebook, metric, "both", 0.5, 4)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("make", [ibq_poisoned_rows, ibq_poisoned_codes])
+def test_nan_and_inf_follow_torch_argmax(device, metric, make):
+    # docs/ibq.md "NaN and inf", for the metric's scores: idx is torch.argmax of the reference's
+    # scores, a row whose softmax is undefined gets a NaN z_q, the entropy is NaN
+    z, codebook = make(device, torch.float32)
+    scores = reference.ibq_logits(z, codebook, metric)
+    for exact_index in (False, True):
+        z_q, idx, ent = _run(z, codebook, 0.5, True, True, 4, None, metric, exact_index)
+        assert torch.equal(idx, scores.argmax(-1)), exact_index
+        undefined = ~torch.logsumexp(scores, dim=-1).isfinite()
+        assert torch.equal(z_q.isnan().all(-1), undefined) and torch.equal(z_q[~undefined], codebook[idx[~undefined]])
+        assert ent.isnan()
 
 
 @pytest.mark.parametrize("device", devices())

@@ -107,7 +107,7 @@ def test_cosine_ties_of_scaled_copies_pick_the_lowest_code(device):
     codebook = torch.randn(20, 16, generator=gen) * 0.1
     codebook[7], codebook[2], codebook[11] = base[0], 2 * base[0], 4 * base[0]
     codebook[15], codebook[4] = 4 * base[1], 0.5 * base[1]
-    z = torch.cat([base[0] + 0.01 * torch.randn(3, 16, generator=gen), base[1] + 0.01 * torch.randn(3, 16, generator=gen)])
+    z = base[:2].repeat_interleave(3, 0) + 0.01 * torch.randn(6, 16, generator=gen)
     z, codebook = z.to(device), codebook.to(device)
     for gemm_dtype, exact_index in [(None, False), (None, True), (torch.bfloat16, False), (torch.float16, False)]:
         idx, _ = _nearest(z, codebook, "cosine", gemm_dtype, 8, exact_index)
@@ -174,7 +174,8 @@ def test_bad_metric_names_the_argument(metric, reference_mode):
     z, codebook = _inputs(4, 6, 3, "cpu", torch.float32)
     previous = ops.use_reference(reference_mode)
     try:
-        for call in (lambda: ops.nearest_code(z, codebook, metric), lambda: ops.ibq_quantize(z, codebook, metric=metric),
+        for call in (lambda: ops.nearest_code(z, codebook, metric),
+                     lambda: ops.ibq_quantize(z, codebook, metric=metric),
                      lambda: ops.ibq_entropy_loss(z, codebook, metric=metric),
                      lambda: ops.ibq_quantize_with_entropy(z, codebook, metric=metric)):
             with pytest.raises(ValueError, match="argument 'metric'"):
