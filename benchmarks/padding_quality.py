@@ -11,8 +11,9 @@ the top-left corner is compared with x. "true pixels" is the ideal: the reconstr
 where the padded band holds the real continuation of the image. Two PSNRs per image (dB, data range
 1, as every command measures): over all of x, and over the band of the last f rows and f columns
 of x (the pixels that share a latent pixel, or its neighbour, with the padding). The record holds
-their means over the images, and on how many images each mode gave the best band PSNR. One JSON line per (model, p, mode) is appended to
-benchmarks/results/cpu-padding.jsonl (--results; --no-save prints only).
+their means over the images, and on how many images each mode gave the best band PSNR. One JSON
+line per (model, p, mode) is appended to benchmarks/results/cpu-padding.jsonl (--results;
+--no-save prints only).
 """
 from __future__ import annotations
 
@@ -64,20 +65,22 @@ def measure(model, images: list[torch.Tensor], pad: int) -> dict[str, dict[str, 
             scores.setdefault(mode, []).append((float(psnr_per_image(reconstruction, target)),
                                                 masked_psnr(reconstruction, target, band)))
     best = [max(PAD_MODES, key=lambda mode: scores[mode][i][1]) for i in range(len(images))]
-    return {mode: {"psnr": sum(s for s, _ in values) / len(values), "psnr_band": sum(b for _, b in values) / len(values),
-                   "best_band": best.count(mode)} for mode, values in scores.items()}
+    count = len(images)
+    return {mode: {"psnr": sum(s for s, _ in values) / count, "psnr_band": sum(b for _, b in values) / count,
+                   "best_band": best.count(mode) if mode in PAD_MODES else None} for mode, values in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="a trained model folder (repeatable)")
     parser.add_argument("--crop", type=int, default=128, help="crop size C in pixels, a multiple of each factor")
+    parser.add_argument("--limit", type=int, default=None, help="the first N sample images only (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--results", default=None, help="JSONL file to append to (default: results/cpu-padding.jsonl)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    crops = [load_image(path, args.crop)[None] for path in embedded_image_paths()]
+    crops = [load_image(path, args.crop)[None] for path in embedded_image_paths()[:args.limit]]
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     records = []
     print(f"{'model':<28} {'f':>3} {'size':>9} {'mode':<12} {'PSNR':>7} {'edge band':>9} {'best on':>7}")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "best_band": scores["best_band"],
                                 "extra_pixels": round(args.crop ** 2 / size ** 2 - 1, 4), "device": "cpu",
                                 "machine": machine_description("cpu"), "torch": torch.__version__, "date": date})
-                print(f"{os.path.basename(os.path.dirname(path.rstrip('/'))) or path:<28} {factor:>3} "
+                print(f"{os.path.basename(path.rstrip('/')):<28} {factor:>3} "
                       f"{size:>4}x{size:<4} {mode:<12} {scores['psnr']:7.3f} {scores['psnr_band']:9.3f} "
                       f"{scores['best_band'] if mode in PAD_MODES else '':>7}")
     if not args.no_save:

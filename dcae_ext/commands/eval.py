@@ -22,9 +22,12 @@ def add_parser(subparsers):
     parser.add_argument("--ema", action="store_true",
                         help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
-    parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1, padded to a multiple of the model's factor and cropped back)")
+    parser.add_argument("--resolution", type=int, default=256,
+                        help="resize + centre crop size (0: each image at its own size, batch 1, padded to a multiple "
+                             "of the model's factor and cropped back)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (default: no tiling)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size in pixels for tiled encode/decode (default: no tiling)")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
                              "without it rFID is reported unavailable")

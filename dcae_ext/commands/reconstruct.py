@@ -13,8 +13,8 @@ from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("reconstruct", help="reconstruct images with a DC-AE or IBQ tokenizer and report PSNR",
-                                   description=__doc__)
+    parser = subparsers.add_parser("reconstruct", description=__doc__,
+                                   help="reconstruct images with a DC-AE or IBQ tokenizer and report PSNR")
     parser.add_argument("--model", required=True,
                         help="preset name (random weights; ibq-<preset> for a tokenizer), or a local model: DC-AE "
                              "diffusers or efficientvit folder/file, IBQ tokenizer folder or official checkpoint, "

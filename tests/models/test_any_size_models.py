@@ -34,24 +34,26 @@ def _decode(model, codes, **kwargs):
 
 # --- the padding rule -------------------------------------------------------------------------------
 
-def test_pad_reflects_the_bottom_and_right_edges():
+def test_pad_repeats_the_last_row_and_column():
     x = torch.arange(9.0).reshape(1, 1, 3, 3)         # rows [0 1 2], [3 4 5], [6 7 8]
     padded = pad_to_multiple(x, 4)
-    expected = torch.tensor([[0., 1., 2., 1.],
-                             [3., 4., 5., 4.],
-                             [6., 7., 8., 7.],
-                             [3., 4., 5., 4.]])       # mirrored across the last row and column
+    expected = torch.tensor([[0., 1., 2., 2.],
+                             [3., 4., 5., 5.],
+                             [6., 7., 8., 8.],
+                             [6., 7., 8., 8.]])       # at the bottom and right only
     assert torch.equal(padded[0, 0], expected)
     assert torch.equal(crop_to_size(padded, (3, 3), 4), x)
     assert torch.equal(pad_to_multiple(x[0], 4), padded[0])  # (C, H, W) too
     assert pad_to_multiple(torch.ones(1, 3, 8, 16), 8).shape == (1, 3, 8, 16)
+    assert torch.equal(pad_to_multiple(torch.tensor([[[[5.0]]]]), 8), torch.full((1, 1, 8, 8), 5.0))  # 1 x 1
 
 
-def test_an_axis_shorter_than_its_padding_repeats_its_edge():
-    x = torch.tensor([[[[1.0, 2.0]]]])                # 1 x 2, factor 4: pads 3 rows and 2 columns
-    padded = pad_to_multiple(x, 4)
-    assert torch.equal(padded[0, 0], torch.tensor([[1.0, 2.0, 2.0, 2.0]] * 4))
-    assert torch.equal(pad_to_multiple(x, 4, "constant")[0, 0, 1:], torch.zeros(3, 4))
+def test_the_other_modes_for_measuring():
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    assert torch.equal(pad_to_multiple(x, 4, "reflect")[0, 0, 3], torch.tensor([3., 4., 5., 4.]))  # mirrored
+    assert torch.equal(pad_to_multiple(x, 4, "constant")[0, 0, 3], torch.zeros(4))
+    thin = torch.tensor([[[[1.0, 2.0]]]])             # 1 x 2, factor 4: too short to mirror 3 rows, 2 columns
+    assert torch.equal(pad_to_multiple(thin, 4, "reflect")[0, 0], torch.tensor([[1.0, 2.0, 2.0, 2.0]] * 4))
 
 
 def test_padded_size_and_bad_arguments():
