@@ -48,6 +48,11 @@ def add_parser(subparsers):
 class _PadToFactor(torch.nn.Module):
     """A model that takes any image size (`pad=True`: padded to a multiple of its factor, then cropped back)."""
 
+    @property
+    def quantizer(self):
+        """The tokenizer's quantizer (None for a DC-AE), for `evaluate`'s codebook statistics."""
+        return getattr(self.model, "quantizer", None)
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -105,7 +110,6 @@ def run(args) -> int:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
     model = model.to(device)
-    num_codes = num_codes_of(model)
     if resolution is None:
         model = _PadToFactor(model)
 
@@ -131,7 +135,7 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         result = evaluate(model, loader, device=device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
-                          num_codes=num_codes, names=dataset.name, keep=keep,
+                          num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")

@@ -194,6 +194,10 @@ class DCAE(nn.Module):
             raise ValueError(f"argument 'x': height and width {x.shape[2]}x{x.shape[3]} must be multiples of "
                              f"the spatial factor f={f} (pass pad=True to pad and crop)")
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x padded to multiples of f (`models.padding`): its latent is (B, c, ceil(H/f), ceil(W/f))."""
+        return pad_to_multiple(x, self.spatial_compression)
+
     def _sliced(self, fn, x: torch.Tensor) -> torch.Tensor:
         if self.use_slicing and x.shape[0] > 1:
             return torch.cat([fn(part) for part in x.split(1)])
@@ -211,10 +215,9 @@ class DCAE(nn.Module):
         return self.decoder(z)
 
     def encode(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
-        """x (B, C, H, W), H and W multiples of f -> unscaled latent (B, c, H/f, W/f). pad=True: any
-        H, W, padded to multiples of f (`models.padding`), latent (B, c, ceil(H/f), ceil(W/f))."""
+        """x (B, C, H, W), H and W multiples of f (or pad=True) -> unscaled latent (B, c, H/f, W/f)."""
         if pad:
-            x = pad_to_multiple(x, self.spatial_compression)
+            x = self._pad(x)
         self._check_image(x)
         return self._sliced(self._encode_one, x)
 
