@@ -15,6 +15,7 @@ import torch.nn.functional as F
 # reconstructions are best next to the edge (measured with trained DC-AE and IBQ models,
 # docs/any_size.md), and one rule for every size, images smaller than the factor included.
 PAD_MODE = "replicate"
+PAD_MODES = ("reflect", "replicate", "constant")  # all that benchmarks/padding_quality.py compares
 
 
 def padded_size(size: int, factor: int) -> int:
@@ -22,11 +23,9 @@ def padded_size(size: int, factor: int) -> int:
     return -(-size // factor) * factor
 
 
-PAD_MODES = ("reflect", "replicate", "constant")
-
-
 def pad_to_multiple(x: torch.Tensor, factor: int, mode: str = PAD_MODE) -> torch.Tensor:
-    """x (..., H, W) padded at the bottom and right to multiples of `factor` (x itself when they are).
+    """x (C, H, W) or (B, C, H, W) padded at the bottom and right to multiples of `factor` (x itself
+    when they are).
 
     `mode`: as torch.nn.functional.pad's ("constant" pads with 0, mid grey for images in [-1, 1]).
     A reflected axis shorter than its padding (an image smaller than the factor) cannot be
