@@ -11,13 +11,13 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dcae_ext import ops
 from dcae_ext.models.dcae.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
 from dcae_ext.models.dcae.config import DCAEConfig, get_config
 from dcae_ext.models.output import AutoencoderOutput
+from dcae_ext.models.padding import crop_to_size, pad_to_multiple
 from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 
@@ -195,12 +195,8 @@ class DCAE(nn.Module):
                              f"the spatial factor f={f} (pass pad=True to pad and crop)")
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.spatial_compression
-        pad_h, pad_w = -x.shape[2] % f, -x.shape[3] % f
-        if not (pad_h or pad_w):
-            return x
-        mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        """x padded to multiples of f (`models.padding`): its latent is (B, c, ceil(H/f), ceil(W/f))."""
+        return pad_to_multiple(x, self.spatial_compression)
 
     def _sliced(self, fn, x: torch.Tensor) -> torch.Tensor:
         if self.use_slicing and x.shape[0] > 1:
@@ -225,14 +221,14 @@ class DCAE(nn.Module):
         self._check_image(x)
         return self._sliced(self._encode_one, x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f)."""
+    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f); `size` = (H, W) of the image that
+        `encode(x, pad=True)` padded: the output is cropped back to it."""
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise ValueError(f"argument 'z': expected (B, {self.config.latent_channels}, h, w), got {tuple(z.shape)}")
-        return self._sliced(self._decode_one, z)
+        return crop_to_size(self._sliced(self._decode_one, z), size, self.spatial_compression)
 
     def forward(self, x: torch.Tensor, pad: bool = False) -> AutoencoderOutput:
         """Reconstruction of x (`.reconstruction`); with pad=True any H, W works (padded to a multiple
         of f, then cropped)."""
-        height, width = x.shape[-2:]
-        return AutoencoderOutput(self.decode(self.encode(x, pad=pad))[..., :height, :width])
+        return AutoencoderOutput(self.decode(self.encode(x, pad=pad), size=x.shape[-2:]))
