@@ -7,25 +7,15 @@ import json
 import pytest
 import torch
 
-from dcae_ext.models import DCAE, get_config
+from dcae_ext.models import DCAE
 from dcae_ext.models.dcae.config import efficientvit_model_name
 from dcae_ext.models.formats.dcae_weights import to_efficientvit
 from dcae_ext.ops import use_reference
+from dcae_configs import MAX_DEPTH, WIDTH_DIVISOR, reduced
 from official_dc_ae import ZOO, OfficialDCAE, official_config
 
 STRUCTURED = ["dc-ae-f32c128-1.5", "dc-ae-f64c128-1.5"]
 WITH_ATTENTION = ["dc-ae-lite-f32c32-sana-1.1", "dc-ae-f32c32-in-1.0-256px"]
-WIDTH_DIVISOR, MAX_DEPTH = 8, 2
-
-
-def reduced(name: str):
-    """Our preset at the reduced size the official copy is built at (`official_config`'s reduction)."""
-    config = get_config(name)
-    changes = {}
-    for side in ("encoder", "decoder"):
-        changes[f"{side}_block_out_channels"] = [w // WIDTH_DIVISOR for w in getattr(config, f"{side}_block_out_channels")]
-        changes[f"{side}_layers_per_block"] = [min(d, MAX_DEPTH) for d in getattr(config, f"{side}_layers_per_block")]
-    return config.replace(**changes)
 
 
 def _randomise_norms(model: torch.nn.Module) -> None:
