@@ -3,7 +3,7 @@
 The fields are those of a diffusers `AutoencoderDC` config.json, so any such config loads with
 `DCAEConfig.from_dict` and saves back with `to_diffusers_dict`; plus one that diffusers lacks,
 `structured_latent` (DC-AE 1.5: the encoder can emit any prefix of its latent channels and the
-decoder takes any prefix, see docs/structured_latent.md). Per-stage fields accept a single value
+decoder takes any prefix, see docs/dcae_family.md). Per-stage fields accept a single value
 (applied to every stage) and are normalised to tuples.
 """
 from __future__ import annotations

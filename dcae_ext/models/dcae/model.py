@@ -165,8 +165,10 @@ class DCAE(nn.Module):
             model = model.to(torch_dtype)
         return model.eval()
 
-    def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
-        """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""
+    def save_pretrained(self, path: str | os.PathLike, format: str | None = None) -> None:
+        """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit";
+        default: diffusers, or efficientvit (DC-Gen's format) for a structured latent, which diffusers'
+        AutoencoderDC cannot express)."""
         from dcae_ext.models.formats.dcae_weights import save_pretrained
 
         save_pretrained(self, path, format=format)

@@ -228,9 +228,11 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
 
 # --- saving ---------------------------------------------------------------------------------------
 
-def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
+def save_pretrained(model: nn.Module, path, format: str | None = None) -> None:
     from safetensors.torch import save_file
 
+    if format is None:
+        format = "efficientvit" if model.config.structured_latent else "diffusers"
     if format not in ("diffusers", "efficientvit"):
         raise ValueError(f"argument 'format': {format!r} is not 'diffusers' or 'efficientvit'")
     config: DCAEConfig = model.config
