@@ -37,7 +37,7 @@ def add_parser(subparsers):
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
-    parser.add_argument("--latent-channels", default="auto",
+    parser.add_argument("--latent-channels", default="auto", metavar="C,C,...|auto|none",
                         help="PSNR per channel prefix of a structured latent (DC-AE 1.5): channel counts as a comma "
                              "list, 'auto' (default: eighths of the latent, e.g. 16,32,...,128, for a model with a "
                              "structured latent; nothing for others) or 'none'")
@@ -168,7 +168,8 @@ def run(args) -> int:
         _note(f"warning: skipped {len(loader.skipped)} unreadable image(s); see 'skipped' in eval.json")
     info = {"model": args.model, "model_kind": kind, "pretrained": pretrained,
             "data": args.data or "embedded sample images (scikit-image)", "resolution": resolution,
-            "batch_size": args.batch_size, "tile": args.tile, "latent_channels": prefixes, "device": str(device), "dtype": args.dtype,
+            "batch_size": args.batch_size, "tile": args.tile, "latent_channels": prefixes,
+            "device": str(device), "dtype": args.dtype,
             "seconds": round(seconds, 3), "notes": notes,
             "skipped": [{"path": failure.path, "reason": failure.reason} for failure in loader.skipped]}
     paths = write_results(result, args.out, info, grid_title=f"{args.model}: worst and best reconstructions (PSNR)")

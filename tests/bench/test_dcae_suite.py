@@ -40,10 +40,12 @@ def test_full_size_cases_of_the_family():
 
 @torch.no_grad()
 def test_the_official_reference_of_a_structured_latent_slices_the_weights():
-    config = get_config("dc-ae-f32c128-1.5")
-    config = config.replace(**{f"{side}_{key}": [value // 8 if key == "block_out_channels" else min(value, 1)
-                                                 for value in getattr(config, f"{side}_{key}")]
-                               for side in ("encoder", "decoder") for key in ("block_out_channels", "layers_per_block")})
+    config = get_config("dc-ae-f32c128-1.5")  # narrower (widths / 8) and shallower (1 block a stage)
+    changes = {}
+    for side in ("encoder", "decoder"):
+        changes[f"{side}_block_out_channels"] = [w // 8 for w in getattr(config, f"{side}_block_out_channels")]
+        changes[f"{side}_layers_per_block"] = [min(d, 1) for d in getattr(config, f"{side}_layers_per_block")]
+    config = config.replace(**changes)
     torch.manual_seed(0)
     ours = DCAE(config).eval()
     theirs = official_model(ours)

@@ -11,8 +11,9 @@ def reduced(name: str) -> DCAEConfig:
     config = get_config(name)
     changes = {}
     for side in ("encoder", "decoder"):
-        changes[f"{side}_block_out_channels"] = [w // WIDTH_DIVISOR for w in getattr(config, f"{side}_block_out_channels")]
-        changes[f"{side}_layers_per_block"] = [min(d, MAX_DEPTH) for d in getattr(config, f"{side}_layers_per_block")]
+        widths, depths = getattr(config, f"{side}_block_out_channels"), getattr(config, f"{side}_layers_per_block")
+        changes[f"{side}_block_out_channels"] = [w // WIDTH_DIVISOR for w in widths]
+        changes[f"{side}_layers_per_block"] = [min(d, MAX_DEPTH) for d in depths]
     return config.replace(**changes)
 
 # f8: stage 0 empty (conv_in downsamples, conv_out upsamples), pixel (un)shuffle, BatchNorm in the

@@ -120,3 +120,14 @@ def test_the_presets_run_their_shortcuts_and_attention_on_the_fast_ops(monkeypat
     with torch.no_grad():
         model(_image(64, batch=1))
     assert counter.calls == expected
+
+
+def test_encoder_and_decoder_alone_refuse_a_prefix_without_a_structured_latent():
+    plain = DCAE.from_config("tiny")
+    with pytest.raises(ValueError, match="no structured latent"):
+        plain.encoder(_image(32, batch=1), latent_channels=2)
+    with pytest.raises(ValueError, match="without a structured latent"):
+        plain.decoder(torch.zeros(1, 2, 4, 4))
+    structured = DCAE.from_config("tiny-structured")
+    with pytest.raises(ValueError, match="17 channels"):
+        structured.decoder(torch.zeros(1, 17, 4, 4))

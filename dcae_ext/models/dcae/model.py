@@ -3,7 +3,7 @@ docs/linear_attention.md).
 
 The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
 encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so
-diffusers state dicts load with identity keys; efficientvit's are mapped in `weights.py`.
+diffusers state dicts load with identity keys; efficientvit's are mapped in `formats/dcae_weights.py`.
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ class Encoder(_Stages):
             stages.append(nn.Sequential(*stage))
         self.down_blocks = nn.ModuleList(stages)
         self.latent_channels = config.latent_channels
+        self.structured_latent = config.structured_latent
         self.conv_out = nn.Conv2d(widths[-1], config.latent_channels, 3, 1, 1)
         self.out_shortcut = config.encoder_out_shortcut
         if self.out_shortcut and widths[-1] % config.latent_channels:
@@ -68,6 +69,9 @@ class Encoder(_Stages):
             for block in stage:
                 x = self._run(block, x)
         if latent_channels is not None and latent_channels != self.latent_channels:
+            if not self.structured_latent:
+                raise ValueError(f"argument 'latent_channels': {latent_channels} of {self.latent_channels}, but "
+                                 "this encoder has no structured latent")
             conv = self.conv_out
             return F.conv2d(x, conv.weight[:latent_channels], conv.bias[:latent_channels], padding=conv.padding)
         y = self.conv_out(x)
@@ -83,6 +87,7 @@ class Decoder(_Stages):
         super().__init__()
         widths, layers = config.decoder_block_out_channels, config.decoder_layers_per_block
         self.conv_in = nn.Conv2d(config.latent_channels, widths[-1], 3, 1, 1)
+        self.structured_latent = config.structured_latent
         self.in_shortcut = config.decoder_in_shortcut
         self.top_width = widths[-1]
         if self.in_shortcut and widths[-1] % config.latent_channels:
@@ -110,6 +115,9 @@ class Decoder(_Stages):
         """z may hold only the first c of the latent channels: the input convolution then uses the
         weights of those c (DC-Gen's AdaptiveInputConvLayer), as if the others were zero."""
         if z.shape[1] != self.conv_in.in_channels:
+            if not (self.structured_latent and z.shape[1] < self.conv_in.in_channels):
+                raise ValueError(f"argument 'z': {z.shape[1]} channels for a decoder of {self.conv_in.in_channels}"
+                                 f"{'' if self.structured_latent else ' without a structured latent'}")
             x = F.conv2d(z, self.conv_in.weight[:, :z.shape[1]], self.conv_in.bias, padding=self.conv_in.padding)
         else:
             x = self.conv_in(z)
