@@ -42,7 +42,7 @@ def run(args) -> int:
     kind = metadata["kind"]
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
-    tile = metadata["plan"]["tile"] if kind == "latents" else None  # DC-AE decodes in tiles as it encoded
+    tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
     codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     with tqdm(total=count, desc="decode", unit="img", file=sys.stderr) as bar:

@@ -22,9 +22,12 @@ def add_parser(subparsers):
     parser.add_argument("--ema", action="store_true",
                         help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")
-    parser.add_argument("--resolution", type=int, default=256, help="resize + centre crop size (0: each image at its own size, batch 1; a DC-AE pads to its factor)")
+    parser.add_argument("--resolution", type=int, default=256,
+                        help="resize + centre crop size (0: each image at its own size, batch 1, padded to a multiple "
+                             "of the model's factor and cropped back)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels for tiled encode/decode (DC-AE; default: no tiling)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size in pixels for tiled encode/decode (default: no tiling)")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth); "
                              "without it rFID is reported unavailable")
@@ -47,7 +50,12 @@ def add_parser(subparsers):
 
 
 class _PadToFactor(torch.nn.Module):
-    """A DC-AE that takes any image size (padded to a multiple of its factor, then cropped back)."""
+    """A model that takes any image size (`pad=True`: padded to a multiple of its factor, then cropped back)."""
+
+    @property
+    def quantizer(self):
+        """The tokenizer's quantizer (None for a DC-AE), for `evaluate`'s codebook statistics."""
+        return getattr(self.model, "quantizer", None)
 
     def __init__(self, model):
         super().__init__()
@@ -122,8 +130,6 @@ def run(args) -> int:
     if resolution is not None and resolution % factor:
         raise SystemExit(f"--resolution: {resolution} must be a multiple of the model's spatial factor {factor}")
     if args.tile is not None:
-        if not hasattr(model, "enable_tiling"):
-            raise SystemExit(f"--tile: a {kind} has no tiled encode/decode")
         try:
             model.enable_tiling(args.tile)
         except ValueError as error:
@@ -133,7 +139,7 @@ def run(args) -> int:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
     model = model.to(device)
-    if resolution is None and kind == "DC-AE":
+    if resolution is None:
         model = _PadToFactor(model)
 
     notes = {}

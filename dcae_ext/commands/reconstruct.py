@@ -1,5 +1,6 @@
-"""`dcae-ext reconstruct`: encode and decode images with a DC-AE, write PNGs, print PSNR per image
-(dcae_ext.data.psnr: on the float reconstruction, before rounding to PNG pixels, as `dcae-ext eval`)."""
+"""`dcae-ext reconstruct`: encode and decode images with a DC-AE or an IBQ tokenizer, write PNGs, print
+PSNR per image (dcae_ext.data.psnr: on the float reconstruction, before rounding to PNG pixels, as
+`dcae-ext eval`). Images of any size: padded to a multiple of the model's factor, cropped back."""
 from __future__ import annotations
 
 import math
@@ -12,10 +13,11 @@ from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("reconstruct", help="reconstruct images with a DC-AE and report PSNR",
-                                   description=__doc__)
+    parser = subparsers.add_parser("reconstruct", description=__doc__,
+                                   help="reconstruct images with a DC-AE or IBQ tokenizer and report PSNR")
     parser.add_argument("--model", required=True,
-                        help="preset name (random weights), or a local DC-AE: diffusers or efficientvit folder/file, "
+                        help="preset name (random weights; ibq-<preset> for a tokenizer), or a local model: DC-AE "
+                             "diffusers or efficientvit folder/file, IBQ tokenizer folder or official checkpoint, "
                              "a training run or its checkpoint.pt")
     parser.add_argument("--config", default=None, help="preset name for an efficientvit checkpoint whose path names none")
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
@@ -41,14 +43,12 @@ def list_inputs(path: str) -> list[str]:
         raise SystemExit(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}") from None
 
 
-def load_dcae(name_or_path: str, config: str | None):
-    """A DC-AE from --model (see commands._models.load_model); a preset's weights are random, said aloud."""
+def load_autoencoder(name_or_path: str, config: str | None):
+    """A DC-AE or IBQ tokenizer from --model (see commands._models.load_model); a preset's weights are
+    random, said aloud."""
     from dcae_ext.commands._models import load_model
 
-    model, kind, pretrained = load_model(name_or_path, config)
-    if kind != "DC-AE":
-        raise SystemExit(f"--model: {name_or_path} holds a {type(model).__name__}; reconstruct takes a DC-AE "
-                         "(dcae-ext eval measures either)")
+    model, _, pretrained = load_model(name_or_path, config)
     if not pretrained:
         print(f"warning: '{name_or_path}' is a preset name, not a checkpoint: the weights are RANDOM, "
               "so the reconstructions are noise (pass a local checkpoint path for real results)")
@@ -73,7 +73,7 @@ def _prepare(args):
         raise SystemExit(f"--out: {args.out} is a file, expected a folder")
     dtype = DTYPES[args.dtype or default_dtype(device)]
     paths = list_inputs(args.input)
-    model = load_dcae(args.model, args.config).to(device).eval()
+    model = load_autoencoder(args.model, args.config).to(device).eval()
     if args.tile is not None:
         try:
             model.enable_tiling(args.tile)

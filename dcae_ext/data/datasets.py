@@ -3,6 +3,7 @@
     latents = LatentDataset("out/latents")          # scaled by the model's factor, float32
     loader = DataLoader(latents, batch_size=64, shuffle=True, num_workers=4)
     tokens = TokenDataset("out/tokens")             # int64 (h, w) code grids
+    latents.image_size(i)                           # (H, W) of the source image as encoded (crop target)
 
 Tensors are read lazily from the safetensors shards (memory-mapped, one open file per shard and
 process), so a dataset larger than memory works and DataLoader workers share nothing.
@@ -39,6 +40,13 @@ class _ShardedTensors(Dataset):
     def path(self, index: int) -> str:
         """The source image of item `index`."""
         return self.records[index]["path"]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of the image item `index` was encoded from. An image whose sides are not multiples
+        of the model's factor was padded: pass this as `size=` to `DCAE.decode` /
+        `IBQTokenizer.decode_indices` to crop the decoded image back."""
+        height, width = self.records[index]["size"]
+        return height, width
 
     def stored(self, index: int) -> torch.Tensor:
         """Item `index` exactly as stored (dtype included)."""

@@ -55,8 +55,7 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
         images = to_unit(codec.decode(codes)).cpu()
         for offset, image in enumerate(images):
             record = dataset.records[first + offset]
-            height, width = record["size"]
-            image = image[:, :height, :width]
+            image = codec.crop(image, dataset.image_size(first + offset))  # drops the padding (models.padding)
             save_png(image, os.path.join(out, names[first + offset]))
             score = None
             if compare:

@@ -1,5 +1,6 @@
 """Models: the DC-AE family (models.dcae), the IBQ tokenizer (models.ibq), their weight formats
-(models.formats) and what they share (tiling, the output record, the perceptual loss network).
+(models.formats) and what they share (tiling, padding to the spatial factor, the output record, the
+perceptual loss network).
 `load_model_from_path` opens any model file this package reads."""
 from dcae_ext.models.dcae import DCAE, DCAEConfig, Decoder, Encoder, get_config, preset_names, tiny_config
 from dcae_ext.models.dcae.blocks import EfficientViTBlock, GLUMBConv, LiteMLA, ResBlock, RMSNorm2d

@@ -99,7 +99,7 @@ def test_latents_are_unscaled_in_the_model_dtype_with_the_factor_beside(tmp_path
     model.eval()
     with torch.no_grad():
         from dcae_ext.data.images import load_image
-        from dcae_ext.encode.codecs import pad_to_multiple
+        from dcae_ext.models.padding import pad_to_multiple
         x = pad_to_multiple(load_image(str(folder / "2.png"), None)[None] * 2 - 1, 8)
         expected = model.to(torch.bfloat16).encode(x.to(torch.bfloat16))[0]
     assert torch.equal(stored, expected)

@@ -136,7 +136,9 @@ def test_eval_command_rejects_a_resolution_off_the_factor(tmp_path):
         main(["eval", "--model", "tiny", "--data", str(tmp_path), "--resolution", "30"])
 
 
-def test_eval_command_native_sizes_pad_a_dcae(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model,size", [("tiny", (36, 44)),        # not multiples of the DC-AE's factor 8
+                                        ("ibq-tiny", (200, 150))])  # 150 rows: not a multiple of the IBQ's 4
+def test_eval_command_native_sizes_pad_either_model(tmp_path, monkeypatch, model, size):
     pytest.importorskip("dcae_ext.models", reason="needs the DC-AE models")
     from dcae_ext.cli import main
 
@@ -144,9 +146,9 @@ def test_eval_command_native_sizes_pad_a_dcae(tmp_path, monkeypatch):
     monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
     data = tmp_path / "data"
     data.mkdir()
-    _write_images(data, count=2, size=(36, 44))  # not multiples of the tiny model's factor 8
-    main(["eval", "--model", "tiny", "--data", str(data), "--resolution", "0", "--batch-size", "1",
-          "--out", str(tmp_path / "out")])
+    _write_images(data, count=2, size=size)
+    assert main(["eval", "--model", model, "--data", str(data), "--resolution", "0", "--batch-size", "1",
+                 "--out", str(tmp_path / "out")]) == 0
     document = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert document["metrics"]["num_images"] == 2 and document["resolution"] is None
 

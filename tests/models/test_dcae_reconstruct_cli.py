@@ -49,8 +49,6 @@ def test_bad_arguments_exit_with_a_message(images, tmp_path):
 def test_a_training_run_and_its_checkpoint(images, tmp_path, capsys):
     import json
 
-    from dcae_ext.models import IBQTokenizer
-
     settings = tmp_path / "quick.json"
     settings.write_text(json.dumps({"lpips_weight": 0.0, "num_workers": 0, "device": "cpu", "image_every": 0}))
     run = tmp_path / "run"
@@ -61,9 +59,6 @@ def test_a_training_run_and_its_checkpoint(images, tmp_path, capsys):
         assert main(["reconstruct", "--model", str(model), "--input", str(images), "--out", str(out),
                      "--device", "cpu"]) == 0
         assert "RANDOM" not in capsys.readouterr().out and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
-    IBQTokenizer.from_config("tiny").save_pretrained(tmp_path / "ibq")
-    with pytest.raises(SystemExit, match="--model: .* IBQTokenizer; reconstruct takes a DC-AE"):
-        main(["reconstruct", "--model", str(tmp_path / "ibq"), "--input", str(images), "--out", str(out)])
 
 
 class _QuarterGrayLevel(torch.nn.Module):

@@ -13,13 +13,13 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dcae_ext import ops
 from dcae_ext.models.dcae.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
 from dcae_ext.models.dcae.config import DCAEConfig, get_config, structured_preset_names
 from dcae_ext.models.output import AutoencoderOutput
+from dcae_ext.models.padding import crop_to_size, pad_to_multiple
 from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 
@@ -217,12 +217,8 @@ class DCAE(nn.Module):
                              f"the spatial factor f={f} (pass pad=True to pad and crop)")
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.spatial_compression
-        pad_h, pad_w = -x.shape[2] % f, -x.shape[3] % f
-        if not (pad_h or pad_w):
-            return x
-        mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        """x padded to multiples of f (`models.padding`): its latent is (B, c, ceil(H/f), ceil(W/f))."""
+        return pad_to_multiple(x, self.spatial_compression)
 
     def _sliced(self, fn, x: torch.Tensor) -> torch.Tensor:
         if self.use_slicing and x.shape[0] > 1:
@@ -276,12 +272,14 @@ class DCAE(nn.Module):
             return z
         return [z[:, :c].clone() for c in counts]  # the first c filters' outputs, as their own convolution gives
 
-    def decode(self, z: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f). With a structured latent, c may be any
-        count from 1 to latent_channels (the first c channels; the rest count as zero). A list of
-        latents gives a list of images."""
+    def decode(self, z: torch.Tensor | list[torch.Tensor],
+               size: tuple[int, int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f); `size` = (H, W) of the image that
+        `encode(x, pad=True)` padded: the output is cropped back to it. With a structured latent, c
+        may be any count from 1 to latent_channels (the first c channels; the rest count as zero). A
+        list of latents gives a list of images."""
         if isinstance(z, (list, tuple)):
-            return [self.decode(item) for item in z]
+            return [self.decode(item, size) for item in z]
         full = self.config.latent_channels
         if self.config.structured_latent:
             if z.ndim != 4 or not 1 <= z.shape[1] <= full:
@@ -291,7 +289,7 @@ class DCAE(nn.Module):
             hint = (f"; {self.config.name or 'this DC-AE'} has no structured latent, so it decodes all {full} "
                     f"channels only" if z.ndim == 4 and z.shape[1] < full else "")
             raise ValueError(f"argument 'z': expected (B, {full}, h, w), got {tuple(z.shape)}{hint}")
-        return self._sliced(self._decode_one, z)
+        return crop_to_size(self._sliced(self._decode_one, z), size, self.spatial_compression)
 
     def forward(self, x: torch.Tensor, pad: bool = False, latent_channels: int | None = None) -> AutoencoderOutput:
         """Reconstruction of x (`.reconstruction`); with pad=True any H, W works (padded to a multiple
@@ -299,6 +297,5 @@ class DCAE(nn.Module):
         if isinstance(latent_channels, (list, tuple)):
             raise ValueError("argument 'latent_channels': forward takes one channel count; for several, "
                              "decode each latent of encode(x, latent_channels=[...])")
-        height, width = x.shape[-2:]
         z = self.encode(x, pad=pad, latent_channels=latent_channels)
-        return AutoencoderOutput(self.decode(z)[..., :height, :width])
+        return AutoencoderOutput(self.decode(z, size=x.shape[-2:]))

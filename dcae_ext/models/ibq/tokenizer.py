@@ -26,6 +26,8 @@ from dcae_ext.models.formats.ibq_official import convert_official_state, infer_v
 from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.ibq.quantizer import IBQuantizer, QuantizerOutput
 from dcae_ext.models.ibq.vqgan import VQGANConfig
+from dcae_ext.models.padding import crop_to_size, pad_to_multiple
+from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -127,7 +129,8 @@ def get_ibq_config(name: str) -> IBQConfig:
 
 
 class IBQTokenizer(nn.Module):
-    """Images (B, 3, H, W) in [-1, 1], H and W multiples of the spatial factor f.
+    """Images (B, 3, H, W) in [-1, 1], H and W multiples of the spatial factor f (or any H, W with
+    pad=True: padded to multiples of f, `models.padding`; `size=` crops the decoded images back).
 
     encode -> indices (B, H/f, W/f); decode_indices -> images; forward -> AutoencoderOutput.
     """
@@ -149,6 +152,8 @@ class IBQTokenizer(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.dim, latent, 1)
         self.decoder = family.Decoder(config.backbone)
         self.spatial_compression = config.spatial_compression
+        self.tile_size: int | None = None
+        self.tile_overlap = 0
 
     @classmethod
     def from_config(cls, config: IBQConfig | str | dict) -> "IBQTokenizer":
@@ -158,24 +163,47 @@ class IBQTokenizer(nn.Module):
         self.encoder.gradient_checkpointing = bool(enabled)
         self.decoder.gradient_checkpointing = bool(enabled)
 
-    def _check_image(self, x: torch.Tensor) -> None:
+    def enable_tiling(self, tile: int = 512, overlap: int | None = None) -> None:
+        """Run the encoder and the decoder on overlapping tiles of images larger than `tile` pixels
+        (as `DCAE.enable_tiling`). The encoder's continuous outputs are blended, then quantized whole,
+        so no code is split between tiles."""
+        overlap = checked_overlap(tile, self.spatial_compression, overlap)
+        self.tile_size, self.tile_overlap = tile, overlap
+
+    def disable_tiling(self) -> None:
+        self.tile_size = None
+
+    def _latent(self, x: torch.Tensor, pad: bool) -> torch.Tensor:
+        """The quantizer's input (B, dim, H/f, W/f): x checked (padded first with pad=True), encoded
+        whole or in tiles."""
         f = self.spatial_compression
+        if pad:
+            x = pad_to_multiple(x, f)
         if x.ndim != 4 or x.shape[1] != self.config.backbone.in_channels or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"argument 'x': expected (B, {self.config.backbone.in_channels}, H, W) with H and W "
-                             f"multiples of {f}, got {tuple(x.shape)}")
+                             f"multiples of {f}, got {tuple(x.shape)} (pass pad=True to pad and crop)")
+        if self.tile_size is not None and max(x.shape[2], x.shape[3]) > self.tile_size:
+            return tiled_map(lambda part: self.quant_conv(self.encoder(part)), x, self.tile_size, self.tile_overlap,
+                             up=1, down=f)
+        return self.quant_conv(self.encoder(x))
 
-    def quantize(self, x: torch.Tensor) -> QuantizerOutput:
-        self._check_image(x)
-        return self.quantizer(self.quant_conv(self.encoder(x)))
+    def quantize(self, x: torch.Tensor, pad: bool = False) -> QuantizerOutput:
+        return self.quantizer(self._latent(x, pad))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) -> code indices (B, H/f, W/f) int64 (those of `quantize(x)`, without its losses)."""
-        self._check_image(x)
-        return self.quantizer.nearest(self.quant_conv(self.encoder(x)))
+    def encode(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """x (B, 3, H, W) -> code indices (B, H/f, W/f) int64 (those of `quantize(x)`, without its losses);
+        pad=True: any H, W, indices (B, ceil(H/f), ceil(W/f))."""
+        return self.quantizer.nearest(self._latent(x, pad))
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Quantized codes (B, dim, h, w) -> images (B, 3, h*f, w*f)."""
-        return self.decoder(self.post_quant_conv(codes))
+    def decode_codes(self, codes: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Quantized codes (B, dim, h, w) -> images (B, 3, h*f, w*f), cropped to `size` = (H, W) when given."""
+        f = self.spatial_compression
+        latent = self.post_quant_conv(codes)
+        if self.tile_size is not None and max(latent.shape[2], latent.shape[3]) * f > self.tile_size:
+            images = tiled_map(self.decoder, latent, self.tile_size // f, self.tile_overlap // f, up=f, down=1)
+        else:
+            images = self.decoder(latent)
+        return crop_to_size(images, size, f)
 
     def cast(self, dtype: torch.dtype) -> "IBQTokenizer":
         """Every weight to `dtype` but the codebook, which stays float32 (float64 for float64): among
@@ -184,21 +212,23 @@ class IBQTokenizer(nn.Module):
             child.to(torch.promote_types(dtype, torch.float32) if child is self.quantizer else dtype)
         return self
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w) -> images (B, 3, h*f, w*f)."""
+    def decode_indices(self, indices: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """indices (B, h, w) -> images (B, 3, h*f, w*f); `size` = (H, W) of the image that
+        `encode(x, pad=True)` padded: the output is cropped back to it."""
         if indices.ndim != 3:
             raise ValueError(f"argument 'indices': expected (B, h, w), got shape {tuple(indices.shape)}")
         codes = self.quantizer.lookup(indices).to(self.post_quant_conv.weight.dtype)
-        return self.decode_codes(codes)
+        return self.decode_codes(codes, size)
 
-    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+    def forward(self, x: torch.Tensor, pad: bool = False) -> AutoencoderOutput:
         """Reconstruction, the quantizer's loss (`losses["quantizer"]`, entropy term weighted in), its
-        terms and code statistics (`stats`), and the code indices."""
-        quantized = self.quantize(x)
+        terms and code statistics (`stats`), and the code indices. pad=True: any H, W (the indices
+        cover the padded image, the reconstruction is cropped back to x's size)."""
+        quantized = self.quantize(x, pad)
         stats = {"loss_entropy": quantized.entropy_loss, "loss_commitment": quantized.commitment_loss,
                  "loss_codebook": quantized.codebook_loss, "codebook_usage": quantized.usage,
                  "perplexity": quantized.perplexity}
-        return AutoencoderOutput(self.decode_codes(quantized.quantized.to(x.dtype)),
+        return AutoencoderOutput(self.decode_codes(quantized.quantized.to(x.dtype), x.shape[-2:]),
                                  losses={"quantizer": quantized.loss},
                                  stats={name: value.detach() for name, value in stats.items()},
                                  indices=quantized.indices)
