@@ -118,7 +118,8 @@ bench_suites() {
 
 # The IBQ plan is estimated at 2-3 minutes on an H200 (not yet measured), most of it float32 at 2^20.
 IBQ_PLAN="ibq:bf16,fp32:270"
-REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:150"
+# dcae: in-1.0 encode+decode and tiled decode, then 1.5 and Lite encode and decode apart at 512 and 1024
+REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:240"
 
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the

@@ -1,10 +1,16 @@
-"""Benchmark of DC-AE inference: ours vs diffusers' AutoencoderDC on identical weights.
+"""Benchmark of DC-AE inference: ours vs the official modules on identical weights (`dcae_official`:
+diffusers' AutoencoderDC, with DC-Gen's adaptive latent convolutions for DC-AE 1.5).
 
-encode+decode of dc-ae-f32c32-in-1.0 (random weights; speed does not depend on their values) at
-512 and 1024 (GPU) or 256 (CPU), batch 1, both models in the benchmark dtype, eval, no_grad; ours
-in channels_last on GPU. Tiled decode of 2048 and 4096 images (GPU): both with 512-pixel tiles,
-peak memory is the point. The limit is conv throughput: the model's FLOPs (counted on the meta
-device) at the device's matmul peak. --quick swaps in the tiny preset for a smoke run.
+- encode+decode of dc-ae-f32c32-in-1.0 at 512 and 1024 (GPU) or 256 (CPU); tiled decode of 2048
+  and 4096 images (GPU, both with 512-pixel tiles: peak memory is the point);
+- encode and decode apart of the later family: dc-ae-f32c128-1.5 (also decoding a 16-channel
+  prefix of its structured latent) and dc-ae-lite-f32c32-sana-1.1 (whose point is a faster decoder),
+  at the same resolutions on GPU, at 128 on CPU.
+
+Random weights (speed does not depend on their values), batch 1, both models in the benchmark
+dtype, eval, no_grad; ours in channels_last on GPU. The limit is conv throughput: the model's
+FLOPs (counted on the meta device) at the device's matmul peak. `--model NAME` races that preset
+alone; --quick swaps in the tiny presets for a smoke run.
 """
 from __future__ import annotations
 
@@ -13,11 +19,14 @@ import importlib.util
 
 import torch
 
+from dcae_ext.bench.dcae_official import official_decode, official_encode, official_model
 from dcae_ext.bench.harness import Case, SuiteUnavailable, Work, Workload
 from dcae_ext.bench.timing import Timing
 from dcae_ext.models import DCAE, get_config
 
 MODEL = "dc-ae-f32c32-in-1.0"
+FAMILY = ("dc-ae-f32c128-1.5", "dc-ae-lite-f32c32-sana-1.1")
+PREFIX_CHANNELS = 16  # the structured latent's decode-from-a-prefix case
 
 
 def resolve_model(name: str) -> str:
@@ -35,17 +44,45 @@ def cases(device: str, quick: bool, model: str | None = None) -> list[Case]:
     if importlib.util.find_spec("diffusers") is None:
         raise SuiteUnavailable("needs diffusers, the model it races (pip install 'diffusers>=0.32')")
     on_gpu = device != "cpu"
-    name = resolve_model(model) if model else ("tiny" if quick else MODEL)
-    config = get_config(name)
-    models = _ModelPair(config)
-    found = [Case("dcae_encode_decode", {"model": name, "batch": 1, "resolution": resolution},
-                  functools.partial(_encode_decode, models, resolution),
-                  Work("conv", fwd=_flops(config, resolution)))
-             for resolution in ([256] if quick or not on_gpu else [512, 1024])]
-    if on_gpu and not quick:
-        found += [Case("dcae_tiled_decode", {"model": name, "batch": 1, "resolution": resolution, "tile": 512},
-                       functools.partial(_tiled_decode, models, resolution))
+    resolutions = [256] if quick or not on_gpu else [512, 1024]
+    pairs = _ModelPairs()
+    if model is not None:
+        name = resolve_model(model)
+        return _encode_decode_cases(pairs, name, resolutions) + _apart_cases(pairs, name, resolutions)
+    if quick:
+        return _encode_decode_cases(pairs, "tiny", [64]) + _apart_cases(pairs, "tiny-structured", [64])
+    found = _encode_decode_cases(pairs, MODEL, resolutions)
+    if on_gpu:
+        found += [Case("dcae_tiled_decode", {"model": MODEL, "batch": 1, "resolution": resolution, "tile": 512},
+                       functools.partial(_tiled_decode, pairs.bound(MODEL), resolution))
                   for resolution in (2048, 4096)]
+    for name in FAMILY:  # on a CPU at 128 pixels: a 256-pixel call of these takes seconds
+        found += _apart_cases(pairs, name, resolutions if on_gpu else [128])
+    return found
+
+
+def _encode_decode_cases(pairs, name: str, resolutions: list[int]) -> list[Case]:
+    config = get_config(name)
+    return [Case("dcae_encode_decode", {"model": name, "batch": 1, "resolution": resolution},
+                 functools.partial(_encode_decode, pairs.bound(name), resolution),
+                 Work("conv", fwd=_flops(config, resolution, "encoder") + _flops(config, resolution, "decoder")))
+            for resolution in resolutions]
+
+
+def _apart_cases(pairs, name: str, resolutions: list[int]) -> list[Case]:
+    """Encode and decode timed apart (and, for a structured latent, decoding a channel prefix)."""
+    config = get_config(name)
+    models = pairs.bound(name)
+    prefixes = [None] + ([min(PREFIX_CHANNELS, config.latent_channels // 4)] if config.structured_latent else [])
+    found = []
+    for resolution in resolutions:
+        shape = {"model": name, "batch": 1, "resolution": resolution}
+        found.append(Case("dcae_encode", shape, functools.partial(_encode, models, resolution),
+                          Work("conv", fwd=_flops(config, resolution, "encoder"))))
+        for channels in prefixes:
+            found.append(Case("dcae_decode", dict(shape, **({"latent_channels": channels} if channels else {})),
+                              functools.partial(_decode, models, resolution, channels),
+                              Work("conv", fwd=_flops(config, resolution, "decoder", channels))))
     return found
 
 
@@ -56,25 +93,36 @@ def timing(device: str, quick: bool) -> Timing:
     return Timing(min_blocks=5, max_seconds=1.0) if quick else Timing(min_blocks=5)
 
 
-class _ModelPair:
-    """Ours and diffusers' model on the same weights, built once per (device, dtype) for all cases."""
+class _ModelPairs:
+    """Ours and the official model on the same weights, one (preset, device, dtype) at a time: the
+    cases run preset by preset, so each pair is built once, after the previous one is freed."""
 
-    def __init__(self, config):
-        self.config, self.key, self.pair = config, None, None
+    def __init__(self):
+        self.key, self.pair = None, None
+
+    def get(self, name, device, dtype):
+        if self.key != (name, device, dtype):
+            self.pair = None  # free the previous pair before building the next
+            self.pair, self.key = _build_pair(get_config(name), device, dtype), (name, device, dtype)
+        return self.pair
+
+    def bound(self, name) -> "_BoundPair":
+        return _BoundPair(self, name)
+
+
+class _BoundPair:
+    """The pair of one preset: `get(device, dtype)`, and its `config`."""
+
+    def __init__(self, pairs: _ModelPairs, name: str):
+        self.pairs, self.name, self.config = pairs, name, get_config(name)
 
     def get(self, device, dtype):
-        if self.key != (device, dtype):
-            self.pair = None  # free the previous pair before building the next
-            self.pair, self.key = _build_pair(self.config, device, dtype), (device, dtype)
-        return self.pair
+        return self.pairs.get(self.name, device, dtype)
 
 
 def _build_pair(config, device, dtype):
-    from diffusers import AutoencoderDC
-
     ours = DCAE(config).eval()
-    theirs = AutoencoderDC(**{k: v for k, v in config.to_diffusers_dict().items() if not k.startswith("_")}).eval()
-    theirs.load_state_dict(ours.state_dict())
+    theirs = official_model(ours)
     ours = ours.to(device=device, dtype=dtype)
     # nn.Module.to itself: diffusers' override warns about float32-kept modules even when it has none
     theirs = torch.nn.Module.to(theirs, device=device, dtype=dtype)
@@ -95,7 +143,25 @@ def _encode_decode(models, resolution, device, dtype) -> dict[str, Workload]:
     x = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
     layout = _layout(device)
     return {"fast": Workload(lambda: ours.decode(ours.encode(x.to(memory_format=layout)))),
-            "reference": Workload(lambda: theirs.decode(theirs.encode(x).latent).sample)}
+            "reference": Workload(lambda: official_decode(theirs, official_encode(theirs, x)))}
+
+
+def _encode(models, resolution, device, dtype) -> dict[str, Workload]:
+    ours, theirs = models.get(device, dtype)
+    x = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
+    layout = _layout(device)
+    return {"fast": Workload(lambda: ours.encode(x.to(memory_format=layout))),
+            "reference": Workload(lambda: official_encode(theirs, x))}
+
+
+def _decode(models, resolution, channels, device, dtype) -> dict[str, Workload]:
+    ours, theirs = models.get(device, dtype)
+    f = models.config.spatial_compression
+    z = torch.randn(1, channels or models.config.latent_channels, resolution // f, resolution // f, device=device,
+                    dtype=dtype)
+    layout = _layout(device)
+    return {"fast": Workload(lambda: ours.decode(z.to(memory_format=layout))),
+            "reference": Workload(lambda: official_decode(theirs, z))}
 
 
 def _tiled_decode(models, resolution, device, dtype) -> dict[str, Workload]:
@@ -107,18 +173,18 @@ def _tiled_decode(models, resolution, device, dtype) -> dict[str, Workload]:
     z = torch.randn(1, models.config.latent_channels, resolution // f, resolution // f, device=device, dtype=dtype)
     layout = _layout(device)
     return {"fast": Workload(lambda: ours.decode(z.to(memory_format=layout))),
-            "reference": Workload(lambda: theirs.decode(z).sample)}
+            "reference": Workload(lambda: official_decode(theirs, z))}
 
 
-def _flops(config, resolution: int) -> float:
+def _flops(config, resolution: int, part: str, latent_channels: int | None = None) -> float:
+    """FLOPs of the encoder or the decoder (from `latent_channels` channels) at `resolution`."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    f = config.spatial_compression
     with torch.device("meta"):
         model = DCAE(config).eval()
         x = torch.empty(1, config.in_channels, resolution, resolution)
-        f = config.spatial_compression
-        z = torch.empty(1, config.latent_channels, resolution // f, resolution // f)
+        z = torch.empty(1, latent_channels or config.latent_channels, resolution // f, resolution // f)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.encoder(x)
-        model.decoder(z)
+        model.encoder(x) if part == "encoder" else model.decoder(z)
     return float(counter.get_total_flops())

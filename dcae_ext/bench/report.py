@@ -36,6 +36,10 @@ GROUPS = [
     ("shortcuts, f32c32 stage shapes", ["pixel_unshuffle_mean", "pixel_shuffle_repeat"], {}),
     ("DC-AE encode+decode vs diffusers", ["dcae_encode_decode"], {}),
     ("DC-AE tiled decode vs diffusers", ["dcae_tiled_decode"], {}),
+    ("DC-AE 1.5 encode vs official modules", ["dcae_encode"], {"model": "dc-ae-f*c128-1.5"}),
+    ("DC-AE 1.5 decode (full, 16-channel prefix) vs official", ["dcae_decode"], {"model": "dc-ae-f*c128-1.5"}),
+    ("DC-AE-Lite encode vs diffusers", ["dcae_encode"], {"model": "dc-ae-lite-*"}),
+    ("DC-AE-Lite decode vs diffusers", ["dcae_decode"], {"model": "dc-ae-lite-*"}),
 ]
 
 

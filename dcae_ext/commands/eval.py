@@ -40,6 +40,10 @@ def add_parser(subparsers):
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--out", default="eval_out", help="folder for eval.json and worst_best.png")
+    parser.add_argument("--latent-channels", default="auto", metavar="C,C,...|auto|none",
+                        help="PSNR per channel prefix of a structured latent (DC-AE 1.5): channel counts as a comma "
+                             "list, 'auto' (default: eighths of the latent, e.g. 16,32,...,128, for a model with a "
+                             "structured latent; nothing for others) or 'none'")
     parser.add_argument("--strict-data", action="store_true",
                         help="stop at the first unreadable image (default: skip it with a warning and count it)")
     return parser
@@ -57,8 +61,8 @@ class _PadToFactor(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model(x, pad=True)
+    def forward(self, x, **options):
+        return self.model(x, pad=True, **options)
 
 
 def image_paths(data: str | None, limit: int | None) -> list[str]:
@@ -66,6 +70,30 @@ def image_paths(data: str | None, limit: int | None) -> list[str]:
 
     paths = embedded_image_paths() if data is None else list_images(data)
     return paths if limit is None else paths[:limit]
+
+
+def latent_channel_counts(text: str, model) -> list[int] | None:
+    """--latent-channels for `model`: the channel counts to report PSNR for, or None."""
+    config = getattr(model, "config", None)
+    structured = getattr(config, "structured_latent", False)
+    if text == "none" or (text == "auto" and not structured):
+        return None
+    if text == "auto":
+        full = config.latent_channels
+        return sorted({max(1, full * eighth // 8) for eighth in range(1, 9)})
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--latent-channels: expected channel counts separated by commas, 'auto' or 'none', "
+                         f"got {text!r}") from None
+    if not structured:
+        raise SystemExit("--latent-channels: the model has no structured latent, so it decodes all its channels "
+                         "only; use 'none' (or leave 'auto')")
+    outside = [c for c in counts if not 1 <= c <= config.latent_channels]
+    if not counts or outside:
+        raise SystemExit(f"--latent-channels {text}: expected counts in 1..{config.latent_channels} (the model's "
+                         "latent channels)")
+    return counts
 
 
 def _note(message: str) -> None:
@@ -106,6 +134,7 @@ def run(args) -> int:
             model.enable_tiling(args.tile)
         except ValueError as error:
             raise SystemExit(f"--tile {args.tile}: {str(error).split(': ', 1)[-1]}")
+    prefixes = latent_channel_counts(args.latent_channels, model)
     if not pretrained:
         _note(f"note: --model {args.model} is a preset with RANDOM weights: the numbers test the pipeline, "
               "not reconstruction quality")
@@ -136,7 +165,8 @@ def run(args) -> int:
     try:
         result = evaluate(model, loader, device=device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
                           num_codes=num_codes_of(model), names=dataset.name, keep=keep,
-                          progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr))
+                          progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr),
+                          latent_channels=prefixes)
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")
     seconds = time.perf_counter() - started
@@ -144,7 +174,8 @@ def run(args) -> int:
         _note(f"warning: skipped {len(loader.skipped)} unreadable image(s); see 'skipped' in eval.json")
     info = {"model": args.model, "model_kind": kind, "pretrained": pretrained,
             "data": args.data or "embedded sample images (scikit-image)", "resolution": resolution,
-            "batch_size": args.batch_size, "tile": args.tile, "device": str(device), "dtype": args.dtype,
+            "batch_size": args.batch_size, "tile": args.tile, "latent_channels": prefixes,
+            "device": str(device), "dtype": args.dtype,
             "seconds": round(seconds, 3), "notes": notes,
             "skipped": [{"path": failure.path, "reason": failure.reason} for failure in loader.skipped]}
     paths = write_results(result, args.out, info, grid_title=f"{args.model}: worst and best reconstructions (PSNR)")
@@ -162,6 +193,11 @@ def _print_summary(metrics: dict, notes: dict) -> None:
     print(f"SSIM    {show(metrics['ssim'], '.4f')}")
     print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes else ""))
     print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (no Inception weights: see the note above)" if "rfid" in notes else ""))
+    if metrics.get("psnr_by_latent_channels"):
+        print("PSNR by latent channels (the first c channels of the structured latent):")
+        print("  channels  PSNR dB")
+        for channels, value in metrics["psnr_by_latent_channels"].items():
+            print(f"  {channels:>8}  {show(value, '.3f')}")
     if "codebook" in metrics:
         codes = metrics["codebook"]
         print(f"codes   usage {codes['usage']:.2%} ({codes['used_codes']}/{codes['num_codes']}), "

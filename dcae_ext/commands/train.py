@@ -41,6 +41,20 @@ def _show(value) -> str:
     return str(value)
 
 
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got {text!r}") from None
+
+
+class _NumberList(argparse.Action):
+    """The numbers of every argument given (each may hold several, separated by commas), as one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [number for chunk in values for number in chunk])
+
+
 def add_option(parser: argparse.ArgumentParser, name: str) -> None:
     """A flag for TrainConfig field `name`: type, choices and help from the field."""
     spec = FIELDS[name]
@@ -55,8 +69,8 @@ def add_option(parser: argparse.ArgumentParser, name: str) -> None:
     elif kind is tuple and spec.default:  # fixed length (betas)
         count = len(spec.default)
         kwargs.update(type=float, nargs=count, metavar=tuple(f"B{i + 1}" for i in range(count)))
-    elif kind is tuple:  # any length (lr_drop_steps)
-        kwargs.update(type=float, nargs="*", metavar="N")
+    elif kind is tuple:  # any length (lr_drop_steps, latent_channels_choices): "1,2,3" or "1 2 3"
+        kwargs.update(type=_numbers, nargs="*", metavar="N", action=_NumberList)
     elif kind is list:
         kwargs.update(nargs="+", metavar="PATTERN")
     else:

@@ -18,11 +18,12 @@ from dcae_ext.eval.metrics import CodebookUsage, ssim_per_image
 from dcae_ext.files import atomic_write
 
 
-def reconstruct(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def reconstruct(model: nn.Module, images: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images (B, 3, H, W) in [-1, 1] -> (reconstruction in [-1, 1] float32, code indices or None).
 
-    Every model returns an `AutoencoderOutput`; `indices` is set by tokenizers only."""
-    output = model(images)
+    Every model returns an `AutoencoderOutput`; `indices` is set by tokenizers only. `options` go to
+    the model's forward (a DC-AE's `latent_channels`)."""
+    output = model(images, **options)
     return output.reconstruction.float(), output.indices
 
 
@@ -67,12 +68,15 @@ def _mean(values: list[float]) -> float | None:
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
              autocast_dtype: torch.dtype | None = None, lpips: nn.Module | None = None, fid=None,
              num_codes: int | None = None, names: Callable[[int], str] | None = None, keep: int = 4,
-             progress: Callable[[Iterable], Iterable] | None = None) -> dict:
+             progress: Callable[[Iterable], Iterable] | None = None,
+             latent_channels: list[int] | None = None) -> dict:
     """Metrics over every image the loader yields as (indices (B,), images (B, 3, H, W) in [0, 1]).
 
     Returns {"metrics": {...}, "per_image": [...], "worst": [...], "best": [...]}: PSNR and SSIM are
     means of per-image values; LPIPS the mean over images (None without `lpips`); rFID over the whole
-    set (None without `fid`); "codebook" usage and perplexity over all indices when `num_codes`.
+    set (None without `fid`); "codebook" usage and perplexity over all indices when `num_codes`;
+    with `latent_channels` (a structured latent), "psnr_by_latent_channels" {c: mean PSNR of the
+    reconstructions from the first c latent channels} (one more encode and decode per count).
     """
     device = torch.device(device)
     model.eval()
@@ -80,6 +84,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
     extremes = _Extremes(keep)
     per_image: list[dict] = []
     lpips_sum, count = 0.0, 0
+    prefix_psnr: dict[int, list[float]] = {channels: [] for channels in latent_channels or ()}
     if fid is not None:
         fid.reset()
         fid = fid.to(device)
@@ -101,6 +106,10 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
             fid.update(recon01, real=False)
         if codebook is not None and codes is not None:
             codebook.update(codes)
+        for channels, values in prefix_psnr.items():
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                prefix, _ = reconstruct(model, target * 2 - 1, latent_channels=channels)
+            values.extend(psnr_per_image(to_unit(prefix.float()), target).tolist())
         count += target.shape[0]
         for row, index in enumerate(indices.tolist()):
             name = names(index) if names else str(index)
@@ -123,6 +132,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         metrics["rfid"] = float(fid.compute())
     if codebook is not None:
         metrics["codebook"] = codebook.compute()
+    if prefix_psnr:
+        metrics["psnr_by_latent_channels"] = {channels: _mean(values) for channels, values in prefix_psnr.items()}
     worst, best = extremes.lists()
     return {"metrics": metrics, "per_image": per_image, "worst": worst, "best": best}
 

@@ -38,7 +38,8 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def check_inputs(config: TrainConfig, model: nn.Module) -> None:
-    """What the config alone cannot tell: the resolution fits the model, given files exist."""
+    """What the config alone cannot tell: the resolution and the latent channel choices fit the model,
+    given files exist."""
     if config.lpips_weight > 0 and config.lpips_weights and not os.path.isfile(config.lpips_weights):
         raise ConfigError("lpips_weights", f"{config.lpips_weights} does not exist")
     factor = model.spatial_compression
@@ -46,6 +47,25 @@ def check_inputs(config: TrainConfig, model: nn.Module) -> None:
         lower = max(factor, config.resolution // factor * factor)
         raise ConfigError("resolution", f"{config.resolution} is not a multiple of the model's spatial factor "
                                         f"{factor}; use {lower} or {lower + factor}")
+    _check_latent_channels_choices(config, model)
+
+
+def _check_latent_channels_choices(config: TrainConfig, model: nn.Module) -> None:
+    from dcae_ext.models.dcae.config import structured_preset_names
+
+    choices = config.latent_channels_choices
+    if not choices:
+        return
+    model_config = getattr(model, "config", None)
+    if not getattr(model_config, "structured_latent", False):
+        raise ConfigError("latent_channels_choices", f"the model ({config.init_weights or config.preset}) has no "
+                                                     f"structured latent; presets with one: "
+                                                     f"{', '.join(structured_preset_names())} (or a DC-AE config.json "
+                                                     "with structured_latent: true)")
+    too_many = [c for c in choices if c > model_config.latent_channels]
+    if too_many:
+        raise ConfigError("latent_channels_choices", f"{too_many} exceed the model's {model_config.latent_channels} "
+                                                     "latent channels")
 
 
 def matches(name: str, patterns) -> bool:

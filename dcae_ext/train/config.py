@@ -89,6 +89,10 @@ class TrainConfig:
     trainable: list = option(help="fnmatch patterns of the parameters that train", factory=lambda: ["*"])
     frozen: list = option(help="fnmatch patterns removed from trainable", factory=list)
     ema_decay: float = option(0.999, "EMA of the weights (0 disables)", minimum=0.0)
+    latent_channels_choices: tuple = option((), "DC-AE with a structured latent (dc-ae-f32c128-1.5, tiny-structured, "
+                                                "...): latent channel counts c', one drawn per step; the decoder "
+                                                "reconstructs from the first c' channels, the others zeroed (DC-AE "
+                                                "1.5's channel-wise random masking; none: all channels)")
 
     # losses
     reconstruction: str = option("l1", "pixel loss", choices=("l1", "l2"))
@@ -155,6 +159,12 @@ class TrainConfig:
             raise ConfigError("lr_drop_rate", f"expected a factor in (0, 1], got {self.lr_drop_rate!r}")
         if any(step < 0 or not float(step).is_integer() for step in self.lr_drop_steps):
             raise ConfigError("lr_drop_steps", f"expected whole step numbers >= 0, got {list(self.lr_drop_steps)}")
+        choices = self.latent_channels_choices
+        if any(c < 1 or not float(c).is_integer() for c in choices):
+            raise ConfigError("latent_channels_choices", f"expected whole channel counts >= 1, got {list(choices)}")
+        self.latent_channels_choices = tuple(int(c) for c in choices)
+        if self.model == "ibq" and choices:
+            raise ConfigError("latent_channels_choices", "applies to a DC-AE with a structured latent, not to IBQ")
         return self
 
 

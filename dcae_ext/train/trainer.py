@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import time
 import warnings
@@ -158,11 +159,26 @@ class Trainer:
     def _gan_active(self) -> bool:
         return self.discriminator is not None and self.step >= self.config.disc_start
 
+    def latent_channels_at(self, step: int) -> int | None:
+        """Structured-latent training (DC-AE 1.5, docs/training.md): the latent channel count of step
+        `step`, drawn uniformly from `latent_channels_choices` by a generator seeded with (seed, step),
+        so every rank and a resumed run draw the same; None without choices (all channels)."""
+        choices = self.config.latent_channels_choices
+        if not choices:
+            return None
+        # a string seed is hashed whole (sha512), unlike torch's generators, which keep 32 bits of an int
+        return choices[random.Random(f"latent_channels:{self.config.seed}:{step}").randrange(len(choices))]
+
+    def _forward(self, images: torch.Tensor):
+        """The generator's output for this step's latent channel count."""
+        channels = self.latent_channels_at(self.step)
+        return self.model_ddp(images) if channels is None else self.model_ddp(images, latent_channels=channels)
+
     def generator_losses(self, images: torch.Tensor):
         """(total loss, reconstruction, {term: detached value}) for one micro-batch."""
         config = self.config
         terms = {}
-        output = self.model_ddp(images)
+        output = self._forward(images)
         reconstruction = output.reconstruction
         nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
         terms[f"loss_{config.reconstruction}"] = nll.detach()
@@ -234,7 +250,7 @@ class Trainer:
             # The reconstructions of the weights before this step, as the generator pass below makes them
             # (a BatchNorm in the generator, none in the IBQ backbones, would count both passes).
             with torch.no_grad(), self._autocast():
-                reconstructions = [self.model_ddp(x).reconstruction for x in micro_batches]
+                reconstructions = [self._forward(x).reconstruction for x in micro_batches]
             metrics.update(self._discriminator_step(micro_batches, reconstructions))
         finite, grad_norm, terms, reconstructions = self._backward_all(
             self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
@@ -245,6 +261,8 @@ class Trainer:
         else:
             self.skipped_steps += 1
         metrics.update(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        if self.config.latent_channels_choices:
+            metrics["latent_channels"] = self.latent_channels_at(self.step)
         if gan_active and not self.config.disc_first:
             metrics.update(self._discriminator_step(micro_batches, reconstructions))
         self.scaler.update()

@@ -1,5 +1,20 @@
 """Small DC-AE configs shared by the model tests (diffusers AutoencoderDC field names)."""
-from dcae_ext.models import DCAEConfig
+from dcae_ext.models import DCAEConfig, get_config
+
+# How the tests shrink a full-size preset to CPU size (tests/models/official_dc_ae.py shrinks the
+# official copy alike): widths / 8, at most 2 blocks a stage; stage types, empty stages, norms,
+# activations, shortcuts and the latent channels stay.
+WIDTH_DIVISOR, MAX_DEPTH = 8, 2
+
+
+def reduced(name: str) -> DCAEConfig:
+    config = get_config(name)
+    changes = {}
+    for side in ("encoder", "decoder"):
+        widths, depths = getattr(config, f"{side}_block_out_channels"), getattr(config, f"{side}_layers_per_block")
+        changes[f"{side}_block_out_channels"] = [w // WIDTH_DIVISOR for w in widths]
+        changes[f"{side}_layers_per_block"] = [min(d, MAX_DEPTH) for d in depths]
+    return config.replace(**changes)
 
 # f8: stage 0 empty (conv_in downsamples, conv_out upsamples), pixel (un)shuffle, BatchNorm in the
 # decoder's first stages, a multiscale EfficientViT stage.
@@ -39,7 +54,8 @@ NO_SHORTCUT = DCAEConfig(
     encoder_out_shortcut=False, decoder_in_shortcut=False, decoder_conv_act_fn="silu",
 )
 
-CONFIGS = {"in_style": IN_STYLE, "sana_style": SANA_STYLE, "no_shortcut": NO_SHORTCUT}
+CONFIGS = {"in_style": IN_STYLE, "sana_style": SANA_STYLE, "no_shortcut": NO_SHORTCUT,
+           "lite": reduced("dc-ae-lite-f32c32-sana-1.1"), "dc_ae_1_1": reduced("dc-ae-f32c128-1.1")}
 
 
 def diffusers_kwargs(config: DCAEConfig) -> dict:

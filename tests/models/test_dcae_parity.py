@@ -6,7 +6,7 @@ import torch
 
 from dcae_ext.models import DCAE
 from dcae_ext.ops import use_reference
-from dcae_configs import CONFIGS, diffusers_kwargs
+from dcae_configs import CONFIGS, diffusers_kwargs, reduced
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -67,6 +67,35 @@ def test_spatial_compression_matches_diffusers(saved_pair):
 def test_state_dict_keys_are_diffusers_keys(saved_pair):
     reference, ours, _ = saved_pair
     assert set(ours.state_dict()) == set(reference.state_dict())
+
+
+@pytest.mark.parametrize("name", ["lite", "dc_ae_1_1"])
+def test_our_diffusers_folder_loads_in_diffusers_with_the_same_outputs(name, tmp_path):
+    torch.manual_seed(0)
+    ours = DCAE(CONFIGS[name]).eval()
+    with torch.no_grad():
+        _randomise_norms(ours)  # ours has RMSNorm2d, not diffusers' RMSNorm: randomise by hand
+        for module in ours.modules():
+            if type(module).__name__ == "RMSNorm2d":
+                module.weight.normal_(1, 0.2)
+                module.bias.normal_(0, 0.1)
+    ours.save_pretrained(tmp_path, format="diffusers")
+    theirs = diffusers.AutoencoderDC.from_pretrained(tmp_path).eval()
+    assert theirs.config.decoder_conv_act_fn == ours.config.decoder_conv_act_fn
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        latent = theirs.encode(x).latent
+        _assert_rel_close(ours.encode(x), latent)
+        _assert_rel_close(ours.decode(latent), theirs.decode(latent).sample)
+
+
+def test_structured_latent_is_not_saved_in_diffusers_format(tmp_path):
+    model = DCAE(reduced("dc-ae-f32c128-1.5"))
+    with pytest.raises(ValueError, match="structured latent.*format='efficientvit'"):
+        model.save_pretrained(tmp_path / "out", format="diffusers")
+    assert not (tmp_path / "out").exists()
+    model.save_pretrained(tmp_path / "out", format="efficientvit")
+    assert DCAE.from_pretrained(tmp_path / "out").config == model.config
 
 
 @pytest.mark.cuda

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dcae_ext.models import DCAE, IBQTokenizer, get_config, load_model_from_path, tiny_config
-from dcae_ext.models.dcae.config import EFFICIENTVIT_MODEL_NAMES, DCAEConfig, efficientvit_model_name
+from dcae_ext.models.dcae.config import (EFFICIENTVIT_MODEL_NAMES, DCAEConfig, efficientvit_model_name,
+                                         find_preset_in)
 
 
 def _batch_norms(model):
@@ -44,17 +45,26 @@ def test_ema_of_a_saved_tokenizer_folder_is_refused_not_ignored(tmp_path):
         IBQTokenizer.from_pretrained(tmp_path / "ibq", use_ema=True)
 
 
-@pytest.mark.parametrize("name", EFFICIENTVIT_MODEL_NAMES + ("dc-ae-f32c32-sana-1.1",))
+@pytest.mark.parametrize("name", EFFICIENTVIT_MODEL_NAMES + (
+    "dc-ae-f32c32-sana-1.1", "dc-ae-lite-f32c32-sana-1.1", "dc-ae-f32c128-1.1", "dc-ae-f32c32-in-1.0-256px"))
 def test_preset_is_recognised_from_a_diffusers_config(name):
     diffusers_dict = get_config(name).to_diffusers_dict()  # what a diffusers folder's config.json holds
     config = DCAEConfig.from_dict(diffusers_dict)
     assert config.name is None
-    expected = "dc-ae-f32c32-sana-1.0" if name.endswith("sana-1.1") else name  # same model in efficientvit
+    expected = "dc-ae-f32c32-sana-1.0" if name == "dc-ae-f32c32-sana-1.1" else name  # same model in efficientvit
     assert efficientvit_model_name(config) == expected
     if "sana" in name:  # diffusers' published SANA configs spell the downsample type "Conv"
         assert efficientvit_model_name(config.replace(downsample_block_type="Conv")) == expected
     assert efficientvit_model_name(tiny_config(32)) is None
     assert efficientvit_model_name(config.replace(latent_channels=16)) is None
+
+
+def test_dc_ae_lite_is_found_by_its_hugging_face_names():
+    lite = get_config("dc-ae-lite-f32c32-sana-1.1")
+    assert get_config("dc-ae-lite-f32c32-diffusers") == lite == get_config("dc-ae-lite-f32c32")
+    assert find_preset_in("/models/dc-ai/dc-ae-lite-f32c32-diffusers/vae") == "dc-ae-lite-f32c32-sana-1.1"
+    assert find_preset_in("/models/dc-ae-f32c32-sana-1.1/model.safetensors") == "dc-ae-f32c32-sana-1.1"
+    assert find_preset_in("/models/tiny-structured") is None
 
 
 def test_diffusers_model_saved_as_efficientvit_loads_in_efficientvits_loader(tmp_path, monkeypatch):

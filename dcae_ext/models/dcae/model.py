@@ -3,19 +3,22 @@ docs/linear_attention.md).
 
 The module tree mirrors diffusers' AutoencoderDC (encoder.conv_in, encoder.down_blocks.i.j,
 encoder.conv_out, decoder.conv_in, decoder.up_blocks.i.j, decoder.norm_out, decoder.conv_out), so
-diffusers state dicts load with identity keys; efficientvit's are mapped in `weights.py`.
+diffusers state dicts load with identity keys; efficientvit's are mapped in `formats/dcae_weights.py`.
 """
 from __future__ import annotations
 
+import functools
+import numbers
 import os
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dcae_ext import ops
 from dcae_ext.models.dcae.blocks import DownsampleBlock, RMSNorm2d, UpsampleBlock, build_act, build_block
-from dcae_ext.models.dcae.config import DCAEConfig, get_config
+from dcae_ext.models.dcae.config import DCAEConfig, get_config, structured_preset_names
 from dcae_ext.models.output import AutoencoderOutput
 from dcae_ext.models.padding import crop_to_size, pad_to_multiple
 from dcae_ext.models.tiling import checked_overlap, tiled_map
@@ -52,17 +55,26 @@ class Encoder(_Stages):
             stages.append(nn.Sequential(*stage))
         self.down_blocks = nn.ModuleList(stages)
         self.latent_channels = config.latent_channels
+        self.structured_latent = config.structured_latent
         self.conv_out = nn.Conv2d(widths[-1], config.latent_channels, 3, 1, 1)
         self.out_shortcut = config.encoder_out_shortcut
         if self.out_shortcut and widths[-1] % config.latent_channels:
             raise ValueError(f"encoder out shortcut: latent_channels {config.latent_channels} must divide "
                              f"the last width {widths[-1]}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, latent_channels: int | None = None) -> torch.Tensor:
+        """With `latent_channels` c, only the first c output channels: the output convolution runs
+        with the first c filters (DC-Gen's AdaptiveOutputConvLayer; a structured latent has no shortcut)."""
         x = self.conv_in(x)
         for stage in self.down_blocks:
             for block in stage:
                 x = self._run(block, x)
+        if latent_channels is not None and latent_channels != self.latent_channels:
+            if not self.structured_latent:
+                raise ValueError(f"argument 'latent_channels': {latent_channels} of {self.latent_channels}, but "
+                                 "this encoder has no structured latent")
+            conv = self.conv_out
+            return F.conv2d(x, conv.weight[:latent_channels], conv.bias[:latent_channels], padding=conv.padding)
         y = self.conv_out(x)
         if self.out_shortcut:
             y = ops.pixel_unshuffle_mean(x.to(y.dtype), 1, self.latent_channels, residual=y)
@@ -76,6 +88,7 @@ class Decoder(_Stages):
         super().__init__()
         widths, layers = config.decoder_block_out_channels, config.decoder_layers_per_block
         self.conv_in = nn.Conv2d(config.latent_channels, widths[-1], 3, 1, 1)
+        self.structured_latent = config.structured_latent
         self.in_shortcut = config.decoder_in_shortcut
         self.top_width = widths[-1]
         if self.in_shortcut and widths[-1] % config.latent_channels:
@@ -100,7 +113,15 @@ class Decoder(_Stages):
             self.conv_out = UpsampleBlock(last, config.in_channels, config.upsample_block_type, shortcut=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(z)
+        """z may hold only the first c of the latent channels: the input convolution then uses the
+        weights of those c (DC-Gen's AdaptiveInputConvLayer), as if the others were zero."""
+        if z.shape[1] != self.conv_in.in_channels:
+            if not (self.structured_latent and z.shape[1] < self.conv_in.in_channels):
+                raise ValueError(f"argument 'z': {z.shape[1]} channels for a decoder of {self.conv_in.in_channels}"
+                                 f"{'' if self.structured_latent else ' without a structured latent'}")
+            x = F.conv2d(z, self.conv_in.weight[:, :z.shape[1]], self.conv_in.bias, padding=self.conv_in.padding)
+        else:
+            x = self.conv_in(z)
         if self.in_shortcut:
             x = ops.pixel_shuffle_repeat(z.to(x.dtype), 1, self.top_width, residual=x)
         for stage in reversed(self.up_blocks):
@@ -153,8 +174,10 @@ class DCAE(nn.Module):
             model = model.to(torch_dtype)
         return model.eval()
 
-    def save_pretrained(self, path: str | os.PathLike, format: str = "diffusers") -> None:
-        """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit")."""
+    def save_pretrained(self, path: str | os.PathLike, format: str | None = None) -> None:
+        """Write safetensors weights + config.json into directory `path` ("diffusers" or "efficientvit";
+        default: diffusers, or efficientvit (DC-Gen's format) for a structured latent, which diffusers'
+        AutoencoderDC cannot express)."""
         from dcae_ext.models.formats.dcae_weights import save_pretrained
 
         save_pretrained(self, path, format=format)
@@ -203,10 +226,11 @@ class DCAE(nn.Module):
             return torch.cat([fn(part) for part in x.split(1)])
         return fn(x)
 
-    def _encode_one(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode_one(self, x: torch.Tensor, latent_channels: int | None = None) -> torch.Tensor:
+        encoder = functools.partial(self.encoder, latent_channels=latent_channels)
         if self.tile_size is not None and max(x.shape[2], x.shape[3]) > self.tile_size:
-            return tiled_map(self.encoder, x, self.tile_size, self.tile_overlap, up=1, down=self.spatial_compression)
-        return self.encoder(x)
+            return tiled_map(encoder, x, self.tile_size, self.tile_overlap, up=1, down=self.spatial_compression)
+        return encoder(x)
 
     def _decode_one(self, z: torch.Tensor) -> torch.Tensor:
         f = self.spatial_compression
@@ -214,21 +238,65 @@ class DCAE(nn.Module):
             return tiled_map(self.decoder, z, self.tile_size // f, self.tile_overlap // f, up=f, down=1)
         return self.decoder(z)
 
-    def encode(self, x: torch.Tensor, pad: bool = False) -> torch.Tensor:
-        """x (B, C, H, W), H and W multiples of f (or pad=True) -> unscaled latent (B, c, H/f, W/f)."""
+    def _channel_counts(self, latent_channels) -> list[int] | None:
+        """`latent_channels` (None, an int or a list of ints) as a checked list of channel counts."""
+        if latent_channels is None:
+            return None
+        values = list(latent_channels) if isinstance(latent_channels, (list, tuple)) else [latent_channels]
+        if not values or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in values):
+            raise ValueError(f"argument 'latent_channels': an int or a non-empty list of ints, got {latent_channels!r}")
+        full = self.config.latent_channels
+        values = [int(c) for c in values]
+        if not self.config.structured_latent and any(c != full for c in values):
+            raise ValueError(f"argument 'latent_channels': {self.config.name or 'this DC-AE'} has no structured "
+                             f"latent, so it encodes all {full} channels only; structured presets: "
+                             f"{', '.join(structured_preset_names())}")
+        outside = [c for c in values if not 1 <= c <= full]
+        if outside:
+            raise ValueError(f"argument 'latent_channels': {outside} outside 1..{full} (the model's latent channels)")
+        return values
+
+    def encode(self, x: torch.Tensor, pad: bool = False,
+               latent_channels: int | list[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """x (B, C, H, W), H and W multiples of f (or pad=True) -> unscaled latent (B, c, H/f, W/f).
+
+        A structured latent (DC-AE 1.5) can be cut short: `latent_channels` c gives its first c
+        channels (B, c, H/f, W/f); a list gives one latent per entry, from one pass of the encoder."""
+        counts = self._channel_counts(latent_channels)
         if pad:
             x = self._pad(x)
         self._check_image(x)
-        return self._sliced(self._encode_one, x)
+        if counts is None:
+            return self._sliced(self._encode_one, x)
+        z = self._sliced(functools.partial(self._encode_one, latent_channels=max(counts)), x)
+        if not isinstance(latent_channels, (list, tuple)):
+            return z
+        return [z[:, :c].clone() for c in counts]  # the first c filters' outputs, as their own convolution gives
 
-    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor | list[torch.Tensor],
+               size: tuple[int, int] | None = None) -> torch.Tensor | list[torch.Tensor]:
         """Unscaled latent (B, c, h, w) -> image (B, C, h*f, w*f); `size` = (H, W) of the image that
-        `encode(x, pad=True)` padded: the output is cropped back to it."""
-        if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
-            raise ValueError(f"argument 'z': expected (B, {self.config.latent_channels}, h, w), got {tuple(z.shape)}")
+        `encode(x, pad=True)` padded: the output is cropped back to it. With a structured latent, c
+        may be any count from 1 to latent_channels (the first c channels; the rest count as zero). A
+        list of latents gives a list of images."""
+        if isinstance(z, (list, tuple)):
+            return [self.decode(item, size) for item in z]
+        full = self.config.latent_channels
+        if self.config.structured_latent:
+            if z.ndim != 4 or not 1 <= z.shape[1] <= full:
+                raise ValueError(f"argument 'z': expected (B, c, h, w) with 1 <= c <= {full} (a prefix of the "
+                                 f"structured latent's channels), got {tuple(z.shape)}")
+        elif z.ndim != 4 or z.shape[1] != full:
+            hint = (f"; {self.config.name or 'this DC-AE'} has no structured latent, so it decodes all {full} "
+                    f"channels only" if z.ndim == 4 and z.shape[1] < full else "")
+            raise ValueError(f"argument 'z': expected (B, {full}, h, w), got {tuple(z.shape)}{hint}")
         return crop_to_size(self._sliced(self._decode_one, z), size, self.spatial_compression)
 
-    def forward(self, x: torch.Tensor, pad: bool = False) -> AutoencoderOutput:
+    def forward(self, x: torch.Tensor, pad: bool = False, latent_channels: int | None = None) -> AutoencoderOutput:
         """Reconstruction of x (`.reconstruction`); with pad=True any H, W works (padded to a multiple
-        of f, then cropped)."""
-        return AutoencoderOutput(self.decode(self.encode(x, pad=pad), size=x.shape[-2:]))
+        of f, then cropped); with `latent_channels` c (a structured latent) from its first c channels."""
+        if isinstance(latent_channels, (list, tuple)):
+            raise ValueError("argument 'latent_channels': forward takes one channel count; for several, "
+                             "decode each latent of encode(x, latent_channels=[...])")
+        z = self.encode(x, pad=pad, latent_channels=latent_channels)
+        return AutoencoderOutput(self.decode(z, size=x.shape[-2:]))

@@ -3,7 +3,8 @@
 diffusers format: config.json + diffusion_pytorch_model.safetensors, keys identical to ours.
 efficientvit format: model.safetensors (or a .pt holding {"state_dict": ...}) with keys such as
 `encoder.stages.3.op_list.0.context_module.main.qkv.conv.weight`; its config.json only names the
-model (`{"model_name": "dc-ae-f32c32-in-1.0"}`). The fused qkv conv weight (3*inner, C, 1, 1) is
+model (`{"model_name": "dc-ae-f32c32-in-1.0"}`). DC-Gen, efficientvit's successor for DC-AE 1.5 /
+1.1 / Lite, writes the same format (its adaptive latent layers keep the plain conv's names). The fused qkv conv weight (3*inner, C, 1, 1) is
 split into diffusers' to_q / to_k / to_v (inner, C) by thirds of the output channels, and the
 projection conv (C, inner', 1, 1) becomes the Linear-shaped to_out (C, inner').
 """
@@ -228,9 +229,11 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
 
 # --- saving ---------------------------------------------------------------------------------------
 
-def save_pretrained(model: nn.Module, path, format: str = "diffusers") -> None:
+def save_pretrained(model: nn.Module, path, format: str | None = None) -> None:
     from safetensors.torch import save_file
 
+    if format is None:
+        format = "efficientvit" if model.config.structured_latent else "diffusers"
     if format not in ("diffusers", "efficientvit"):
         raise ValueError(f"argument 'format': {format!r} is not 'diffusers' or 'efficientvit'")
     config: DCAEConfig = model.config
