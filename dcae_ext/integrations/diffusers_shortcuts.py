@@ -53,19 +53,20 @@ def up_block_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return _shuffle_repeat_plus(hidden_states, self.factor, main)
 
 
-def _inner(conv: torch.nn.Module):
+def _inner(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The wrapped conv's previous forward: its own instance forward (a hook's), else its class's."""
     inner = getattr(conv, INNER_FORWARD)
-    return inner if inner is not None else types.MethodType(type(conv).forward, conv)
+    return inner(x) if inner is not None else type(conv).forward(conv, x)
 
 
 def encoder_conv_out_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     """The encoder's conv_out plus its output shortcut (channel-group average, factor 1)."""
-    return _unshuffle_mean_plus(hidden_states, 1, _inner(self)(hidden_states))
+    return _unshuffle_mean_plus(hidden_states, 1, _inner(self, hidden_states))
 
 
 def decoder_conv_in_forward(self, latent: torch.Tensor) -> torch.Tensor:
     """The decoder's conv_in plus its input shortcut (channel repeat, factor 1)."""
-    return _shuffle_repeat_plus(latent, 1, _inner(self)(latent))
+    return _shuffle_repeat_plus(latent, 1, _inner(self, latent))
 
 
 FUSED_FORWARDS = (down_block_forward, up_block_forward, encoder_conv_out_forward, decoder_conv_in_forward)
