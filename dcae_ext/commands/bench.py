@@ -15,6 +15,7 @@ SUITES = {
     "linear_attention": "dcae_ext.bench.linear_attention",
     "ibq": "dcae_ext.bench.ibq",
     "dcae": "dcae_ext.bench.dcae",  # end-to-end DC-AE encode/decode, ours vs diffusers
+    "diffusers": "dcae_ext.bench.diffusers_models",  # diffusers' Sana models, stock vs accelerate()
 }
 
 
