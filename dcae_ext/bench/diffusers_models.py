@@ -23,6 +23,7 @@ import torch
 from dcae_ext.bench.harness import Case, SuiteUnavailable, Workload
 from dcae_ext.bench.timing import Timing
 
+RESULTS_KIND = "diffusers"  # records in benchmarks/results/<device>-diffusers.jsonl, apart from the ops'
 VAE_MODEL = "dc-ae-f32c32-sana-1.1"
 SANA_1600M = dict(in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
                   num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,

@@ -85,13 +85,15 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
     warning = _busy_warning(device)
     if warning:
         print(warning)
-    path = results_path(device, results_dir) if save else None
+    written: dict[str, int] = {}  # result file -> records this run appended to it
 
-    def keep(case_records: list[dict]) -> None:
-        for record in case_records:
-            record["quick"] = quick
-        if path:  # case by case: a suite cut short (a timeout, Ctrl-C) keeps what it measured
-            append_records(case_records, path)
+    def keeper(path):
+        def keep(case_records: list[dict]) -> None:
+            for record in case_records:
+                record["quick"] = quick
+            if path:  # case by case: a suite cut short (a timeout, Ctrl-C) keeps what it measured
+                append_records(case_records, path)
+        return keep
 
     records = []
     for name in names:
@@ -107,15 +109,18 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
         except SuiteUnavailable as reason:
             print(f"[{name}] skipped: {reason}")
             continue
+        # a suite with RESULTS_KIND keeps its own file, <device>-<kind>.jsonl (and plots)
+        path = results_path(device, results_dir, getattr(suite, "RESULTS_KIND", "")) if save else None
         timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
-        suite_records = run_cases(cases, device, dtypes, timing, on_case=keep)
+        suite_records = run_cases(cases, device, dtypes, timing, on_case=keeper(path))
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
         if path and suite_records:  # after each suite, so a run cut short keeps its plots
             _redraw_plots(path, plots_dir or os.path.join(results_dir, "plots"), quick)
-    if path and records:
-        print(f"\nappended {len(records)} records to {path}")
+            written[path] = written.get(path, 0) + len(suite_records)
+    for path, count in written.items():
+        print(f"\nappended {count} records to {path}")
     return records
 
 
