@@ -22,6 +22,9 @@
 #   bench-ibq   the IBQ suite: fast, reference and SDPA, K = 2^14 .. 2^18 at N = 8192 and 2^20 at
 #               N = 16384, bf16 and fp32 (bench.log, <device>.jsonl, plots)
 #   bench-rest  linear attention, shortcuts, DC-AE end to end
+#   bench-diffusers  diffusers' models, stock vs accelerate(): Sana 1600M at 1024 px and 4K (forward,
+#               forward+backward), AutoencoderDC (Sana's f32c32) decode at 1024 and 2048 and tiled
+#               4K, bf16 (<device>-diffusers.jsonl, its plot); needs diffusers (.whl/, see below)
 #   bench       bench-ibq, then bench-rest; BENCH_PLAN ("suite:dtypes:limit_s ...") replaces the plan of
 #               any bench step, BENCH_FLAGS adds flags (e.g. --quick)
 #   train       training-step images/s, fast ops vs reference mode (train.log, train.jsonl); TRAIN_PLAN
@@ -120,6 +123,8 @@ bench_suites() {
 IBQ_PLAN="ibq:bf16,fp32:270"
 # dcae: in-1.0 encode+decode and tiled decode, then 1.5 and Lite encode and decode apart at 512 and 1024
 REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:240"
+# diffusers: building the 1600M transformer twice and the 4K cases dominate; estimated, not yet measured
+DIFFUSERS_PLAN="diffusers:bf16:300"
 
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the
@@ -165,8 +170,9 @@ pack() {
 if (( $# == 0 )); then set -- build-test; fi
 for step in "$@"; do
   case "$step" in
-    build|test|build-test|bench-ibq|bench-rest|bench|train|all) ;;
-    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench train all); got $step" >&2; exit 2 ;;
+    build|test|build-test|bench-ibq|bench-rest|bench-diffusers|bench|train|all) ;;
+    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench-diffusers bench train all);" \
+            "got $step" >&2; exit 2 ;;
   esac
 done
 trap 'pack "$@"' EXIT
@@ -179,6 +185,7 @@ for step in "$@"; do
     build-test) if build; then run_tests; else status=1; fi ;;
     bench-ibq) bench_suites "${BENCH_PLAN:-$IBQ_PLAN}" ;;
     bench-rest) bench_suites "${BENCH_PLAN:-$REST_PLAN}" ;;
+    bench-diffusers) bench_suites "${BENCH_PLAN:-$DIFFUSERS_PLAN}" ;;
     bench) bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}" ;;
     train) train ;;
     all) if build; then run_tests; bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}"; train; else status=1; fi ;;
