@@ -463,3 +463,44 @@ def test_importing_dcae_ext_does_not_import_diffusers():
     code = ("import sys, dcae_ext, dcae_ext.integrations, dcae_ext.integrations.diffusers; "
             "assert 'diffusers' not in sys.modules, 'diffusers imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- tiling -------------------------------------------------------------------------------------
+
+def test_tiled_decode_uses_the_package_tiler_with_exact_sizes():
+    from dcae_ext.models.tiling import tiled_map
+
+    stock = build("in_style")  # f8
+    fast = copy.deepcopy(stock)
+    accelerate(fast)
+    fast.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                       tile_sample_stride_width=24)
+    latent = torch.randn(1, 8, 11, 7, generator=torch.Generator().manual_seed(4))  # tiles do not divide it
+    with torch.no_grad():
+        tiled = fast.decode(latent).sample
+        assert tiled.shape == (1, 3, 88, 56)
+        torch.testing.assert_close(tiled, tiled_map(fast.decoder, latent, 4, 1, up=8))  # 32 px tiles, 8 px overlap
+        fast.disable_tiling()
+        untiled = fast.decode(latent).sample
+    assert tiled.shape == untiled.shape and not torch.equal(tiled, untiled)
+    restore(fast)
+    assert fast.tiled_decode.__func__ is type(fast).tiled_decode
+
+
+def test_tiled_encode_matches_the_untiled_size_and_odd_sizes_go_to_diffusers():
+    fast = build("in_style")
+    accelerate(fast)
+    fast.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
+                       tile_sample_stride_width=16)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 72, 48, generator=torch.Generator().manual_seed(5))
+        assert fast.encode(x).latent.shape == (1, 8, 9, 6)
+        odd = torch.randn(1, 3, 70, 45, generator=torch.Generator().manual_seed(5))
+        assert fast.encode(odd).latent.shape == type(fast).tiled_encode(fast, odd).latent.shape
+
+
+def test_tiling_false_keeps_diffusers_tiler():
+    fast = build("in_style")
+    summary = accelerate(fast, tiling=False)
+    assert "tiling" not in summary.counts and "tiled_decode" not in vars(fast)
+    assert restore(fast).counts == summary.counts
