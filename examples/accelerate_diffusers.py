@@ -25,15 +25,16 @@ VAE = dict(latent_channels=8, attention_head_dim=8, encoder_block_types=["ResBlo
            encoder_qkv_multiscales=[[], [], [5]], decoder_qkv_multiscales=[[], [], [5]])
 
 
-def max_difference(stock, fast, run, x):
-    """||fast - stock|| / ||stock|| of the output and of the input's gradient (the tests' measure)."""
-    results = []
-    for model in (stock, fast):
-        leaf = x.detach().clone().requires_grad_(True)
-        out = run(model, leaf)
-        out.square().mean().backward()
-        results.append((out.detach(), leaf.grad))
-    return [((a - b).norm() / b.norm()).item() for a, b in zip(results[1], results[0])]
+def output_and_gradient(model, run, x):
+    leaf = x.detach().clone().requires_grad_(True)
+    out = run(model, leaf)
+    out.square().mean().backward()
+    return out.detach().double(), leaf.grad.double()
+
+
+def relative(a, b):
+    """||a - b|| / ||b|| of the output and of the input's gradient (the tests' measure)."""
+    return [((x - y).norm() / y.norm()).item() for x, y in zip(a, b)]
 
 
 def main() -> None:
@@ -44,14 +45,18 @@ def main() -> None:
     timestep = torch.tensor([500])
     checks = [
         ("Sana transformer", transformer, torch.randn(1, 8, 16, 16),
-         lambda model, x: model(x, caption, timestep).sample),
+         lambda model, x: model(x, caption.to(x.dtype), timestep).sample),
         ("AutoencoderDC encode+decode", vae, torch.randn(1, 3, 64, 64), lambda model, x: model(x).sample),
     ]
     for name, stock, x, run in checks:
         fast = copy.deepcopy(stock)
         print(accelerate(fast))
-        output, gradient = max_difference(stock, fast, run, x)
-        print(f"{name}: difference from stock, relative: output {output:.1e}, input gradient {gradient:.1e}")
+        want, got = output_and_gradient(stock, run, x), output_and_gradient(fast, run, x)
+        want64 = output_and_gradient(copy.deepcopy(stock).double(), run, x.double())
+        output, gradient = relative(got, want)
+        own_output, own_gradient = relative(want, want64)
+        print(f"{name}: difference from stock, relative: output {output:.1e}, input gradient {gradient:.1e} "
+              f"(stock float32 from stock float64: {own_output:.1e}, {own_gradient:.1e})")
         print(restore(fast), end="\n\n")
 
 
