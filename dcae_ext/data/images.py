@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dcae_ext.data.modes import to_rgb
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Files that ship inside the scikit-image wheel (skimage/data/*); anything fetched by pooch is left out.
@@ -93,10 +95,13 @@ def distinct_png_names(paths: list[str]) -> list[str]:
 
 
 def open_rgb(path: str) -> Image.Image:
-    """The fully decoded image as RGB; UnreadableImageError naming the path when it cannot be read."""
+    """The fully decoded image as upright 8-bit RGB, whatever its mode (`modes.to_rgb`: 16-bit and
+    float data scaled, EXIF orientation applied); UnreadableImageError naming the path when it
+    cannot be read, or its values have no known scale."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")  # convert() decodes the whole file: truncation shows up here
+            image.load()  # decodes the whole file: truncation shows up here
+            return to_rgb(image)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         reason = str(error) or type(error).__name__
         raise UnreadableImageError(f"cannot read image {path}: {reason}") from None

@@ -1,0 +1,196 @@
+"""The folder a run writes into (`train`, `encode`, `tokenize`): `--overwrite` deletes only what runs
+wrote there, one process writes into it at a time (a second gets one line naming the folder and the
+holder's pid; a killed holder leaves nothing locked), and `--resume` says what it found."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from dcae_ext.cli import main
+from dcae_ext.models import DCAE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+QUICK = {"steps": 1, "batch_size": 1, "resolution": 16, "lpips_weight": 0.0, "num_workers": 0,
+         "device": "cpu", "image_every": 0}
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGB", (24, 24), (40 * index, 100, 200)).save(folder / f"{index}.png")
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path, data):
+    path = tmp_path / "quick.json"
+    path.write_text(json.dumps(dict(QUICK, data=str(data))))
+    return str(path)
+
+
+@pytest.fixture
+def tiny_dcae(tmp_path):
+    torch.manual_seed(0)
+    DCAE.from_config("tiny").save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def _error_line(capsys, argv) -> str:
+    """The one line a failing command prints (or its SystemExit message)."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+        if isinstance(code, str):
+            return code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None) and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _users_folders(out):
+    """What a user keeps in a folder: subfolders named like ones a run writes, with files in them."""
+    for name in ("images", "shards"):
+        os.makedirs(out / name)
+        (out / name / "holiday.png").write_bytes(b"the user's only copy")
+    return {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def _unchanged(files):
+    return all(open(path, "rb").read() == content for path, content in files.items())
+
+
+def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, tiny_dcae, data):
+    out = tmp_path / "mine"
+    out.mkdir()
+    files = _users_folders(out)
+    line = _error_line(capsys, ["train", "dcae", "--config", settings, "--out", str(out), "--overwrite"])
+    assert str(out) in line and "images/" in line and "no dcae-ext run wrote" in line
+    line = _error_line(capsys, ["train", "dcae", "--config", settings, "--out", str(out)])  # nor writes into them
+    assert "images/" in line
+    for command in ("encode", "tokenize"):
+        model = tiny_dcae if command == "encode" else "ibq-tiny"
+        line = _error_line(capsys, [command, "--model", model, "--data", str(data), "--out", str(out), "--resolution",
+                                    "32", "--workers", "0", "--device", "cpu", "--overwrite"])
+        assert str(out) in line and "shards/" in line and "no dcae-ext run wrote" in line
+    assert _unchanged(files)
+
+
+def test_overwrite_deletes_what_runs_wrote_and_keeps_the_rest(tmp_path, capsys, settings, tiny_dcae, data):
+    run, encoded = tmp_path / "run", tmp_path / "encoded"
+    assert main(["train", "dcae", "--config", settings, "--out", str(run)]) == 0
+    encode = ["encode", "--model", tiny_dcae, "--data", str(data), "--out", str(encoded), "--resolution", "32",
+              "--workers", "0", "--device", "cpu"]
+    assert main(encode) == 0
+    for folder in (run, encoded):
+        (folder / "notes.txt").write_text("mine")
+    old = (run / "checkpoint.pt").stat().st_mtime_ns
+    time.sleep(0.01)
+    assert main(["train", "dcae", "--config", settings, "--out", str(run), "--overwrite"]) == 0
+    assert main(encode + ["--overwrite"]) == 0
+    assert (run / "checkpoint.pt").stat().st_mtime_ns != old and (run / "images").is_dir()
+    assert (run / "notes.txt").read_text() == (encoded / "notes.txt").read_text() == "mine"
+    assert not (run / ".dcae-ext.lock").exists() and not (encoded / ".dcae-ext.lock").exists()
+
+
+def test_a_run_from_before_the_record_is_still_overwritten(tmp_path, capsys, settings):
+    out = tmp_path / "run"
+    assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
+    os.unlink(out / ".dcae-ext-outputs.json")  # as an earlier version left it: its config.json says it is a run
+    assert main(["train", "dcae", "--config", settings, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "checkpoint.pt").is_file()
+
+
+def _hold_lock(folder):
+    """A second process holding `folder`'s lock, as a running `train` or `encode` does."""
+    code = ("import sys, time; from dcae_ext.output_folder import acquire; acquire(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _kill(process):
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(tmp_path, capsys, settings):
+    out = tmp_path / "run"
+    assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
+    # the issue's case: a resume started while the same run trains (the first run resumed in another process)
+    training = subprocess.Popen([sys.executable, "-m", "dcae_ext.cli", "train", "dcae", "--out", str(out), "--resume",
+                                 "--steps", "1000000", "--log-every", "1000000"], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".dcae-ext.lock").is_file() or not (out / ".dcae-ext.lock").read_text().strip():
+            assert training.poll() is None, training.stderr.read()
+            assert time.monotonic() < deadline, "the training process never took the lock"
+            time.sleep(0.2)
+        metrics = (out / "metrics.jsonl").read_text()
+        for argv in (["train", "dcae", "--out", str(out), "--resume", "--steps", "3"],
+                     ["train", "dcae", "--config", settings, "--out", str(out), "--overwrite"]):
+            line = _error_line(capsys, argv)
+            assert f"{out} is in use by another dcae-ext process (pid {training.pid})" in line, line
+        assert (out / "metrics.jsonl").read_text() == metrics and (out / "checkpoint.pt").is_file()
+    finally:
+        _kill(training)
+    assert main(["train", "dcae", "--out", str(out), "--resume", "--steps", "2"]) == 0  # kill -9 left no lock
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+@pytest.mark.parametrize("command", ["encode", "tokenize"])
+def test_a_second_encoding_into_a_locked_folder_is_refused(tmp_path, capsys, tiny_dcae, data, command):
+    out = tmp_path / "out"
+    holder = _hold_lock(out)
+    try:
+        model = tiny_dcae if command == "encode" else "ibq-tiny"
+        line = _error_line(capsys, [command, "--model", model, "--data", str(data), "--out", str(out),
+                                    "--resolution", "32", "--workers", "0", "--device", "cpu"])
+        assert f"{out} is in use by another dcae-ext process (pid {holder.pid})" in line
+        assert sorted(os.listdir(out)) == [".dcae-ext.lock"]  # nothing written
+    finally:
+        _kill(holder)
+    assert main([command, "--model", model, "--data", str(data), "--out", str(out), "--resolution", "32",
+                 "--workers", "0", "--device", "cpu"]) == 0
+
+
+def test_resume_with_nothing_to_resume_is_an_error_naming_the_folder(tmp_path, capsys, settings):
+    empty = tmp_path / "empty"
+    line = _error_line(capsys, ["train", "dcae", "--config", settings, "--out", str(empty), "--resume"])
+    assert f"--resume: {empty} holds no run to resume" in line
+    assert not empty.exists()  # and no run on all defaults started there
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys, settings):
+    out = tmp_path / "run"
+    assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
+    before = {name: (out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "config.json", "metrics.jsonl")}
+    capsys.readouterr()
+    assert main(["train", "dcae", "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to do" in printed and "finished its 1 steps" in printed and "--resume --steps 2" in printed
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before  # nothing rewritten
+
+
+def test_a_text_file_is_not_a_checkpoint_and_not_a_dataset(tmp_path, capsys, settings):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is a text file, not a model\n")
+    line = _error_line(capsys, ["eval", "--model", str(text), "--device", "cpu"])
+    assert str(text) in line and "not a checkpoint" in line and "truncated" not in line
+    line = _error_line(capsys, ["train", "dcae", "--config", settings, "--data", str(text), "--out",
+                                str(tmp_path / "run")])
+    assert "--data" in line and str(text) in line and "loader" not in line
