@@ -55,14 +55,31 @@ def list_images(source: str, recursive: bool = True) -> list[str]:
                      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(source, f))]
         found.sort()
     elif os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source) as stream:
-            found = [os.path.join(base, line.strip()) for line in stream if line.strip()]
+        found = _read_list_file(source)
     else:
         raise FileNotFoundError(f"argument 'data': {source} is neither a folder nor a list file")
     if not found:
         raise ValueError(f"argument 'data': no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
     return found
+
+
+def _read_list_file(source: str) -> list[str]:
+    """The paths of a list file (one a line, relative to its folder); ValueError when the file is
+    not one: not text, or none of its first lines names an image (by extension or an existing file)."""
+    base = os.path.dirname(source)
+    try:
+        with open(source, encoding="utf-8") as stream:
+            lines = [line.strip() for line in stream if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (not text); give a "
+                         "folder of images or a text file with one image path a line") from None
+    paths = [os.path.join(base, line) for line in lines]
+    first = paths[:100]
+    if first and not any(path.lower().endswith(IMAGE_EXTENSIONS) or os.path.isfile(path) for path in first):
+        raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (its first line, "
+                         f"{lines[0][:60]!r}, names no image); give a folder of images or a text file with one "
+                         "image path a line")
+    return paths
 
 
 def embedded_image_paths() -> list[str]:

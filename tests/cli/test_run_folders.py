@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from dcae_ext.cli import main
-from dcae_ext.models import DCAE
+from dcae_ext.models import DCAE, IBQTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
@@ -38,10 +38,12 @@ def settings(tmp_path, data):
 
 
 @pytest.fixture
-def tiny_dcae(tmp_path):
+def models(tmp_path):
+    """Saved tiny models, so that no random-weights note joins the one error line."""
     torch.manual_seed(0)
-    DCAE.from_config("tiny").save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
+    DCAE.from_config("tiny").save_pretrained(tmp_path / "dcae")
+    IBQTokenizer.from_config("tiny").save_pretrained(tmp_path / "ibq")
+    return {"encode": str(tmp_path / "dcae"), "tokenize": str(tmp_path / "ibq")}
 
 
 def _error_line(capsys, argv) -> str:
@@ -71,7 +73,7 @@ def _unchanged(files):
     return all(open(path, "rb").read() == content for path, content in files.items())
 
 
-def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, tiny_dcae, data):
+def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, models, data):
     out = tmp_path / "mine"
     out.mkdir()
     files = _users_folders(out)
@@ -80,17 +82,16 @@ def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, tin
     line = _error_line(capsys, ["train", "dcae", "--config", settings, "--out", str(out)])  # nor writes into them
     assert "images/" in line
     for command in ("encode", "tokenize"):
-        model = tiny_dcae if command == "encode" else "ibq-tiny"
-        line = _error_line(capsys, [command, "--model", model, "--data", str(data), "--out", str(out), "--resolution",
+        line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out), "--resolution",
                                     "32", "--workers", "0", "--device", "cpu", "--overwrite"])
         assert str(out) in line and "shards/" in line and "no dcae-ext run wrote" in line
     assert _unchanged(files)
 
 
-def test_overwrite_deletes_what_runs_wrote_and_keeps_the_rest(tmp_path, capsys, settings, tiny_dcae, data):
+def test_overwrite_deletes_what_runs_wrote_and_keeps_the_rest(tmp_path, capsys, settings, models, data):
     run, encoded = tmp_path / "run", tmp_path / "encoded"
     assert main(["train", "dcae", "--config", settings, "--out", str(run)]) == 0
-    encode = ["encode", "--model", tiny_dcae, "--data", str(data), "--out", str(encoded), "--resolution", "32",
+    encode = ["encode", "--model", models["encode"], "--data", str(data), "--out", str(encoded), "--resolution", "32",
               "--workers", "0", "--device", "cpu"]
     assert main(encode) == 0
     for folder in (run, encoded):
@@ -131,7 +132,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(t
     assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
     # the issue's case: a resume started while the same run trains (the first run resumed in another process)
     training = subprocess.Popen([sys.executable, "-m", "dcae_ext.cli", "train", "dcae", "--out", str(out), "--resume",
-                                 "--steps", "1000000", "--log-every", "1000000"], env=ENV,
+                                 "--steps", "1000000", "--log-every", "1000000", "--checkpoint-every", "0"], env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -157,8 +158,7 @@ def test_a_second_encoding_into_a_locked_folder_is_refused(tmp_path, capsys, tin
     out = tmp_path / "out"
     holder = _hold_lock(out)
     try:
-        model = tiny_dcae if command == "encode" else "ibq-tiny"
-        line = _error_line(capsys, [command, "--model", model, "--data", str(data), "--out", str(out),
+        line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out),
                                     "--resolution", "32", "--workers", "0", "--device", "cpu"])
         assert f"{out} is in use by another dcae-ext process (pid {holder.pid})" in line
         assert sorted(os.listdir(out)) == [".dcae-ext.lock"]  # nothing written
