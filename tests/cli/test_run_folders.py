@@ -154,11 +154,11 @@ def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(t
 
 
 @pytest.mark.parametrize("command", ["encode", "tokenize"])
-def test_a_second_encoding_into_a_locked_folder_is_refused(tmp_path, capsys, tiny_dcae, data, command):
-    out = tmp_path / "out"
+def test_a_second_encoding_into_a_locked_folder_is_refused(tmp_path, capsys, models, data, command):
+    out, model = tmp_path / "out", models[command]
     holder = _hold_lock(out)
     try:
-        line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out),
+        line = _error_line(capsys, [command, "--model", model, "--data", str(data), "--out", str(out),
                                     "--resolution", "32", "--workers", "0", "--device", "cpu"])
         assert f"{out} is in use by another dcae-ext process (pid {holder.pid})" in line
         assert sorted(os.listdir(out)) == [".dcae-ext.lock"]  # nothing written
@@ -178,12 +178,13 @@ def test_resume_with_nothing_to_resume_is_an_error_naming_the_folder(tmp_path, c
 def test_resume_of_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys, settings):
     out = tmp_path / "run"
     assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
-    before = {name: (out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "config.json", "metrics.jsonl")}
+    names = ("checkpoint.pt", "config.json", "metrics.jsonl", "model/diffusion_pytorch_model.safetensors")
+    before = {name: (out / name).read_bytes() for name in names}
     capsys.readouterr()
     assert main(["train", "dcae", "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "nothing to do" in printed and "finished its 1 steps" in printed and "--resume --steps 2" in printed
-    assert {name: (out / name).stat().st_mtime_ns for name in before} == before  # nothing rewritten
+    assert {name: (out / name).read_bytes() for name in names} == before  # no step, no new settings
 
 
 def test_a_text_file_is_not_a_checkpoint_and_not_a_dataset(tmp_path, capsys, settings):
