@@ -1,11 +1,14 @@
 """A folder that a run (`train`, `encode`, `tokenize`) writes into: one writer at a time, and a
 record of the names its runs wrote, so that `--overwrite` deletes those and nothing else.
 
-The lock is `flock` on `.dcae-ext.lock` in the folder: the kernel releases it when its process
-exits, however it dies (kill -9 included), so a crashed run never leaves a folder locked. The file
-holds the writer's pid, for the message a second writer gets; the writer deletes the file when it
-lets go (a file left by a killed one is simply locked again). Where `fcntl` does not exist
-(Windows) there is no lock.
+The lock is a POSIX record lock (`fcntl.lockf`) on `.dcae-ext.lock` in the folder: the kernel
+releases it when its process exits, however it dies (kill -9 included), so a crashed run never
+leaves a folder locked. A POSIX lock belongs to the process, not to the open file: the DataLoader
+workers a run forks do not hold it (with `flock` they would, and a killed run's orphaned workers
+would keep its folder locked for seconds), and it also holds across machines on NFS. The file holds
+the writer's pid, for the message a second writer gets; the writer deletes the file when it lets go
+(a file left by a killed one is simply locked again). Where `fcntl` does not exist (Windows) there
+is no lock.
 
 The record, `.dcae-ext-outputs.json`, lists the top-level names (files or folders) that runs of
 dcae-ext own in the folder. A run records a name before it writes under it, and refuses to write
@@ -15,6 +18,7 @@ files (`adopt` in `foreign_names`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -116,9 +120,11 @@ def acquire(folder: str) -> int | None:
     while True:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
             os.close(handle)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise FolderInUseError(f"{folder} is in use by another dcae-ext process (pid {lock_holder(folder)}): "
                                    "one run writes into a folder at a time; wait for it to end or stop it") from None
         try:  # the previous holder may have deleted the file between our open and flock: lock the new one
