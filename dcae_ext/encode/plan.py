@@ -91,9 +91,13 @@ def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
         # a run killed before its plan was written leaves at most the list and an empty shards folder
         leftovers = {SOURCES_FILE, SHARD_DIR, *output_folder.BOOKKEEPING} | \
             {os.path.basename(path) for path in stale_temporaries(root)}
-        if os.path.isdir(root) and (set(os.listdir(root)) - leftovers or completed_shards(root) or foreign):
-            raise PlanMismatch(f"{root} is not empty and holds no encoding run ({PLAN_FILE}): choose an empty or new "
-                               "folder")
+        others = sorted(set(os.listdir(root)) - leftovers) if os.path.isdir(root) else []
+        if others or foreign or completed_shards(root):
+            shown = sorted(set(foreign) | {name + ("/" if os.path.isdir(os.path.join(root, name)) else "")
+                                           for name in others})
+            found = ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "") or f"complete shards in {SHARD_DIR}/"
+            raise PlanMismatch(f"{root} is not empty ({found}) and holds no encoding run ({PLAN_FILE}): choose an "
+                               "empty or new folder")
         return False
     changed = existing.differences(plan)
     if changed:

@@ -81,6 +81,9 @@ def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, mod
     assert str(out) in line and "images/" in line and "no dcae-ext run wrote" in line
     line = _error_line(capsys, ["train", "dcae", "--config", settings, "--out", str(out)])  # nor writes into them
     assert "images/" in line
+    line = _error_line(capsys, ["encode", "--model", models["encode"], "--data", str(data), "--out", str(out),
+                                "--resolution", "32", "--workers", "0", "--device", "cpu"])
+    assert str(out) in line and "(images/, shards/)" in line
     for command in ("encode", "tokenize"):
         line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out), "--resolution",
                                     "32", "--workers", "0", "--device", "cpu", "--overwrite"])
