@@ -3,6 +3,7 @@ wrote there, one process writes into it at a time (a second gets one line naming
 holder's pid; a killed holder leaves nothing locked), and `--resume` says what it found."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,9 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys, 
     printed = capsys.readouterr().out
     assert "nothing to do" in printed and "finished its 1 steps" in printed and "--resume --steps 2" in printed
     assert {name: (out / name).read_bytes() for name in names} == before  # no step, no new settings
+    shutil.rmtree(out / "model_ema")  # as a kill during the final export leaves it
+    assert main(["train", "dcae", "--out", str(out), "--resume"]) == 0
+    assert (out / "model_ema" / "config.json").is_file() and "nothing to do" in capsys.readouterr().out
 
 
 def test_a_text_file_is_not_a_checkpoint_and_not_a_dataset(tmp_path, capsys, settings):
