@@ -5,10 +5,10 @@ The lock is a POSIX record lock (`fcntl.lockf`) on `.dcae-ext.lock` in the folde
 releases it when its process exits, however it dies (kill -9 included), so a crashed run never
 leaves a folder locked. A POSIX lock belongs to the process, not to the open file: the DataLoader
 workers a run forks do not hold it (with `flock` they would, and a killed run's orphaned workers
-would keep its folder locked for seconds), and it also holds across machines on NFS. The file holds
-the writer's pid, for the message a second writer gets; the writer deletes the file when it lets go
-(a file left by a killed one is simply locked again). Where `fcntl` does not exist (Windows) there
-is no lock.
+would keep its folder locked for seconds), and NFS passes it to the server, so it holds across
+machines where the NFS lock service runs. The file holds the writer's pid, for the message a second
+writer gets; the writer deletes the file when it lets go (a file left by a killed one is simply
+locked again). Where `fcntl` does not exist (Windows) there is no lock.
 
 The record, `.dcae-ext-outputs.json`, lists the top-level names (files or folders) that runs of
 dcae-ext own in the folder. A run records a name before it writes under it, and refuses to write
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock
+except ImportError:  # Windows: no lock
     fcntl = None
 
 from dcae_ext.files import atomic_write

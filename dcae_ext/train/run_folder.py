@@ -50,9 +50,6 @@ def check_out(out: str, resume: bool, overwrite: bool, flags: bool = True) -> No
                              f"without {resume_how}")
         raise ValueError(f"{resume_how}: the run in {out} saved no {CHECKPOINT_NAME} (it stopped before its first "
                          f"checkpoint), so it cannot continue; start it afresh with {overwrite_how}")
-    if found and not resume and not overwrite:
-        raise RunExistsError(f"{out} already holds a run ({', '.join(found)}): continue it with {resume_how}, "
-                             f"or delete it and start afresh with {overwrite_how}")
     if not resume:  # a resumed run's folder is its own: what a run writes there is its
         foreign = output_folder.foreign_names(out, RUN_OUTPUTS, adopt=is_unrecorded_run(out))
         if foreign:
@@ -60,6 +57,9 @@ def check_out(out: str, resume: bool, overwrite: bool, flags: bool = True) -> No
             raise output_folder.ForeignFilesError(
                 f"{out} holds {', '.join(foreign)}, which no dcae-ext run wrote; {doing} would write there: move "
                 "them, or choose another output folder")
+    if found and not resume and not overwrite:
+        raise RunExistsError(f"{out} already holds a run ({', '.join(found)}): continue it with {resume_how}, "
+                             f"or delete it and start afresh with {overwrite_how}")
 
 
 def clear_run(out: str) -> list[str]:
