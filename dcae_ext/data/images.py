@@ -111,6 +111,21 @@ def distinct_png_names(paths: list[str]) -> list[str]:
     return names
 
 
+def inputs_replaced(out: str, names: list[str], inputs: list[str]) -> list[str]:
+    """The `inputs` that writing files `names` into folder `out` would replace (symlinked folders
+    resolved): a command that writes PNGs next to its sources must not write over them."""
+    real_folders: dict[str, str] = {}
+
+    def resolved(path: str) -> str:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folders[folder], os.path.basename(path))
+
+    sources = {resolved(path): path for path in inputs}
+    return [sources[target] for target in (resolved(os.path.join(out, name)) for name in names) if target in sources]
+
+
 def open_rgb(path: str) -> Image.Image:
     """The fully decoded image as upright 8-bit RGB, whatever its mode (`modes.to_rgb`: 16-bit and
     float data scaled, EXIF orientation applied); UnreadableImageError naming the path when it

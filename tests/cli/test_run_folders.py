@@ -202,3 +202,17 @@ def test_a_text_file_is_not_a_checkpoint_and_not_a_dataset(tmp_path, capsys, set
     line = _error_line(capsys, ["train", "dcae", "--config", settings, "--data", str(text), "--out",
                                 str(tmp_path / "run")])
     assert "--data" in line and str(text) in line and "loader" not in line
+
+
+def test_reconstruct_and_decode_never_write_over_their_input_images(tmp_path, capsys, data, models):
+    originals = {path: path.read_bytes() for path in data.iterdir()}
+    line = _error_line(capsys, ["reconstruct", "--model", models["encode"], "--input", str(data), "--out", str(data),
+                                "--device", "cpu"])
+    assert line.startswith("--out: ") and "would replace the input image" in line and "0.png and 1 more" in line
+    encoded = tmp_path / "encoded"
+    assert main(["encode", "--model", models["encode"], "--data", str(data), "--out", str(encoded), "--resolution",
+                 "32", "--workers", "0", "--device", "cpu"]) == 0
+    line = _error_line(capsys, ["decode", "--input", str(encoded), "--out", str(data), "--device", "cpu"])
+    assert line.startswith("--out: ") and "would replace the source image" in line
+    assert {path: path.read_bytes() for path in data.iterdir()} == originals
+    assert main(["decode", "--input", str(encoded), "--out", str(tmp_path / "decoded"), "--device", "cpu"]) == 0
