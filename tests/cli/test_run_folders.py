@@ -62,6 +62,10 @@ def _error_line(capsys, argv) -> str:
     return lines[0]
 
 
+def _steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def _users_folders(out):
     """What a user keeps in a folder: subfolders named like ones a run writes, with files in them."""
     for name in ("images", "shards"):
@@ -86,8 +90,8 @@ def test_overwrite_never_deletes_a_users_folders(tmp_path, capsys, settings, mod
                                 "--resolution", "32", "--workers", "0", "--device", "cpu"])
     assert str(out) in line and "(images/, shards/)" in line
     for command in ("encode", "tokenize"):
-        line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out), "--resolution",
-                                    "32", "--workers", "0", "--device", "cpu", "--overwrite"])
+        line = _error_line(capsys, [command, "--model", models[command], "--data", str(data), "--out", str(out),
+                                    "--resolution", "32", "--workers", "0", "--device", "cpu", "--overwrite"])
         assert str(out) in line and "shards/" in line and "no dcae-ext run wrote" in line
     assert _unchanged(files)
 
@@ -100,11 +104,13 @@ def test_overwrite_deletes_what_runs_wrote_and_keeps_the_rest(tmp_path, capsys, 
     assert main(encode) == 0
     for folder in (run, encoded):
         (folder / "notes.txt").write_text("mine")
-    old = (run / "checkpoint.pt").stat().st_mtime_ns
-    time.sleep(0.01)
+    with open(run / "metrics.jsonl", "a") as stream:
+        stream.write('{"step": 99}\n')  # marks the old run's files: gone after --overwrite
+    (encoded / "shards" / "000099.json").write_text("{}")
     assert main(["train", "dcae", "--config", settings, "--out", str(run), "--overwrite"]) == 0
     assert main(encode + ["--overwrite"]) == 0
-    assert (run / "checkpoint.pt").stat().st_mtime_ns != old and (run / "images").is_dir()
+    assert _steps(run) == [1] and (run / "images").is_dir() and (run / "checkpoint.pt").is_file()
+    assert sorted(os.listdir(encoded / "shards")) == ["000000.json", "000000.safetensors"]
     assert (run / "notes.txt").read_text() == (encoded / "notes.txt").read_text() == "mine"
     assert not (run / ".dcae-ext.lock").exists() and not (encoded / ".dcae-ext.lock").exists()
 
@@ -113,8 +119,10 @@ def test_a_run_from_before_the_record_is_still_overwritten(tmp_path, capsys, set
     out = tmp_path / "run"
     assert main(["train", "dcae", "--config", settings, "--out", str(out)]) == 0
     os.unlink(out / ".dcae-ext-outputs.json")  # as an earlier version left it: its config.json says it is a run
+    with open(out / "metrics.jsonl", "a") as stream:
+        stream.write('{"step": 99}\n')
     assert main(["train", "dcae", "--config", settings, "--out", str(out), "--overwrite"]) == 0
-    assert (out / "checkpoint.pt").is_file()
+    assert _steps(out) == [1] and (out / ".dcae-ext-outputs.json").is_file()
 
 
 def _hold_lock(folder):
@@ -153,8 +161,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(t
     finally:
         _kill(training)
     assert main(["train", "dcae", "--out", str(out), "--resume", "--steps", "2"]) == 0  # kill -9 left no lock
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
+    assert _steps(out) == [1, 2]
 
 
 @pytest.mark.parametrize("command", ["encode", "tokenize"])
