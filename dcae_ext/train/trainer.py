@@ -420,6 +420,10 @@ class Trainer:
             raise error or output_folder.FolderInUseError(f"{self.config.out} is in use by another process")
         return lock
 
+    def _final_outputs_written(self) -> bool:
+        last = "model_ema" if self.ema is not None else "model"  # finish() writes it last
+        return os.path.isdir(os.path.join(self.config.out, last))
+
     def _train(self, resume: bool, until: int | None, overwrite: bool) -> dict:
         config = self.config
         self._prepare_out(resume, overwrite)
@@ -472,10 +476,6 @@ class Trainer:
             self.finish()
         self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
         return metrics
-
-    def _final_outputs_written(self) -> bool:
-        last = "model_ema" if self.ema is not None else "model"  # finish() writes it last
-        return os.path.isdir(os.path.join(self.config.out, last))
 
     def finish(self) -> None:
         """Final grid, loss curve and exported weights (live and EMA) under `config.out`."""
