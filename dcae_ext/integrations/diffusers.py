@@ -81,7 +81,7 @@ class Summary:
     @property
     def unknown(self) -> list[str]:
         """Components with nothing dcae-ext swaps, left as they are: "name (Class)"."""
-        return [f"{c.name} ({c.class_name})" for c in self.components if not c.known]
+        return [f"{c.name or 'model'} ({c.class_name})" for c in self.components if not c.known]
 
     @property
     def left(self) -> list[str]:
