@@ -11,7 +11,9 @@ against accelerated ("fast"), on the same weights in the same run.
   decode); CPU at 256 px, forward and forward+backward (gradient of the latent): one forward takes
   about 20 s on the project's loaded 2-core VM, so 512 px does not fit a CPU run.
 
-Random weights (speed does not depend on their values), batch 1, eval. --quick: tiny configs.
+Random weights (speed does not depend on their values), batch 1, eval. --quick: tiny configs. The
+limit is matmul (transformer) or conv (decoder) throughput: the stock model's forward FLOPs, counted
+on the meta device, at the device's peak.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import importlib.util
 
 import torch
 
-from dcae_ext.bench.harness import Case, SuiteUnavailable, Workload
+from dcae_ext.bench.harness import Case, SuiteUnavailable, Work, Workload
 from dcae_ext.bench.timing import Timing
 
 RESULTS_KIND = "diffusers"  # records in benchmarks/results/<device>-diffusers.jsonl, apart from the ops'
@@ -48,14 +50,17 @@ def cases(device: str, quick: bool) -> list[Case]:
         sana, sana_name, sides, vae, resolutions = SANA_CPU, "sana-1600m-layer-w256-2l", [32, 64], VAE_MODEL, [256]
     models = _Models()
     found = [Case("diffusers_sana_transformer", {"model": sana_name, "batch": 1, "tokens": side * side},
-                  functools.partial(_sana, models, sana, side)) for side in sides]
+                  functools.partial(_sana, models, sana, side), Work("matmul", fwd=_sana_flops(sana, side)))
+             for side in sides]
     for resolution in resolutions:
         backward = resolution == min(resolutions) and not on_gpu
         found.append(Case("diffusers_dcae_decode", {"model": vae, "batch": 1, "resolution": resolution},
-                          functools.partial(_decode, models, vae, resolution, backward)))
+                          functools.partial(_decode, models, vae, resolution, backward),
+                          Work("conv", fwd=_decode_flops(vae, resolution))))
     if on_gpu and not quick:
         found.append(Case("diffusers_dcae_tiled_decode", {"model": vae, "batch": 1, "resolution": 4096, "tile": 512},
-                          functools.partial(_tiled_decode, models, vae, 4096)))
+                          functools.partial(_tiled_decode, models, vae, 4096),
+                          Work("conv", fwd=_decode_flops(vae, 4096))))  # the untiled decode's: the least work
     return found
 
 
@@ -99,16 +104,48 @@ def _build_sana(config, device, dtype):
     return _pair(model, device, dtype)
 
 
+def _vae_config(name: str) -> dict:
+    from dcae_ext.models import get_config
+
+    return {k: v for k, v in get_config(name).to_diffusers_dict().items() if not k.startswith("_")}
+
+
 def _build_vae(name, device, dtype):
     import diffusers
 
-    from dcae_ext.models import get_config
-
     torch.manual_seed(0)
-    config = {k: v for k, v in get_config(name).to_diffusers_dict().items() if not k.startswith("_")}
     with torch.device(device):
-        model = diffusers.AutoencoderDC(**config)
+        model = diffusers.AutoencoderDC(**_vae_config(name))
     return _pair(model, device, dtype)
+
+
+def _meta_flops(build, run) -> float:
+    """FLOPs of the stock model's forward, counted on the meta device (nothing is computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.device("meta"):
+        run(model)
+    return float(counter.get_total_flops())
+
+
+def _sana_flops(config: dict, side: int) -> float:
+    import diffusers
+
+    return _meta_flops(lambda: diffusers.SanaTransformer2DModel(**config),
+                       lambda m: m(torch.empty(1, config["in_channels"], side, side),
+                                   torch.empty(1, CAPTION_TOKENS, config["caption_channels"]),
+                                   torch.zeros(1, dtype=torch.long)))
+
+
+def _decode_flops(name: str, resolution: int) -> float:
+    import diffusers
+
+    config = _vae_config(name)
+    f = 2 ** (len(config["decoder_block_out_channels"]) - 1)
+    return _meta_flops(lambda: diffusers.AutoencoderDC(**config),
+                       lambda m: m.decode(torch.empty(1, config["latent_channels"], resolution // f, resolution // f)))
 
 
 def _sana(models, config, side, device, dtype) -> dict[str, Workload]:
