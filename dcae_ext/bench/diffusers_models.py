@@ -33,8 +33,8 @@ SANA_1600M = dict(in_channels=32, out_channels=32, num_attention_heads=70, atten
                   caption_channels=2304, mlp_ratio=2.5, sample_size=32, patch_size=1)
 SANA_CPU = dict(SANA_1600M, num_attention_heads=8, num_layers=2, num_cross_attention_heads=2,
                 cross_attention_head_dim=128, cross_attention_dim=256, caption_channels=64)
-SANA_TINY = dict(SANA_CPU, num_attention_heads=2, num_layers=1, num_cross_attention_heads=2,
-                 cross_attention_head_dim=16, cross_attention_dim=64, caption_channels=16, in_channels=4, out_channels=4)
+SANA_TINY = dict(SANA_CPU, num_attention_heads=2, num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=16,
+                 cross_attention_dim=64, caption_channels=16, in_channels=4, out_channels=4)
 CAPTION_TOKENS = 300
 
 
@@ -149,7 +149,7 @@ def _decode_flops(name: str, resolution: int) -> float:
 
 
 def _sana(models, config, side, device, dtype) -> dict[str, Workload]:
-    stock, fast = models.get(("sana", json_key(config), device, dtype), lambda: _build_sana(config, device, dtype))
+    stock, fast = models.get(("sana", _config_key(config), device, dtype), lambda: _build_sana(config, device, dtype))
     gen = torch.Generator(device).manual_seed(1)
     latent = torch.randn(1, config["in_channels"], side, side, device=device, generator=gen).to(dtype)
     caption = torch.randn(1, CAPTION_TOKENS, config["caption_channels"], device=device, generator=gen).to(dtype)
@@ -192,5 +192,5 @@ def _tiled_decode(models, name, resolution, device, dtype) -> dict[str, Workload
             "reference": Workload(lambda: stock.decode(latent).sample)}
 
 
-def json_key(config: dict) -> str:
+def _config_key(config: dict) -> str:
     return ",".join(f"{k}={config[k]}" for k in sorted(config))
