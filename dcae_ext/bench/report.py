@@ -135,6 +135,8 @@ def _ratio_cell(fast: dict, ref: dict | None, key: str, ref_name: str = "ref") -
         return "OOM"
     if ref and ref.get("oom"):
         return f"{ref_name} OOM"
+    if ref and ref.get("skipped"):
+        return f"{ref_name} skipped"
     value = speedup(fast, ref, key)
     return "-" if value is None else f"{value:.2f}x"
 

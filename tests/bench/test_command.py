@@ -99,7 +99,7 @@ def test_bench_command_rejects_bad_flags():
         main(["bench", "--ops", "shortcuts", "--threads", "0", "--no-save"])
 
 
-@pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae"])
+@pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae", "vq"])
 def test_wrapper_scripts_are_the_command_for_one_suite(op, monkeypatch):
 
     seen = {}
