@@ -22,6 +22,9 @@
 #   bench-ibq   the IBQ suite: fast, reference and SDPA, K = 2^14 .. 2^18 at N = 8192 and 2^20 at
 #               N = 16384, bf16 and fp32 (bench.log, <device>.jsonl, plots)
 #   bench-rest  linear attention, shortcuts, DC-AE end to end
+#   bench-vq    vector-quantize-pytorch's training step, stock vs accelerated, and ops.vq_quantize,
+#               K = 2^12 .. 2^18 x D = 8, 32, 256 at N = 16384, fp32 (<device>-vq.jsonl); needs
+#               vector-quantize-pytorch and its dependencies in .whl/ (see below)
 #   bench       bench-ibq, then bench-rest; BENCH_PLAN ("suite:dtypes:limit_s ...") replaces the plan of
 #               any bench step, BENCH_FLAGS adds flags (e.g. --quick)
 #   train       training-step images/s, fast ops vs reference mode (train.log, train.jsonl); TRAIN_PLAN
@@ -29,7 +32,8 @@
 # DEVICE=cpu rehearses the script on a machine without a GPU (tests/bench/test_run_gpu_script.py),
 # with SKIP_BUILD=1 to use the build that is there. Wheels for test dependencies the GPU machine
 # lacks (diffusers, lpips) are installed from .whl/ when that folder exists: make it with
-# `pip download --no-deps -d .whl diffusers lpips` and name .whl in the call's carry.
+# `pip download --no-deps -d .whl diffusers lpips` and name .whl in the call's carry; bench-vq also
+# needs `vector-quantize-pytorch einx loguru torch-einops-utils frozendict` there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -120,6 +124,8 @@ bench_suites() {
 IBQ_PLAN="ibq:bf16,fp32:270"
 # dcae: in-1.0 encode+decode and tiled decode, then 1.5 and Lite encode and decode apart at 512 and 1024
 REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:240"
+# VQ: 21 shapes, two cases each; the stock module runs out of memory at the largest K (recorded as such)
+VQ_PLAN="vq:fp32:240"
 
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the
@@ -165,8 +171,9 @@ pack() {
 if (( $# == 0 )); then set -- build-test; fi
 for step in "$@"; do
   case "$step" in
-    build|test|build-test|bench-ibq|bench-rest|bench|train|all) ;;
-    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench train all); got $step" >&2; exit 2 ;;
+    build|test|build-test|bench-ibq|bench-rest|bench-vq|bench|train|all) ;;
+    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench-vq bench train all); got $step" >&2
+       exit 2 ;;
   esac
 done
 trap 'pack "$@"' EXIT
@@ -179,6 +186,7 @@ for step in "$@"; do
     build-test) if build; then run_tests; else status=1; fi ;;
     bench-ibq) bench_suites "${BENCH_PLAN:-$IBQ_PLAN}" ;;
     bench-rest) bench_suites "${BENCH_PLAN:-$REST_PLAN}" ;;
+    bench-vq) bench_suites "${BENCH_PLAN:-$VQ_PLAN}" ;;
     bench) bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}" ;;
     train) train ;;
     all) if build; then run_tests; bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}"; train; else status=1; fi ;;
