@@ -256,3 +256,26 @@ def test_the_library_stays_optional():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_quantizer_equals_the_library_ema_step():
+    # README "Using the kernel in your own VQ model": its EMA quantizer built on ops.vq_quantize
+    # gives vector-quantize-pytorch's indices, commitment loss and codebook updates
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as readme:
+        section = readme.read().split("## Using the kernel in your own VQ model")[1]
+    namespace = {"torch": torch}
+    exec(section.split("```python")[1].split("```")[0], namespace)
+    torch.manual_seed(0)
+    stock = vqp.VectorQuantize(dim=8, codebook_size=CODES, decay=0.99, rotation_trick=False, commitment_weight=0.25)
+    ours = namespace["VectorQuantizer"](CODES, 8)
+    with torch.no_grad():
+        ours.codebook.copy_(stock.codebook)
+        ours.embed_sum.copy_(stock._codebook.embed_avg[0])
+        ours.cluster_size.copy_(stock._codebook.cluster_size[0])
+    for step in range(3):
+        x = _inputs(step, (2, 30, 8))
+        (_, want_indices, want_loss), (_, indices, loss) = stock(x), ours(x)
+        assert torch.equal(indices, want_indices)
+        torch.testing.assert_close(loss, want_loss)
+        torch.testing.assert_close(ours.codebook, stock.codebook)
