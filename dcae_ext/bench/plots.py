@@ -145,8 +145,8 @@ def plot_codebook_scaling(records: list[dict], path: str, op_prefix: str, title:
                 axis.scatter([k], [tops[key]], marker="x", s=80, color="firebrick", zorder=5)
                 what = "OOM" if r.get("oom") else "skipped" + (
                     f" (needs {r['reference_need_mb'] / 1024:.0f} GB)" if r.get("reference_need_mb") else "")
-                axis.annotate(f"{op.removeprefix(op_prefix + '_')} {name} {dtype} {rest} {what}".replace("  ", " "),
-                              (k, tops[key]),
+                shape = f" {rest}" if rows_in_legend and rest else ""
+                axis.annotate(f"{op.removeprefix(op_prefix + '_')} {name} {dtype}{shape} {what}", (k, tops[key]),
                               textcoords="offset points", xytext=(0, 8 + 10 * marked[(key, k)]), ha="center",
                               fontsize=7, color="firebrick")
                 marked[(key, k)] += 1
