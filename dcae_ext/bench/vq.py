@@ -8,10 +8,10 @@ update), and backward of sum(quantize * g) + loss to the input. `vq_quantize`: t
 statistics, backward of sum(z_q * g) + loss to z and the codebook. Both the stock module and the
 reference build N x K tensors (distances and their temporaries, an int64 one-hot and its float32
 copy): measured on CPU, 24 N K bytes at the peak for the stock step and 12 N K for the reference
-op (`reference_need_mb`, the estimate from these). On the CPU, where running out of memory is not an exception but
-the kernel killing the process, an implementation that would need more than CPU_MEMORY_CAP_MB is
-not run and its record says `skipped` with the computed need; on CUDA it runs and an OOM is
-recorded as such. Records go to <device>-vq.jsonl.
+op (`reference_need_mb`, the estimate from these). On the CPU, where running out of memory is not
+an exception but the kernel killing the process, an implementation that would need more than
+CPU_MEMORY_CAP_MB is not run and its record says `skipped` with the computed need; on CUDA it runs
+and an OOM is recorded as such. Records go to <device>-vq.jsonl.
 
 CPU plan: first the issue's goal points at N = 16384, D = 256 (the step only): K = 2^14 (stock
 runs, about 6 GB), 2^16 and 2^18 (stock skipped: 24 and 96 GB); then the grid K = 2^12, 2^14,
@@ -54,7 +54,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     found = []
     for n, k, d in shapes(device, quick):
         shape = {"N": n, "K": k, "D": d}
-        work = Work("matmul", fwd=2.0 * n * k * d, fwdbwd=2.0 * n * k * d)  # the search's GEMM; the rest is O((N + K) D)
+        # the least work is the search's GEMM (once: the backward is O((N + K) D))
+        work = Work("matmul", fwd=2.0 * n * k * d, fwdbwd=2.0 * n * k * d)
         goal = n >= 16384 and device == "cpu"
         found.append(Case("vq_step", shape, functools.partial(_step_workloads, (n, k, d)), work,
                           extra={"reference_need_mb": reference_need_mb("vq_step", n, k)},
