@@ -34,7 +34,7 @@ _OPTIONS = "_dcae_ext_search"    # codebook attribute: the search options; its p
 _STOCK_CALL = "_dcae_ext_stock"  # codebook attribute, True while one call runs the library's own forward
 _WRAPPED = "_dcae_ext_wrapped"   # VectorQuantize attribute marking its instance-level forward
 
-LEFT_TO_LIBRARY = ("k-means init (one N x K distance matrix, on the first training step)",
+LEFT_TO_LIBRARY = ("k-means init (one N x K distance matrix, in the first call)",
                    "the EMA update of the codebook from the statistics, dead-code expiry",
                    "the commitment loss, the rotation trick / straight-through, projections, masks",
                    "update_indices() (builds its own one-hot)",
