@@ -234,6 +234,9 @@ def _update_codebook(self, flatten, indices, mask, ema_update_weight, accum_ema_
         return
     library.ema_inplace(self.cluster_size, cluster_size, self.decay, ema_update_weight)
     library.ema_inplace(self.embed_avg, embed_sum, self.decay, ema_update_weight)
+    # the K x D sums go before update_ema makes its K x D quotient (as the library's own, which
+    # returns from track_cluster_size_and_embed_avg first): one fewer K x D tensor at the peak
+    del statistics, cluster_size, embed_sum
     if ema_update and not self.manual_ema_update:
         self.update_ema()
     self.expire_codes_(flatten, seq_mask=mask)
