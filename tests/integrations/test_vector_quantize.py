@@ -279,3 +279,22 @@ def test_the_readme_quantizer_equals_the_library_ema_step():
         assert torch.equal(indices, want_indices)
         torch.testing.assert_close(loss, want_loss)
         torch.testing.assert_close(ours.codebook, stock.codebook)
+
+
+def test_an_accelerated_step_allocates_no_rows_by_codes_tensor():
+    # N x K float32 is 64 MB here (the stock step peaks near 24 bytes per pair: 384 MB); the
+    # accelerated one holds the search's fixed workspace and O((N + K) D) tensors
+    from dcae_ext.bench.memory import tracked_peak_mb
+
+    n, k, d = 2048, 8192, 32
+    torch.manual_seed(0)
+    vq = vqp.VectorQuantize(dim=d, codebook_size=k, threshold_ema_dead_code=1)
+    integration.accelerate(vq)
+    x = torch.randn(1, n, d, requires_grad=True)
+
+    def step():
+        quantize, _, loss = vq(x)
+        torch.autograd.grad((quantize.sum() + loss,), (x,))
+
+    step()
+    assert tracked_peak_mb(step) < n * k * 4 / 2**20 / 2
