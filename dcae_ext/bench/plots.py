@@ -132,11 +132,17 @@ def plot_codebook_scaling(records: list[dict], path: str, op_prefix: str, title:
     tops = {key: max([r[key] for pts in series.values() for _, r in pts if not r.get("oom") and r.get(key)],
                      default=1.0) * 1.5 for _, key in axes}
     marked = Counter()  # (axis, K) -> OOM labels placed there, to stack the next one above
+    # with several shapes per K (rows_in_legend): one colour per shape, one marker per op, the
+    # line style per implementation, so that the many lines stay apart
+    shape_colors = {rest: f"C{i % 10}" for i, rest in enumerate(sorted({key[3] for key in series}))}
+    op_markers = {op: "os^D"[i % 4] for i, op in enumerate(sorted({key[0] for key in series}))}
     for (op, impl, dtype, rest), points in sorted(series.items()):
         points.sort(key=lambda item: item[0])
         name, line = IMPL_STYLE.get(impl, (impl, ":"))
         rows = f"N={usual_rows} " if usual_rows is not None else ""
         style = dict(marker="o", linestyle=line, label=f"{op} {name} {dtype} {rows}{rest}".rstrip())
+        if rows_in_legend:
+            style.update(marker=op_markers[op], color=shape_colors[rest])
         for axis, key in axes:
             ok = [(k, r[key]) for k, r in points if not r.get("oom") and r.get(key) is not None]
             if ok:
@@ -144,10 +150,11 @@ def plot_codebook_scaling(records: list[dict], path: str, op_prefix: str, title:
             for k, r in [(k, r) for k, r in points if r.get("oom") or r.get("skipped")]:
                 axis.scatter([k], [tops[key]], marker="x", s=80, color="firebrick", zorder=5)
                 what = "OOM" if r.get("oom") else "skipped" + (
-                    f" (needs {r['reference_need_mb'] / 1024:.0f} GB)" if r.get("reference_need_mb") else "")
-                shape = f" {rest}" if rows_in_legend and rest else ""
-                axis.annotate(f"{op.removeprefix(op_prefix + '_')} {name} {dtype}{shape} {what}", (k, tops[key]),
-                              textcoords="offset points", xytext=(0, 8 + 10 * marked[(key, k)]), ha="center",
+                    f": needs {r['reference_need_mb'] / 1024:.0f} GB" if r.get("reference_need_mb") else "")
+                label = (f"{op.removeprefix(op_prefix + '_')} {name}\n{rest}\n{what}" if rows_in_legend
+                         else f"{op.removeprefix(op_prefix + '_')} {name} {dtype} {what}")
+                axis.annotate(label, (k, tops[key]), textcoords="offset points",
+                              xytext=(0, 8 + (30 if rows_in_legend else 10) * marked[(key, k)]), ha="center",
                               fontsize=7, color="firebrick")
                 marked[(key, k)] += 1
     ticks = sorted(rows_at)
