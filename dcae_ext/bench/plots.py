@@ -42,7 +42,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
         labels.append(f"{op_label(fast)} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
-        ref_oom.append(bool(ref.get("oom")))
+        ref_oom.append("reference OOM" if ref.get("oom") else "reference skipped" if ref.get("skipped") else "")
         fwd.append(speedup(fast, ref, "fwd_ms"))
         fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
         noisy.append((worst_spread(fast, ref) or 0.0) > SPREAD_LIMIT)
@@ -71,7 +71,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
         axis.text(x * 1.03, y, label, va="center", fontsize=7)
     for row in rows:
         if ref_oom[row]:
-            axis.text(low * 1.1, row, "reference OOM", va="center", fontsize=8, color="firebrick")
+            axis.text(low * 1.1, row, ref_oom[row], va="center", fontsize=8, color="firebrick")
     axis.axvline(1.0, color="black", linewidth=1)
     axis.set_xscale("log", base=2)
     axis.set_xlim(low, high * 1.3)
