@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from dcae_ext.commands._options import DTYPES, choose_device
+from dcae_ext.commands._options import DTYPES, choose_device, output_folder_problem
 
 
 def add_parser(subparsers):
@@ -115,6 +115,9 @@ def run(args) -> int:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"--limit: expected a positive number of images, got {args.limit}")
+    problem = output_folder_problem("--out", args.out)
+    if problem:
+        raise SystemExit(problem)
     resolution = args.resolution or None
     if resolution is None and args.batch_size != 1:
         raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")

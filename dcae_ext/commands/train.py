@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from dcae_ext.train.config import FIELDS, MODELS, RECIPES, ConfigError, defaults, value_type
+from dcae_ext.train.config import FIELDS, MODELS, RECIPES, SHORT_RUN_RECIPES, ConfigError, defaults, value_type
 
 POSITIONAL = ("model",)
 
@@ -30,7 +30,10 @@ def _default_text(name: str) -> str:
                for model, phase in RECIPES
                for values in [defaults(model, phase)]
                if name not in ("model", "phase") and name in values and values[name] != default]
-    return text + (f"; recipe: {', '.join(recipes)}" if recipes else "")
+    short = [f"{model} {preset} {_show(values[name])}" for (model, preset), values in SHORT_RUN_RECIPES.items()
+             if name in values]
+    return (text + (f"; recipe: {', '.join(recipes)}" if recipes else "")
+            + (f"; phase 1 of a CPU-sized preset: {', '.join(short)}" if short else ""))
 
 
 def _show(value) -> str:
@@ -146,9 +149,24 @@ def make_run_config(args, given: dict):
     config = make_config(args.model, file=args.config, **given)
     saved = os.path.join(config.out, CONFIG_NAME)
     if args.resume and os.path.isfile(saved):
-        config = make_config(args.model, file=args.config, base=read_config_file(saved), **given)
+        base = read_config_file(saved)
+        _check_model_kept(base, make_config(args.model, file=args.config, base=base), given, config.out)
+        config = make_config(args.model, file=args.config, base=base, **given)
     check_out(config.out, args.resume, args.overwrite)
     return config
+
+
+# What a resumed run cannot change: its checkpoint holds weights (and optimiser state) of this model.
+KEPT_ON_RESUME = ("preset", "init_weights", "phase")
+
+
+def _check_model_kept(saved: dict, resumed, given: dict, out: str) -> None:
+    """--resume with a flag that would change the model of the run in `out` is a ConfigError."""
+    for name in KEPT_ON_RESUME:
+        if name in given and given[name] != getattr(resumed, name):
+            raise ConfigError(name, f"the run in {out} trains {name.replace('_', ' ')} "
+                                    f"{_show(saved.get(name))}, and a resumed run keeps its model; to change it, "
+                                    f"start a new run (e.g. --init-weights {out} --out NEW_DIR)")
 
 
 def run(args) -> int:

@@ -454,7 +454,8 @@ class Trainer:
         self.save_preview(f"reconstruction_{self.step:07d}.png")
         save_loss_curve(os.path.join(self.config.out, "metrics.jsonl"),
                         os.path.join(self.config.out, "loss_curve.png"),
-                        title=f"{self.config.model} phase {self.config.phase} ({self.config.preset})")
+                        title=f"{self.config.model} phase {self.config.phase} "
+                              f"({self.config.preset or self.config.init_weights})")
         self.model.save_pretrained(os.path.join(self.config.out, "model"))
         if self.ema is not None:
             self.ema.model.save_pretrained(os.path.join(self.config.out, "model_ema"))
