@@ -103,6 +103,7 @@ def run_encoding(args, kind: str) -> int:
     from dcae_ext.encode import ranks as rank_group
     from dcae_ext.encode.plan import PlanMismatch, make_plan
     from dcae_ext.encode.run import encode_dataset
+    from dcae_ext.interrupt import Interrupted
 
     command, _, reader = KINDS[kind]
     for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size),
@@ -155,6 +156,9 @@ def run_encoding(args, kind: str) -> int:
                                      on_images=on_images, on_skip=on_skip)
         except PlanMismatch as error:
             raise SystemExit(f"--out: {error}") from None
+        except Interrupted as stop:
+            raise Interrupted(stop.signum, f"{stop}; the finished shards in {args.out} are kept: run the same "
+                                           "command again to continue") from None
         except UnreadableImageError as error:
             raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)") from None
         finally:

@@ -109,6 +109,7 @@ def run(args) -> int:
     from dcae_ext.eval.evaluate import evaluate, num_codes_of, write_results
     from dcae_ext.eval.images import EvalImages
     from dcae_ext.eval.metrics import MetricUnavailable, build_fid, load_lpips
+    from dcae_ext.interrupt import ignore_in_worker
 
     device = choose_device(args.device)
     if args.batch_size < 1:
@@ -160,7 +161,7 @@ def run(args) -> int:
     dataset = EvalImages(paths, resolution)
     loader = ReadableBatches(
         DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                   pin_memory=device.type == "cuda", collate_fn=collate_readable),
+                   pin_memory=device.type == "cuda", collate_fn=collate_readable, worker_init_fn=ignore_in_worker),
         strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
     autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]

@@ -88,7 +88,11 @@ class TrainConfig:
     grad_checkpointing: bool = option(False, "recompute block activations in the backward (less memory)")
     trainable: list = option(help="fnmatch patterns of the parameters that train", factory=lambda: ["*"])
     frozen: list = option(help="fnmatch patterns removed from trainable", factory=list)
-    ema_decay: float = option(0.999, "EMA of the weights (0 disables)", minimum=0.0)
+    ema_decay: float = option(0.999, "EMA of the weights (0 disables); the decay warms up as min(ema_decay, "
+                                     "(1 + n) / (10 + n)) at update n", minimum=0.0)
+    max_nonfinite_steps: int = option(20, "stop with an error after this many steps in a row skipped for a "
+                                          "non-finite loss (a diverged run; 0: never stop), keeping the last "
+                                          "checkpoint written before them", minimum=0)
     latent_channels_choices: tuple = option((), "DC-AE with a structured latent (dc-ae-f32c128-1.5, tiny-structured, "
                                                 "...): latent channel counts c', one drawn per step; the decoder "
                                                 "reconstructs from the first c' channels, the others zeroed (DC-AE "
