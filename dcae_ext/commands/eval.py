@@ -100,6 +100,16 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+METRIC_NAMES = {"ssim": "SSIM", "lpips": "LPIPS"}
+
+
+def _undefined_warning(name: str, metric: str, reason: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {name}: {METRIC_NAMES[metric]} undefined ({reason}); reported missing for this image, "
+               "left out of the mean", file=sys.stderr)
+
+
 def run(args) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -170,7 +180,7 @@ def run(args) -> int:
         result = evaluate(model, loader, device=device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
                           num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr),
-                          latent_channels=prefixes)
+                          latent_channels=prefixes, on_undefined=_undefined_warning)
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")
     seconds = time.perf_counter() - started
@@ -192,10 +202,19 @@ def _print_summary(metrics: dict, notes: dict) -> None:
     def show(value, spec):
         return "unavailable" if value is None else format(value, spec)
 
-    print(f"images  {metrics['num_images']}")
+    images = metrics["num_images"]
+    missing = metrics.get("missing", {})
+
+    def over(metric: str) -> str:
+        count = missing.get(metric, 0)
+        return f"  (mean over {images - count} of {images} images: undefined for {count}, see the warnings)" \
+            if count else ""
+
+    print(f"images  {images}")
     print(f"PSNR    {show(metrics['psnr'], '.3f')} dB")
-    print(f"SSIM    {show(metrics['ssim'], '.4f')}")
-    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes else ""))
+    print(f"SSIM    {show(metrics['ssim'], '.4f')}{over('ssim')}")
+    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes
+                                                       else over("lpips")))
     print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (no Inception weights: see the note above)" if "rfid" in notes else ""))
     if metrics.get("psnr_by_latent_channels"):
         print("PSNR by latent channels (the first c channels of the structured latent):")

@@ -32,9 +32,9 @@ def build_model(config: TrainConfig) -> nn.Module:
     if config.preset is not None and _architecture(_preset_config(config), config.model) != \
             _architecture(model.config, config.model):
         holds = f"preset {matched}" if matched else "an architecture no preset has"
-        raise ConfigError("preset", f"{config.preset} contradicts --init-weights {config.init_weights}, whose "
-                                    f"{cls.__name__} is {holds}; leave out --preset (the weights give the "
-                                    "architecture), or start from weights of that preset")
+        raise ConfigError("preset", f"contradicts --init-weights {config.init_weights}, which holds a "
+                                    f"{cls.__name__} of {holds}; leave out --preset (the weights give the "
+                                    f"architecture), or start from weights of {config.preset}")
     if config.preset is None or not config.preset.endswith(".json"):
         config.preset = matched
     return model

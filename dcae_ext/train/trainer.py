@@ -491,8 +491,7 @@ class Trainer:
         self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
         raise TrainingDiverged(
             f"the loss was not finite for {streak} steps in a row (steps {self.step - streak + 1}-{self.step}): "
-            f"training diverged and stopped; lower the learning rate (lr {config.lr:g}) or raise grad_clip "
-            f"({config.grad_clip:g}); {kept}")
+            f"training diverged and stopped; lower the learning rate (lr {config.lr:g}); {kept}")
 
     def finish(self) -> None:
         """Final grid, loss curve and exported weights (live and EMA) under `config.out`."""
