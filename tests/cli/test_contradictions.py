@@ -75,6 +75,18 @@ def test_init_weights_alone_records_the_architecture_that_trained(tmp_path, caps
     assert main(["train", "dcae", "--out", str(out), "--resume", "--steps", "2"]) == 0
 
 
+@pytest.mark.parametrize("flags,expected", [
+    (["--lecam-weight", "0.1"], "--lecam-weight 0.1: acts only with gan weight > 0"),
+    (["--phase", "3", "--gan-weight", "0", "--disc-first"], "--disc-first: acts only with gan weight > 0"),
+    (["--lpips-net", "alex"], "--lpips-net alex: acts only with lpips weight > 0"),
+    (["--phase", "3", "--disc-start", "5", "--steps", "5"], "--disc-start 5: the run ends at step 5"),
+])
+def test_a_flag_that_would_be_ignored_is_an_error(tmp_path, capsys, settings, flags, expected):
+    out = tmp_path / "run"
+    _one_line_error(capsys, ["train", "dcae", "--config", settings, "--out", str(out), *flags], expected)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flag,value", [("--preset", "tiny-structured"), ("--phase", "2")])
 def test_a_resume_that_would_change_the_model_is_an_error(tmp_path, capsys, settings, flag, value):
     out = tmp_path / "run"
