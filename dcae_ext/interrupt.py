@@ -18,8 +18,9 @@ import threading
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
-    """The command was stopped by a signal; `exit_status` is 128 + its number."""
+class Interrupted(BaseException):
+    """The command was stopped by a signal; `exit_status` is 128 + its number. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way turns it into another error."""
 
     def __init__(self, signum: int, message: str | None = None):
         self.signum = signum

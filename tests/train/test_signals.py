@@ -68,6 +68,7 @@ def test_a_signal_saves_the_step_says_so_and_resume_is_exact(setup, signum, tmp_
     deadline = time.monotonic() + 240
     while len(_logged_steps(out)) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the signal was sent"
     os.killpg(process.pid, signum)  # the whole group, workers included, as Ctrl-C in a terminal
     _, err = process.communicate(timeout=120)
 
