@@ -32,9 +32,18 @@ class Interrupted(BaseException):
 
 
 def ignore_in_worker(_worker_id: int | None = None) -> None:
-    """A DataLoader `worker_init_fn`: this worker ignores SIGINT and SIGTERM."""
+    """A DataLoader `worker_init_fn`: this worker ignores SIGINT and SIGTERM, and a connection the
+    stopping main process drops does not print a traceback from the worker's threads (the thread
+    of multiprocessing's resource_sharer that hands a batch's file descriptors over, for one)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    threading.excepthook = _quiet_when_disconnected
+
+
+def _quiet_when_disconnected(args) -> None:
+    if issubclass(args.exc_type, (ConnectionError, EOFError)):
+        return
+    threading.__excepthook__(args)
 
 
 def _in_main_thread() -> bool:
