@@ -66,7 +66,7 @@ def mean_psnr_line(scores: list[float], out: str) -> str:
 
 def _prepare(args):
     """Everything that can be wrong with the arguments is found here, before any output is written."""
-    from dcae_ext.data.images import UnreadableImageError, open_rgb
+    from dcae_ext.data.images import UnreadableImageError, distinct_png_names, inputs_replaced, open_rgb
 
     device = choose_device(args.device)
     problem = output_folder_problem("--out", args.out)
@@ -74,6 +74,11 @@ def _prepare(args):
         raise SystemExit(problem)
     dtype = DTYPES[args.dtype or default_dtype(device)]
     paths = list_inputs(args.input)
+    replaced = inputs_replaced(args.out, distinct_png_names(paths), paths)
+    if replaced:
+        raise SystemExit(f"--out: writing the reconstructions into {args.out} would replace the input image "
+                         f"{replaced[0]}{f' and {len(replaced) - 1} more' if len(replaced) > 1 else ''}: choose "
+                         "another --out")
     model = load_autoencoder(args.model, args.config).to(device).eval()
     if args.tile is not None:
         try:

@@ -90,7 +90,8 @@ def add_parser(subparsers):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint.pt, with its saved settings")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete the run in --out (checkpoint, metrics, images, weights) and start afresh")
+                        help="delete what earlier runs wrote in --out (checkpoint, metrics, images, weights; "
+                             "nothing else) and start afresh")
     parser.add_argument("--config", help="YAML or JSON file of the options below (names with underscores), or "
                                          "a named recipe: ibq-paper-16384, ibq-paper-262144 (the official IBQ "
                                          "ImageNet runs)")
@@ -211,7 +212,10 @@ def run(args) -> int:
         flags = dict(given, config=args.config) if args.config else given
         raise ValueError(_flag_message(error, flags)) from None
     metrics = trainer.train(resume=args.resume, overwrite=args.overwrite)
-    if main_rank:
+    if main_rank and args.resume and not metrics:
+        print(f"nothing to do: the run in {config.out} already finished its {trainer.step} steps; to train it "
+              f"longer, resume with more steps (--resume --steps {2 * trainer.step})")
+    elif main_rank:
         terms = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss") or k == "codebook_usage")
         print(f"step {trainer.step}: {terms}; skipped steps {trainer.skipped_steps}; outputs in {config.out}")
     distributed.teardown(trainer.context)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from dcae_ext import output_folder
 from dcae_ext.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from dcae_ext.train import distributed
 from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
@@ -414,9 +415,38 @@ class Trainer:
     def train(self, resume: bool = False, until: int | None = None, overwrite: bool = False) -> dict:
         """Run to `config.steps` (or stop early at step `until`, checkpointing there, as a killed
         run would have). A folder holding a run is refused unless `resume` (continue it from its
-        checkpoint) or `overwrite` (delete it first). Returns the last logged metrics."""
+        checkpoint) or `overwrite` (delete what runs wrote there first); one process at a time
+        writes into it (`dcae_ext.output_folder`). Returns the last logged metrics ({} when a
+        resumed run had already finished: nothing to do)."""
+        lock = self._lock_out()
+        try:
+            return self._train(resume, until, overwrite)
+        finally:
+            output_folder.release(self.config.out, lock)
+
+    def _lock_out(self) -> int | None:
+        """The main rank locks the output folder; every rank raises if it could not."""
+        lock, error = None, None
+        if self.context.is_main:
+            try:
+                lock = output_folder.acquire(self.config.out)
+            except output_folder.FolderInUseError as failure:
+                error = failure
+        if distributed.any_rank(error is not None, self.context):
+            raise error or output_folder.FolderInUseError(f"{self.config.out} is in use by another process")
+        return lock
+
+    def _final_outputs_written(self) -> bool:
+        last = "model_ema" if self.ema is not None else "model"  # finish() writes it last
+        return os.path.isdir(os.path.join(self.config.out, last))
+
+    def _train(self, resume: bool, until: int | None, overwrite: bool) -> dict:
         config = self.config
         self._prepare_out(resume, overwrite)
+        if resume and self.step >= config.steps:
+            if self.context.is_main and not self._final_outputs_written():
+                self.finish()  # the run was stopped while it exported its final outputs
+            return {}
         os.makedirs(config.out, exist_ok=True)
         config_path = os.path.join(config.out, CONFIG_NAME)
         if self.context.is_main:
