@@ -129,7 +129,6 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         else:
             ssim = [None] * target.shape[0]
             undefined["ssim"] = f"{height}x{width} is smaller than its {SSIM_WINDOW}x{SSIM_WINDOW} window"
-        lpips_value = None
         if lpips is not None:
             lpips_value = _lpips_of(lpips, recon01, target)
             if lpips_value is None:
