@@ -221,6 +221,11 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
     if size == 0:
         raise UnreadableFileError(f"{path} is empty (0 bytes): the file is truncated; use an earlier copy "
                                   "or start again")
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive; the legacy format is a pickle
+        raise UnreadableFileError(f"{path} is not a checkpoint or weights file (it is neither a torch file nor "
+                                  f"safetensors: it starts with {head!r})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

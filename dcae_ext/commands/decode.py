@@ -43,11 +43,17 @@ def run(args) -> int:
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
-    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)
+    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
-    with tqdm(total=count, desc="decode", unit="img", file=sys.stderr) as bar:
-        summary = decode_dataset(codec, args.input, args.out, batch_size=args.batch_size, limit=args.limit,
-                                 compare=not args.no_psnr, on_image=lambda name, score: bar.update(1))
+    try:
+        with tqdm(total=count, desc="decode", unit="img", file=sys.stderr, delay=1) as bar:
+            summary = decode_dataset(codec, args.input, args.out, batch_size=args.batch_size, limit=args.limit,
+                                     compare=not args.no_psnr, on_image=lambda name, score: bar.update(1))
+    except ValueError as error:
+        prefix = "argument 'out': "
+        if str(error).startswith(prefix):
+            raise SystemExit(f"--out: {str(error)[len(prefix):]}") from None
+        raise
     print(f"decoded {summary.images} {KINDS[kind][1]} {kind} to {args.out}")
     if summary.mean_psnr is not None:
         print(f"PSNR {summary.mean_psnr:.3f} dB (mean over {len(summary.psnr)} images against their sources)")

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dcae_ext.data.modes import to_rgb
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Files that ship inside the scikit-image wheel (skimage/data/*); anything fetched by pooch is left out.
@@ -53,14 +55,31 @@ def list_images(source: str, recursive: bool = True) -> list[str]:
                      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(source, f))]
         found.sort()
     elif os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source) as stream:
-            found = [os.path.join(base, line.strip()) for line in stream if line.strip()]
+        found = _read_list_file(source)
     else:
         raise FileNotFoundError(f"argument 'data': {source} is neither a folder nor a list file")
     if not found:
         raise ValueError(f"argument 'data': no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
     return found
+
+
+def _read_list_file(source: str) -> list[str]:
+    """The paths of a list file (one a line, relative to its folder); ValueError when the file is
+    not one: not text, or none of its first lines names an image (by extension or an existing file)."""
+    base = os.path.dirname(source)
+    try:
+        with open(source, encoding="utf-8") as stream:
+            lines = [line.strip() for line in stream if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (not text); give a "
+                         "folder of images or a text file with one image path a line") from None
+    paths = [os.path.join(base, line) for line in lines]
+    first = paths[:100]
+    if first and not any(path.lower().endswith(IMAGE_EXTENSIONS) or os.path.isfile(path) for path in first):
+        raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (its first line, "
+                         f"{lines[0][:60]!r}, names no image); give a folder of images or a text file with one "
+                         "image path a line")
+    return paths
 
 
 def embedded_image_paths() -> list[str]:
@@ -92,11 +111,29 @@ def distinct_png_names(paths: list[str]) -> list[str]:
     return names
 
 
+def inputs_replaced(out: str, names: list[str], inputs: list[str]) -> list[str]:
+    """The `inputs` that writing files `names` into folder `out` would replace (symlinked folders
+    resolved): a command that writes PNGs next to its sources must not write over them."""
+    real_folders: dict[str, str] = {}
+
+    def resolved(path: str) -> str:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folders[folder], os.path.basename(path))
+
+    sources = {resolved(path): path for path in inputs}
+    return [sources[target] for target in (resolved(os.path.join(out, name)) for name in names) if target in sources]
+
+
 def open_rgb(path: str) -> Image.Image:
-    """The fully decoded image as RGB; UnreadableImageError naming the path when it cannot be read."""
+    """The fully decoded image as upright 8-bit RGB, whatever its mode (`modes.to_rgb`: 16-bit and
+    float data scaled, EXIF orientation applied); UnreadableImageError naming the path when it
+    cannot be read, or its values have no known scale."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")  # convert() decodes the whole file: truncation shows up here
+            image.load()  # decodes the whole file: truncation shows up here
+            return to_rgb(image)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         reason = str(error) or type(error).__name__
         raise UnreadableImageError(f"cannot read image {path}: {reason}") from None

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from dcae_ext.data.datasets import open_encoded
-from dcae_ext.data.images import UnreadableImageError, distinct_png_names, load_image
+from dcae_ext.data.images import UnreadableImageError, distinct_png_names, inputs_replaced, load_image
 from dcae_ext.data.psnr import psnr_per_image, save_png, to_unit
 from dcae_ext.encode.codecs import Codec
 
@@ -47,7 +47,12 @@ def decode_dataset(codec: Codec, root: str, out: str, *, batch_size: int = 8, li
         raise ValueError(f"argument 'codec': {root} holds {dataset.kind}, the model makes {codec.kind}")
     resolution = dataset.metadata["plan"]["resolution"]
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    names = distinct_png_names([record["path"] for record in dataset.records])
+    sources = [record["path"] for record in dataset.records]
+    names = distinct_png_names(sources)
+    replaced = inputs_replaced(out, names[:count], sources)
+    if replaced:
+        raise ValueError(f"argument 'out': decoding into {out} would replace the source image {replaced[0]}"
+                         f"{f' and {len(replaced) - 1} more' if len(replaced) > 1 else ''}; choose another folder")
     os.makedirs(out, exist_ok=True)
     summary = DecodeSummary()
     for first, stop in _runs(dataset, count, batch_size):

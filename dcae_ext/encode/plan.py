@@ -7,14 +7,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
+from dcae_ext import output_folder
 from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
                                   atomic_write, completed_shards, read_json, remove_stale_temporaries)
 from dcae_ext.files import stale_temporaries
 
 PLAN_VERSION = 1
+OUTPUTS = (PLAN_FILE, SOURCES_FILE, SHARD_DIR, INDEX_FILE, SKIPPED_FILE, METADATA_FILE)  # what a run writes
 
 
 class PlanMismatch(ValueError):
@@ -63,21 +64,40 @@ def make_plan(kind: str, model: str, sources: list[str], resolution: int | None,
     return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources))
 
 
+def _is_unrecorded_run(root: str) -> bool:
+    """An encoding run written before runs recorded their outputs: a plan and no record."""
+    return (os.path.isfile(os.path.join(root, PLAN_FILE))
+            and not os.path.isfile(os.path.join(root, output_folder.RECORD_FILE)))
+
+
 def existing_plan(root: str) -> Plan | None:
     values = read_json(root, PLAN_FILE)
     return None if values is None else Plan(**values)
 
 
-def check_resumable(root: str, plan: Plan) -> bool:
-    """True when `root` holds a run of this plan (continue it); False when there is nothing there.
-    PlanMismatch when it holds another run or other files."""
+def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
+    """True when `root` holds a run of this plan (continue it); False when there is nothing there, or
+    when overwriting. PlanMismatch when it holds another run or other files, or (overwriting) holds,
+    under a name a run writes, something no run wrote."""
+    foreign = output_folder.foreign_names(root, OUTPUTS, adopt=_is_unrecorded_run(root))
+    if overwrite:
+        if foreign:
+            raise PlanMismatch(f"{root} holds {', '.join(foreign)}, which no dcae-ext run wrote; --overwrite deletes "
+                               "only what a run wrote, and a new run would write there: move them, or choose another "
+                               "folder")
+        return False
     existing = existing_plan(root)
     if existing is None:
         # a run killed before its plan was written leaves at most the list and an empty shards folder
-        leftovers = {SOURCES_FILE, SHARD_DIR} | {os.path.basename(path) for path in stale_temporaries(root)}
-        if os.path.isdir(root) and (set(os.listdir(root)) - leftovers or completed_shards(root)):
-            raise PlanMismatch(f"{root} is not empty and holds no encoding run ({PLAN_FILE}): choose an empty or new "
-                               "folder")
+        leftovers = {SOURCES_FILE, SHARD_DIR, *output_folder.BOOKKEEPING} | \
+            {os.path.basename(path) for path in stale_temporaries(root)}
+        others = sorted(set(os.listdir(root)) - leftovers) if os.path.isdir(root) else []
+        if others or foreign or completed_shards(root):
+            shown = sorted(set(foreign) | {name + ("/" if os.path.isdir(os.path.join(root, name)) else "")
+                                           for name in others})
+            found = ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "") or f"complete shards in {SHARD_DIR}/"
+            raise PlanMismatch(f"{root} is not empty ({found}) and holds no encoding run ({PLAN_FILE}): choose an "
+                               "empty or new folder")
         return False
     changed = existing.differences(plan)
     if changed:
@@ -95,11 +115,11 @@ def check_resumable(root: str, plan: Plan) -> bool:
 def start(root: str, plan: Plan, sources: list[str], overwrite: bool) -> None:
     """Prepare `root` for `plan` (main rank only): clear it when overwriting, write the plan and the
     list when new, drop the temporaries a killed run left."""
+    # check_resumable found every one of these names that exists to be a run's
+    output_folder.record_names(root, [name for name in OUTPUTS if os.path.lexists(os.path.join(root, name))])
     if overwrite:
-        for name in (PLAN_FILE, SOURCES_FILE, INDEX_FILE, SKIPPED_FILE, METADATA_FILE):
-            if os.path.exists(os.path.join(root, name)):
-                os.unlink(os.path.join(root, name))
-        shutil.rmtree(os.path.join(root, SHARD_DIR), ignore_errors=True)
+        output_folder.remove_recorded(root, OUTPUTS)
+    output_folder.record_names(root, OUTPUTS)  # before anything is written under them
     os.makedirs(os.path.join(root, SHARD_DIR), exist_ok=True)
     remove_stale_temporaries(root)
     if existing_plan(root) is None:

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 import dcae_ext
+from dcae_ext import output_folder
 from dcae_ext.data.loading import LoadFailure
 from dcae_ext.data.shards import METADATA_FILE, atomic_write, completed_shards, merge_index
 from dcae_ext.encode.codecs import Codec
@@ -41,7 +42,24 @@ def encode_dataset(codec: Codec, plan: Plan, sources: list[str], root: str, *, r
                    on_skip: Callable[[LoadFailure, int], None] | None = None) -> RunSummary:
     """Encode `sources` into `root` following `plan`, continuing an interrupted run of the same plan.
     `on_start(images_to_encode)` once this rank knows its work; the other callbacks: `encode_shards`."""
-    resumed = False if overwrite else check_resumable(root, plan)  # every rank reads before anyone writes
+    lock, busy = None, None
+    if ranks.is_main:  # one writer per folder: a second run (or --overwrite) there is refused
+        try:
+            lock = output_folder.acquire(root)
+        except output_folder.FolderInUseError as error:
+            busy = error
+    if ranks.reduce(float(busy is not None), op="max")[0]:
+        raise busy or output_folder.FolderInUseError(f"{root} is in use by another process")
+    try:
+        return _encode_locked(codec, plan, sources, root, ranks, overwrite, workers, strict, command, on_start,
+                              on_images, on_skip)
+    finally:
+        output_folder.release(root, lock)
+
+
+def _encode_locked(codec, plan, sources, root, ranks, overwrite, workers, strict, command, on_start, on_images,
+                   on_skip) -> RunSummary:
+    resumed = check_resumable(root, plan, overwrite)  # every rank reads before anyone writes
     ranks.barrier()
     if ranks.is_main:
         start(root, plan, sources, overwrite)

@@ -1,12 +1,13 @@
-"""A run's output folder: whether it holds a run, refusing or clearing it, and tidying it for a resume."""
+"""A run's output folder: whether it holds a run, refusing or clearing it, and tidying it for a resume.
+What belongs to a run is what `dcae_ext.output_folder` recorded: nothing else is written over or deleted."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
-from dcae_ext.files import atomic_write, remove_stale_temporaries
-from dcae_ext.models.formats.training_run import TRAINING_CHECKPOINT
+from dcae_ext import output_folder
+from dcae_ext.files import atomic_write, read_json, remove_stale_temporaries
+from dcae_ext.models.formats.training_run import TRAINING_CHECKPOINT, is_run_config
 
 CHECKPOINT_NAME = TRAINING_CHECKPOINT
 METRICS_NAME = "metrics.jsonl"
@@ -25,30 +26,45 @@ def run_files(out: str) -> list[str]:
     return [name for name in RUN_EVIDENCE if os.path.exists(os.path.join(out, name))]
 
 
+def is_unrecorded_run(out: str) -> bool:
+    """A run written before runs recorded their outputs: its config.json is a run's, and no record exists."""
+    config = os.path.join(out, CONFIG_NAME)
+    if os.path.isfile(os.path.join(out, output_folder.RECORD_FILE)) or not os.path.isfile(config):
+        return False
+    try:
+        return is_run_config(read_json(config))
+    except ValueError:
+        return False
+
+
 def check_out(out: str, resume: bool, overwrite: bool, flags: bool = True) -> None:
-    """Refuse a new run into a folder holding a run, unless resuming or overwriting."""
+    """Refuse a new run into a folder holding a run, unless resuming or overwriting; a resume with
+    nothing to resume; and any run where a name it writes holds something no run wrote."""
     resume_how, overwrite_how = ("--resume", "--overwrite") if flags else ("resume=True", "overwrite=True")
     if resume and overwrite:
         raise ValueError(f"{resume_how} continues the run in {out} and {overwrite_how} deletes it: give one")
     found = run_files(out)
+    if resume and not os.path.isfile(os.path.join(out, CHECKPOINT_NAME)):
+        if not found:
+            raise ValueError(f"{resume_how}: {out} holds no run to resume (no {CHECKPOINT_NAME}); start a run there "
+                             f"without {resume_how}")
+        raise ValueError(f"{resume_how}: the run in {out} saved no {CHECKPOINT_NAME} (it stopped before its first "
+                         f"checkpoint), so it cannot continue; start it afresh with {overwrite_how}")
+    if not resume:  # a resumed run's folder is its own: what a run writes there is its
+        foreign = output_folder.foreign_names(out, RUN_OUTPUTS, adopt=is_unrecorded_run(out))
+        if foreign:
+            doing = f"{overwrite_how} deletes only what a run wrote, and a new run" if overwrite else "a new run"
+            raise output_folder.ForeignFilesError(
+                f"{out} holds {', '.join(foreign)}, which no dcae-ext run wrote; {doing} would write there: move "
+                "them, or choose another output folder")
     if found and not resume and not overwrite:
         raise RunExistsError(f"{out} already holds a run ({', '.join(found)}): continue it with {resume_how}, "
                              f"or delete it and start afresh with {overwrite_how}")
 
 
 def clear_run(out: str) -> list[str]:
-    """Delete the files a run writes (nothing else) from `out`; returns the names removed."""
-    removed = []
-    for name in RUN_OUTPUTS:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.unlink(path)
-        else:
-            continue
-        removed.append(name)
-    return removed + remove_run_temporaries(out)
+    """Delete what runs recorded writing in `out` (nothing else); returns the names removed."""
+    return output_folder.remove_recorded(out, RUN_OUTPUTS) + remove_run_temporaries(out)
 
 
 def remove_run_temporaries(out: str) -> list[str]:
@@ -60,6 +76,8 @@ def tidy_out(out: str, overwrite: bool, resumed_step: int | None) -> list[str]:
     """Before a run starts: delete the earlier run (overwrite), or, for a run resumed at
     `resumed_step`, remove what a kill left behind. Returns notes saying what was done."""
     notes = []
+    if overwrite or resumed_step is not None or is_unrecorded_run(out):  # check_out found these names to be a run's
+        output_folder.record_names(out, [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out, name))])
     if overwrite:
         removed = clear_run(out)
         if removed:
@@ -72,6 +90,7 @@ def tidy_out(out: str, overwrite: bool, resumed_step: int | None) -> list[str]:
         torn = trim_metrics(out, resumed_step)
         if torn:
             notes.append(torn)
+    output_folder.record_names(out, RUN_OUTPUTS)  # before the run writes any of them
     return notes
 
 

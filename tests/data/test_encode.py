@@ -13,7 +13,9 @@ from dcae_ext.cli import main
 from dcae_ext.data import LatentDataset, TokenDataset
 from dcae_ext.data.images import embedded_image_paths
 from dcae_ext.data.shards import completed_shards
+from dcae_ext.encode.plan import OUTPUTS
 from dcae_ext.models import DCAE, IBQTokenizer
+from dcae_ext.output_folder import record_names
 
 from data_helpers import BAD, cli_error, write_image
 
@@ -186,9 +188,14 @@ def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_p
     finally:
         os.unlink(samples / "zz_new.png")
     (tmp_path / "early").mkdir()  # killed before its plan was written: a fresh start, no --overwrite needed
+    record_names(str(tmp_path / "early"), OUTPUTS)  # what it writes first
     (tmp_path / "early" / "shards").mkdir()
     (tmp_path / "early" / "sources.txt").write_text("half a list")
     assert main(args[:6] + [str(tmp_path / "early")] + args[7:]) == 0
+    (tmp_path / "users").mkdir()  # the same names, but no run recorded writing them: the user's
+    (tmp_path / "users" / "shards").mkdir()
+    with pytest.raises(SystemExit, match="not empty"):
+        main(args[:6] + [str(tmp_path / "users")] + args[7:])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):

@@ -61,10 +61,14 @@ def test_atomic_save_keeps_previous_checkpoint_when_write_fails(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the temporary file is gone
 
 
-def test_resume_without_checkpoint_warns_and_starts_at_zero(micro_dcae, quick_config):
-    events = []
-    trainer = Trainer(quick_config(steps=1), model=micro_dcae(), dataset=SmoothImages(),
-                      callback=lambda event, payload: events.append((event, payload)))
-    trainer.train(resume=True)
-    assert trainer.step == 1
-    assert any(event == "warning" and "no checkpoint" in payload["message"] for event, payload in events)
+def test_resume_without_checkpoint_is_an_error_and_starts_nothing(micro_dcae, quick_config):
+    config = quick_config(steps=1)
+    trainer = Trainer(config, model=micro_dcae(), dataset=SmoothImages())
+    with pytest.raises(ValueError, match=f"resume=True: {config.out} holds no run to resume"):
+        trainer.train(resume=True)
+    assert trainer.step == 0 and not os.path.exists(os.path.join(config.out, "config.json"))
+    trainer.train(until=1)
+    # its checkpoint gone: as a run killed before its first checkpoint leaves the folder
+    os.unlink(trainer.checkpoint_path)
+    with pytest.raises(ValueError, match="saved no checkpoint.pt .*start it afresh with overwrite=True"):
+        Trainer(config, model=micro_dcae(), dataset=SmoothImages()).train(resume=True)
