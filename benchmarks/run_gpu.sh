@@ -25,6 +25,9 @@
 #   bench-diffusers  diffusers' models, stock vs accelerate(): Sana 1600M at 1024 px and 4K (forward,
 #               forward+backward), AutoencoderDC (Sana's f32c32) decode at 1024 and 2048 and tiled
 #               4K, bf16 (<device>-diffusers.jsonl, its plot); needs diffusers (.whl/, see below)
+#   bench-vq    vector-quantize-pytorch's training step, stock vs accelerated, and ops.vq_quantize,
+#               K = 2^12 .. 2^18 x D = 8, 32, 256 at N = 16384, fp32 (<device>-vq.jsonl); needs
+#               vector-quantize-pytorch and its dependencies in .whl/ (see below)
 #   bench       bench-ibq, then bench-rest; BENCH_PLAN ("suite:dtypes:limit_s ...") replaces the plan of
 #               any bench step, BENCH_FLAGS adds flags (e.g. --quick)
 #   train       training-step images/s, fast ops vs reference mode (train.log, train.jsonl); TRAIN_PLAN
@@ -32,7 +35,8 @@
 # DEVICE=cpu rehearses the script on a machine without a GPU (tests/bench/test_run_gpu_script.py),
 # with SKIP_BUILD=1 to use the build that is there. Wheels for test dependencies the GPU machine
 # lacks (diffusers, lpips) are installed from .whl/ when that folder exists: make it with
-# `pip download --no-deps -d .whl diffusers lpips` and name .whl in the call's carry.
+# `pip download --no-deps -d .whl diffusers lpips` and name .whl in the call's carry; bench-vq also
+# needs `vector-quantize-pytorch einx loguru torch-einops-utils frozendict` there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -125,6 +129,8 @@ IBQ_PLAN="ibq:bf16,fp32:270"
 REST_PLAN="linear_attention:bf16,fp16,fp32:90 shortcuts:bf16,fp32:90 dcae:bf16:240"
 # diffusers: building the 1600M transformer twice and the 4K cases dominate; estimated, not yet measured
 DIFFUSERS_PLAN="diffusers:bf16:300"
+# VQ: 21 shapes, two cases each; the stock module runs out of memory at the largest K (recorded as such)
+VQ_PLAN="vq:fp32:240"
 
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the
@@ -170,8 +176,8 @@ pack() {
 if (( $# == 0 )); then set -- build-test; fi
 for step in "$@"; do
   case "$step" in
-    build|test|build-test|bench-ibq|bench-rest|bench-diffusers|bench|train|all) ;;
-    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench-diffusers bench train all);" \
+    build|test|build-test|bench-ibq|bench-rest|bench-diffusers|bench-vq|bench|train|all) ;;
+    *) echo "usage: $0 STEP... (build test build-test bench-ibq bench-rest bench-diffusers bench-vq bench train all);" \
             "got $step" >&2; exit 2 ;;
   esac
 done
@@ -186,6 +192,7 @@ for step in "$@"; do
     bench-ibq) bench_suites "${BENCH_PLAN:-$IBQ_PLAN}" ;;
     bench-rest) bench_suites "${BENCH_PLAN:-$REST_PLAN}" ;;
     bench-diffusers) bench_suites "${BENCH_PLAN:-$DIFFUSERS_PLAN}" ;;
+    bench-vq) bench_suites "${BENCH_PLAN:-$VQ_PLAN}" ;;
     bench) bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}" ;;
     train) train ;;
     all) if build; then run_tests; bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}"; train; else status=1; fi ;;

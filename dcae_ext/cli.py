@@ -2,7 +2,8 @@
 add_parser(subparsers) and run(args).
 
 Errors come out as one line (what is wrong, which flag, what would work) and exit status 1 (2 for
-a malformed command line); `--debug` shows the traceback instead.
+a malformed command line); `--debug` shows the traceback instead. SIGINT (Ctrl-C) and SIGTERM stop a
+command with one line and exit status 130 or 143 (training first saves its current step).
 """
 from __future__ import annotations
 
@@ -68,8 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
+    from dcae_ext.interrupt import Interrupted, raising_signals
+
     try:
-        return args.handler(args) or 0
+        with raising_signals():  # SIGINT and SIGTERM: one line and 128 + the signal, never a traceback
+            return args.handler(args) or 0
+    except Interrupted as stop:
+        if args.debug:
+            raise
+        print(f"{prog}: {stop}", file=sys.stderr)
+        return stop.exit_status
     except Exception as error:
         if args.debug:
             raise

@@ -29,11 +29,14 @@ class Workload:
     """One implementation of a case. `forward()` returns the output(s); forward+backward is
     `torch.autograd.grad(outputs, inputs, grad_outputs)`, so no run leaves a .grad behind and every
     run (and the peak-memory one) starts from the same memory. No `inputs`: forward only.
-    `extra` adds fields to this implementation's record (the case's `extra` goes to all of them)."""
+    `extra` adds fields to this implementation's record (the case's `extra` goes to all of them).
+    `skip`: why this implementation is not run here (e.g. the memory it would need is more than
+    the machine can spare); its record then says so (`"skipped"`) and holds no measurement."""
     forward: Callable[[], Any]
     inputs: tuple[torch.Tensor, ...] = ()
     grad_outputs: tuple[torch.Tensor | None, ...] = ()
     extra: dict = field(default_factory=dict)
+    skip: str | None = None
 
     def run_forward(self) -> Any:
         with torch.no_grad():
@@ -58,12 +61,14 @@ class Work:
 class Case:
     """`build(device, dtype)` makes the inputs and returns implementation name -> Workload
     ("fast" and "reference", and any other baseline raced beside them, e.g. "sdpa"); `extra` adds
-    fields to the records."""
+    fields to the records; `timing` replaces the suite's for this case (one whose calls take far
+    longer than the others')."""
     op: str
     shape: dict
     build: Callable[[torch.device, torch.dtype], dict[str, Workload]]
     work: Work | None = None
     extra: dict = field(default_factory=dict)
+    timing: Timing | None = None
 
 
 def default_timing(quick: bool) -> Timing:
@@ -79,7 +84,7 @@ def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Tim
     records = []
     for dtype in dtypes:
         for case in cases:
-            case_records = measure_case(case, device, dtype, timing)
+            case_records = measure_case(case, device, dtype, case.timing or timing)
             if on_case is not None:
                 on_case(case_records)
             records += case_records
@@ -90,14 +95,16 @@ def run_cases(cases: list[Case], device: torch.device | str, dtypes, timing: Tim
 
 def measure_case(case: Case, device: torch.device, dtype: torch.dtype, timing: Timing) -> list[dict]:
     workloads = case.build(device, dtype)
+    skipped = {impl: workload.skip for impl, workload in workloads.items() if workload.skip}
     limit, probes = _limit_setup(case.work, device, dtype)
-    forward = {impl: workload.run_forward for impl, workload in workloads.items()}
+    forward = {impl: workload.run_forward for impl, workload in workloads.items() if impl not in skipped}
     fwd_stats, fwd_oom = time_interleaved({**forward, **{name: fn for name, (fn, _) in probes.items()}},
                                           device, timing)
     if probes:
         limit = _probed_limit(case.work.kind, probes, fwd_stats)
         del probes  # free the probes' buffers before the backward is timed
-    backward = {impl: w.run_forward_backward for impl, w in workloads.items() if w.inputs and impl not in fwd_oom}
+    backward = {impl: w.run_forward_backward for impl, w in workloads.items()
+                if w.inputs and impl not in fwd_oom and impl not in skipped}
     fwdbwd_stats, fwdbwd_oom = time_interleaved(backward, device, timing) if backward else ({}, set())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     records = []
@@ -109,7 +116,9 @@ def measure_case(case: Case, device: torch.device, dtype: torch.dtype, timing: T
                 m[f"{phase}_ms"] = stats.median
                 m[f"{phase}_spread"] = stats.as_dict()
         m["noisy"] = any(s.noisy for s in (fwd_stats.get(impl), fwdbwd_stats.get(impl)) if s is not None)
-        if not oom:
+        if impl in skipped:
+            m["skipped"] = skipped[impl]
+        elif not oom:
             m["peak_mem_mb"], m["oom"] = _peak(workload, device)
         records.append(make_record(case.op, impl, device, dtype, case.shape, m, **case.extra, **workload.extra,
                                    **_limit_fields(case.work, dtype, limit, m),

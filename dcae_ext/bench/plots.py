@@ -1,6 +1,7 @@
 """PNG plots of benchmark records (matplotlib, see dcae_ext.figures): the speedup of every fast op (and of any
-baseline, such as IBQ's "sdpa") over its reference, and IBQ time and peak memory against the codebook
-size K, one line per implementation, with the sizes where one ran out of memory marked."""
+baseline, such as IBQ's "sdpa") over its reference, and IBQ (and VQ) time and peak memory against the
+codebook size K, one line per implementation, with the sizes where one ran out of memory (or was
+skipped) marked."""
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
     labels, fwd, fwdbwd, ref_oom, noisy = [], [], [], [], []
     for fast, ref in pairs:
         labels.append(f"{op_label(fast)} ({fast['dtype']})\n{_shape_text(fast['shape'])}")
-        ref_oom.append(bool(ref.get("oom")))
+        ref_oom.append("reference OOM" if ref.get("oom") else "reference skipped" if ref.get("skipped") else "")
         fwd.append(speedup(fast, ref, "fwd_ms"))
         fwdbwd.append(speedup(fast, ref, "fwdbwd_ms"))
         noisy.append((worst_spread(fast, ref) or 0.0) > SPREAD_LIMIT)
@@ -70,7 +71,7 @@ def plot_speedups(records: list[dict], path: str) -> str | None:
         axis.text(x * 1.03, y, label, va="center", fontsize=7)
     for row in rows:
         if ref_oom[row]:
-            axis.text(low * 1.1, row, "reference OOM", va="center", fontsize=8, color="firebrick")
+            axis.text(low * 1.1, row, ref_oom[row], va="center", fontsize=8, color="firebrick")
     axis.axvline(1.0, color="black", linewidth=1)
     axis.set_xscale("log", base=2)
     axis.set_xlim(low, high * 1.3)
@@ -97,14 +98,28 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     was timed) and peak memory, one line per (op, impl, dtype); a red x where a run ran out of memory.
     A K measured at another row count N than the most common one says so under its tick.
     Returns the path, or None when no IBQ record carries a codebook size."""
+    return plot_codebook_scaling(records, path, "ibq", "IBQ")
+
+
+def plot_vq_scaling(records: list[dict], path: str) -> str | None:
+    """plot_ibq_scaling for the VQ suite (vq_step, vq_quantize): one line per (op, impl, dtype, N, D),
+    a red x where an implementation ran out of memory or was skipped (the memory it would need)."""
+    return plot_codebook_scaling(records, path, "vq", "VQ training step", rows_in_legend=True)
+
+
+def plot_codebook_scaling(records: list[dict], path: str, op_prefix: str, title: str,
+                          rows_in_legend: bool = False) -> str | None:
+    """The time and memory panels against K of the ops named `op_prefix`*; rows_in_legend: the row
+    count N is part of each line (records at several N per K) instead of a note under the ticks."""
     series = defaultdict(list)
     rows_at = {}  # K -> N of the records measured at that K
     for record in records:
         size = _codebook_size(record)
-        if record["op"].startswith("ibq") and size is not None:
-            others = {k: v for k, v in record["shape"].items() if k not in CODEBOOK_KEYS and k != ROWS_KEY}
+        if record["op"].startswith(op_prefix) and size is not None:
+            others = {k: v for k, v in record["shape"].items()
+                      if k not in CODEBOOK_KEYS and (rows_in_legend or k != ROWS_KEY)}
             series[(record["op"], record["impl"], record["dtype"], _shape_text(others))].append((size, record))
-            rows_at[size] = record["shape"].get(ROWS_KEY)
+            rows_at[size] = None if rows_in_legend else record["shape"].get(ROWS_KEY)
     if not series:
         return None
     usual_rows = Counter(rows_at.values()).most_common(1)[0][0]
@@ -117,19 +132,29 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
     tops = {key: max([r[key] for pts in series.values() for _, r in pts if not r.get("oom") and r.get(key)],
                      default=1.0) * 1.5 for _, key in axes}
     marked = Counter()  # (axis, K) -> OOM labels placed there, to stack the next one above
+    # with several shapes per K (rows_in_legend): one colour per shape, one marker per op, the
+    # line style per implementation, so that the many lines stay apart
+    shape_colors = {rest: f"C{i % 10}" for i, rest in enumerate(sorted({key[3] for key in series}))}
+    op_markers = {op: "os^D"[i % 4] for i, op in enumerate(sorted({key[0] for key in series}))}
     for (op, impl, dtype, rest), points in sorted(series.items()):
         points.sort(key=lambda item: item[0])
         name, line = IMPL_STYLE.get(impl, (impl, ":"))
         rows = f"N={usual_rows} " if usual_rows is not None else ""
         style = dict(marker="o", linestyle=line, label=f"{op} {name} {dtype} {rows}{rest}".rstrip())
+        if rows_in_legend:
+            style.update(marker=op_markers[op], color=shape_colors[rest])
         for axis, key in axes:
             ok = [(k, r[key]) for k, r in points if not r.get("oom") and r.get(key) is not None]
             if ok:
                 axis.plot([k for k, _ in ok], [v for _, v in ok], **style)
-            for k in [k for k, r in points if r.get("oom")]:
+            for k, r in [(k, r) for k, r in points if r.get("oom") or r.get("skipped")]:
                 axis.scatter([k], [tops[key]], marker="x", s=80, color="firebrick", zorder=5)
-                axis.annotate(f"{op.removeprefix('ibq_')} {name} {dtype} OOM", (k, tops[key]),
-                              textcoords="offset points", xytext=(0, 8 + 10 * marked[(key, k)]), ha="center",
+                what = "OOM" if r.get("oom") else "skipped" + (
+                    f": needs {r['reference_need_mb'] / 1024:.0f} GB" if r.get("reference_need_mb") else "")
+                label = (f"{op.removeprefix(op_prefix + '_')} {name}\n{rest}\n{what}" if rows_in_legend
+                         else f"{op.removeprefix(op_prefix + '_')} {name} {dtype} {what}")
+                axis.annotate(label, (k, tops[key]), textcoords="offset points",
+                              xytext=(0, 8 + (30 if rows_in_legend else 10) * marked[(key, k)]), ha="center",
                               fontsize=7, color="firebrick")
                 marked[(key, k)] += 1
     ticks = sorted(rows_at)
@@ -149,12 +174,14 @@ def plot_ibq_scaling(records: list[dict], path: str) -> str | None:
         axis.grid(which="both", alpha=0.3)
     handles, labels = time_axis.get_legend_handles_labels()  # below the panels: no point hidden
     figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
-    figure.suptitle("IBQ vs codebook size: " + _title(records), fontsize=10)
+    figure.suptitle(f"{title} vs codebook size: " + _title([r for pts in series.values() for _, r in pts]),
+                    fontsize=10)
     return save_png(figure, path, dpi=110)
 
 
 def write_plots(records: list[dict], out_dir: str, prefix: str) -> list[str]:
     """Every plot the records allow, as <out_dir>/<prefix>_<plot>.png; returns the paths written."""
     written = [plot_speedups(records, os.path.join(out_dir, f"{prefix}_speedup.png")),
-               plot_ibq_scaling(records, os.path.join(out_dir, f"{prefix}_ibq_vs_codebook.png"))]
+               plot_ibq_scaling(records, os.path.join(out_dir, f"{prefix}_ibq_vs_codebook.png")),
+               plot_vq_scaling(records, os.path.join(out_dir, f"{prefix}_vq_vs_codebook.png"))]
     return [path for path in written if path]

@@ -30,6 +30,8 @@ SUMMARY_NOTE = ("Ranges are min-max over the cases; the speedup is reference tim
 GROUPS = [
     ("IBQ quantize", ["ibq_quantize"], {}),
     ("IBQ quantize + entropy", ["ibq_quantize+entropy"], {}),
+    ("VQ training step: vector-quantize-pytorch accelerated vs stock", ["vq_step"], {}),
+    ("VQ step op (vq_quantize) vs cdist + one_hot", ["vq_quantize"], {}),
     ("linear attention, DC-AE stage shapes", ["linear_attention"], {"case": "dcae_stage_*", "layout": "separate"}),
     ("linear attention, Sana's shape", ["linear_attention"], {"case": "sana_1152", "layout": "separate"}),
     ("linear attention, q k v as views of one tensor", ["linear_attention"], {"layout": "qkv_views"}),
@@ -135,6 +137,8 @@ def _ratio_cell(fast: dict, ref: dict | None, key: str, ref_name: str = "ref") -
         return "OOM"
     if ref and ref.get("oom"):
         return f"{ref_name} OOM"
+    if ref and ref.get("skipped"):
+        return f"{ref_name} skipped"
     value = speedup(fast, ref, key)
     return "-" if value is None else f"{value:.2f}x"
 

@@ -59,3 +59,18 @@ def select_device_type(value: str | None) -> str:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device.type
+
+
+def output_folder_problem(flag: str, path: str) -> str | None:
+    """What keeps `path` from being the output folder of flag `flag` (a file is there, or it cannot be
+    created or written to), or None; checked before a command works, so that it does not fail at the end."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{flag} {path}: is a file, expected a folder"
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{flag} {path}: {existing} is a file, so no folder can be made under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {existing} is not writable; choose a folder you can write to"
+    return None

@@ -16,6 +16,7 @@ SUITES = {
     "ibq": "dcae_ext.bench.ibq",
     "dcae": "dcae_ext.bench.dcae",  # end-to-end DC-AE encode/decode, ours vs diffusers
     "diffusers": "dcae_ext.bench.diffusers_models",  # diffusers' Sana models, stock vs accelerate()
+    "vq": "dcae_ext.bench.vq",  # vector-quantize-pytorch's training step, stock vs accelerated; ops.vq_quantize
 }
 
 
@@ -85,15 +86,7 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
     warning = _busy_warning(device)
     if warning:
         print(warning)
-    written: dict[str, int] = {}  # result file -> records this run appended to it
-
-    def keeper(path):
-        def keep(case_records: list[dict]) -> None:
-            for record in case_records:
-                record["quick"] = quick
-            if path:  # case by case: a suite cut short (a timeout, Ctrl-C) keeps what it measured
-                append_records(case_records, path)
-        return keep
+    written = {}  # results file -> records appended
 
     records = []
     for name in names:
@@ -109,16 +102,23 @@ def run_suites(names, device, dtypes, quick, results_dir, save=True, model=None,
         except SuiteUnavailable as reason:
             print(f"[{name}] skipped: {reason}")
             continue
-        # a suite with RESULTS_KIND keeps its own file, <device>-<kind>.jsonl (and plots)
-        path = results_path(device, results_dir, getattr(suite, "RESULTS_KIND", "")) if save else None
         timing = suite.timing(device, quick) if hasattr(suite, "timing") else default_timing(quick)
-        suite_records = run_cases(cases, device, dtypes, timing, on_case=keeper(path))
+        # a suite with a RESULTS_KIND keeps its records apart: <device>-<kind>.jsonl
+        path = results_path(device, results_dir, kind=getattr(suite, "RESULTS_KIND", "")) if save else None
+
+        def keep(case_records: list[dict], path=path) -> None:
+            for record in case_records:
+                record["quick"] = quick
+            if path:  # case by case: a suite cut short (a timeout, Ctrl-C) keeps what it measured
+                append_records(case_records, path)
+                written[path] = written.get(path, 0) + len(case_records)
+
+        suite_records = run_cases(cases, device, dtypes, timing, on_case=keep)
         print(f"\n[{name}] on {device}")
         print(format_table(suite_records))
         records += suite_records
         if path and suite_records:  # after each suite, so a run cut short keeps its plots
             _redraw_plots(path, plots_dir or os.path.join(results_dir, "plots"), quick)
-            written[path] = written.get(path, 0) + len(suite_records)
     for path, count in written.items():
         print(f"\nappended {count} records to {path}")
     return records

@@ -43,7 +43,7 @@ def run(args) -> int:
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
-    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile)
+    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     try:
         with tqdm(total=count, desc="decode", unit="img", file=sys.stderr, delay=1) as bar:

@@ -64,16 +64,27 @@ def command_line(command: str, args) -> str:
     return shlex.join(words)
 
 
-def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None):
-    """The model behind `name_or_path` wrapped for `kind`, on `device` in `dtype`."""
+def _a(kind: str) -> str:
+    """'a DC-AE', 'an IBQ tokenizer'."""
+    return f"{'an' if kind.startswith('IBQ') else 'a'} {kind}"
+
+
+def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None,
+               decoding: str | None = None):
+    """The model behind `name_or_path` wrapped for `kind`, on `device` in `dtype`. `decoding`: the
+    folder of encoded `kind` being decoded (the error for a model of the wrong kind says so)."""
     from dcae_ext.commands._models import load_model
     from dcae_ext.encode.codecs import CODECS
 
     command, model_kind, _ = KINDS[kind]
     model, loaded_kind, pretrained = load_model(name_or_path)
+    if loaded_kind != model_kind and decoding is not None:
+        raise SystemExit(f"--model: {name_or_path} is {_a(loaded_kind)}, but {decoding} holds {kind} written by "
+                         f"dcae-ext {command}: decode them with {_a(model_kind)} (leave out --model for the one "
+                         "that wrote them)")
     if loaded_kind != model_kind:
         other = "tokenize" if command == "encode" else "encode"
-        raise SystemExit(f"--model: {name_or_path} is a {loaded_kind}; {command} takes a {model_kind} "
+        raise SystemExit(f"--model: {name_or_path} is {_a(loaded_kind)}; {command} takes {_a(model_kind)} "
                          f"(use dcae-ext {other})")
     if not pretrained:
         print(f"note: --model {name_or_path} is a preset with RANDOM weights: the codes test the pipeline only",
@@ -92,6 +103,7 @@ def run_encoding(args, kind: str) -> int:
     from dcae_ext.encode import ranks as rank_group
     from dcae_ext.encode.plan import PlanMismatch, make_plan
     from dcae_ext.encode.run import encode_dataset
+    from dcae_ext.interrupt import Interrupted
 
     command, _, reader = KINDS[kind]
     for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size),
@@ -144,6 +156,9 @@ def run_encoding(args, kind: str) -> int:
                                      on_images=on_images, on_skip=on_skip)
         except PlanMismatch as error:
             raise SystemExit(f"--out: {error}") from None
+        except Interrupted as stop:
+            raise Interrupted(stop.signum, f"{stop}; the finished shards in {args.out} are kept: run the same "
+                                           "command again to continue") from None
         except UnreadableImageError as error:
             raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)") from None
         finally:

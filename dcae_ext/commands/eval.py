@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from dcae_ext.commands._options import DTYPES, choose_device
+from dcae_ext.commands._options import DTYPES, choose_device, output_folder_problem
 
 
 def add_parser(subparsers):
@@ -100,6 +100,16 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+METRIC_NAMES = {"ssim": "SSIM", "lpips": "LPIPS"}
+
+
+def _undefined_warning(name: str, metric: str, reason: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {name}: {METRIC_NAMES[metric]} undefined ({reason}); reported missing for this image, "
+               "left out of the mean", file=sys.stderr)
+
+
 def run(args) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -109,12 +119,16 @@ def run(args) -> int:
     from dcae_ext.eval.evaluate import evaluate, num_codes_of, write_results
     from dcae_ext.eval.images import EvalImages
     from dcae_ext.eval.metrics import MetricUnavailable, build_fid, load_lpips
+    from dcae_ext.interrupt import ignore_in_worker
 
     device = choose_device(args.device)
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"--limit: expected a positive number of images, got {args.limit}")
+    problem = output_folder_problem("--out", args.out)
+    if problem:
+        raise SystemExit(problem)
     resolution = args.resolution or None
     if resolution is None and args.batch_size != 1:
         raise SystemExit("--resolution 0 (native sizes) needs --batch-size 1")
@@ -157,7 +171,7 @@ def run(args) -> int:
     dataset = EvalImages(paths, resolution)
     loader = ReadableBatches(
         DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                   pin_memory=device.type == "cuda", collate_fn=collate_readable),
+                   pin_memory=device.type == "cuda", collate_fn=collate_readable, worker_init_fn=ignore_in_worker),
         strict=args.strict_data, on_skip=lambda failure, count: tqdm.write(skip_message(failure, count), sys.stderr))
     keep = max(1, min(4, len(dataset) // 2))
     autocast_dtype = None if args.dtype == "fp32" else DTYPES[args.dtype]
@@ -166,7 +180,7 @@ def run(args) -> int:
         result = evaluate(model, loader, device=device, autocast_dtype=autocast_dtype, lpips=lpips, fid=fid,
                           num_codes=num_codes_of(model), names=dataset.name, keep=keep,
                           progress=lambda it: tqdm(it, desc="eval", unit="batch", file=sys.stderr),
-                          latent_channels=prefixes)
+                          latent_channels=prefixes, on_undefined=_undefined_warning)
     except UnreadableImageError as error:
         raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped and counted)")
     seconds = time.perf_counter() - started
@@ -188,10 +202,19 @@ def _print_summary(metrics: dict, notes: dict) -> None:
     def show(value, spec):
         return "unavailable" if value is None else format(value, spec)
 
-    print(f"images  {metrics['num_images']}")
+    images = metrics["num_images"]
+    missing = metrics.get("missing", {})
+
+    def over(metric: str) -> str:
+        count = missing.get(metric, 0)
+        return f"  (mean over {images - count} of {images} images: undefined for {count}, see the warnings)" \
+            if count else ""
+
+    print(f"images  {images}")
     print(f"PSNR    {show(metrics['psnr'], '.3f')} dB")
-    print(f"SSIM    {show(metrics['ssim'], '.4f')}")
-    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes else ""))
+    print(f"SSIM    {show(metrics['ssim'], '.4f')}{over('ssim')}")
+    print(f"LPIPS   {show(metrics['lpips'], '.4f')}" + ("  (no LPIPS weights: see the note above)" if "lpips" in notes
+                                                       else over("lpips")))
     print(f"rFID    {show(metrics['rfid'], '.3f')}" + ("  (no Inception weights: see the note above)" if "rfid" in notes else ""))
     if metrics.get("psnr_by_latent_channels"):
         print("PSNR by latent channels (the first c channels of the structured latent):")

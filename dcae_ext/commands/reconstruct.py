@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from dcae_ext.commands._options import DTYPES, choose_device, default_dtype
+from dcae_ext.commands._options import DTYPES, choose_device, default_dtype, output_folder_problem
 
 
 def add_parser(subparsers):
@@ -69,8 +69,9 @@ def _prepare(args):
     from dcae_ext.data.images import UnreadableImageError, distinct_png_names, inputs_replaced, open_rgb
 
     device = choose_device(args.device)
-    if os.path.isfile(args.out):
-        raise SystemExit(f"--out: {args.out} is a file, expected a folder")
+    problem = output_folder_problem("--out", args.out)
+    if problem:
+        raise SystemExit(problem)
     dtype = DTYPES[args.dtype or default_dtype(device)]
     paths = list_inputs(args.input)
     replaced = inputs_replaced(args.out, distinct_png_names(paths), paths)
@@ -120,8 +121,10 @@ def run(args) -> int:
         score = float(psnr_per_image(result, target))
         scores.append(score)
         tqdm.write(f"{os.path.basename(path)}: PSNR {score:.2f} dB -> {name}")
-    if scores:
-        print(mean_psnr_line(scores, args.out))
+    if not scores:
+        raise SystemExit(f"--input {args.input}: none of its {len(paths)} image(s) could be read; nothing was "
+                         "reconstructed")
+    print(mean_psnr_line(scores, args.out))
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}", file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from dcae_ext.train.config import FIELDS, MODELS, RECIPES, ConfigError, defaults, value_type
+from dcae_ext.train.config import FIELDS, MODELS, RECIPES, SHORT_RUN_RECIPES, ConfigError, defaults, value_type
 
 POSITIONAL = ("model",)
 
@@ -30,7 +30,10 @@ def _default_text(name: str) -> str:
                for model, phase in RECIPES
                for values in [defaults(model, phase)]
                if name not in ("model", "phase") and name in values and values[name] != default]
-    return text + (f"; recipe: {', '.join(recipes)}" if recipes else "")
+    short = [f"{model} {preset} {_show(values[name])}" for (model, preset), values in SHORT_RUN_RECIPES.items()
+             if name in values]
+    return (text + (f"; recipe: {', '.join(recipes)}" if recipes else "")
+            + (f"; phase 1 of a CPU-sized preset: {', '.join(short)}" if short else ""))
 
 
 def _show(value) -> str:
@@ -131,7 +134,10 @@ def progress_callback(stream=None):
 def _flag_message(error: ConfigError, given: dict) -> str:
     """A ConfigError in the words of the command line: the flag when the value came from one."""
     if error.option in given and error.source is None:
-        return f"--{error.option.replace('_', '-')} {_show(given[error.option])}: {error.detail}"
+        value, flag = given[error.option], error.option.replace('_', '-')
+        if isinstance(value, bool):
+            return f"--{'' if value else 'no-'}{flag}: {error.detail}"
+        return f"--{flag} {_show(value)}: {error.detail}"
     if error.option in FIELDS and error.source is None:
         return f"option {error.option} (--{error.option.replace('_', '-')}): {error.detail}"
     return str(error)
@@ -147,9 +153,49 @@ def make_run_config(args, given: dict):
     config = make_config(args.model, file=args.config, **given)
     saved = os.path.join(config.out, CONFIG_NAME)
     if args.resume and os.path.isfile(saved):
-        config = make_config(args.model, file=args.config, base=read_config_file(saved), **given)
+        base = read_config_file(saved)
+        _check_model_kept(base, make_config(args.model, file=args.config, base=base), given, config.out)
+        config = make_config(args.model, file=args.config, base=base, **given)
+    _check_dependent_flags(config, given)
     check_out(config.out, args.resume, args.overwrite)
     return config
+
+
+# Options that act only while another is on (the GAN while gan_weight > 0, LPIPS while lpips_weight > 0):
+# given as a flag while it is off, they would be ignored without a word.
+DEPENDENT_OPTIONS = {
+    "gan_weight": ("adaptive_gan_weight", "disc_start", "gan_generator_loss", "disc_first", "disc_lr", "disc_betas",
+                   "disc_weight_decay", "disc_channels", "disc_layers", "disc_norm", "lecam_weight"),
+    "lpips_weight": ("lpips_net", "lpips_weights"),
+}
+
+
+def _check_dependent_flags(config, given: dict) -> None:
+    """A flag that asks for something the run would not do is a ConfigError (flags that turn it off are fine)."""
+    for switch, names in DEPENDENT_OPTIONS.items():
+        if getattr(config, switch) > 0:
+            continue
+        for name in names:
+            if name in given and given[name] not in (False, 0):
+                raise ConfigError(name, f"acts only with {switch.replace('_', ' ')} > 0, and it is 0 in this run; "
+                                        f"add --{switch.replace('_', '-')} W or leave out "
+                                        f"--{name.replace('_', '-')}")
+    if config.gan_weight > 0 and "disc_start" in given and config.disc_start >= config.steps:
+        raise ConfigError("disc_start", f"the run ends at step {config.steps}, so the discriminator would never "
+                                        "start; use a smaller --disc-start or more --steps")
+
+
+# What a resumed run cannot change: its checkpoint holds weights (and optimiser state) of this model.
+KEPT_ON_RESUME = ("preset", "init_weights", "phase")
+
+
+def _check_model_kept(saved: dict, resumed, given: dict, out: str) -> None:
+    """--resume with a flag that would change the model of the run in `out` is a ConfigError."""
+    for name in KEPT_ON_RESUME:
+        if name in given and given[name] != getattr(resumed, name):
+            raise ConfigError(name, f"the run in {out} trains {name.replace('_', ' ')} "
+                                    f"{_show(saved.get(name))}, and a resumed run keeps its model; to change it, "
+                                    f"start a new run (e.g. --init-weights {out} --out NEW_DIR)")
 
 
 def run(args) -> int:

@@ -18,6 +18,7 @@ from dcae_ext.data.loading import ImageSamples, LoadFailure, collate_readable
 from dcae_ext.data.shards import shard_file, write_shard
 from dcae_ext.encode.codecs import Codec
 from dcae_ext.encode.plan import Plan
+from dcae_ext.interrupt import ignore_in_worker
 
 
 class ShardBatches(Sampler):
@@ -72,7 +73,7 @@ def encode_shards(codec: Codec, plan: Plan, sources: list[str], root: str, shard
     batches = ShardBatches(plan, shards)
     loader = DataLoader(ImageSamples(sources, plan.resolution), batch_sampler=batches, num_workers=workers,
                         collate_fn=collate_readable, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker)
     stats = EncodeStats()
     started = time.perf_counter()
     current: _OpenShard | None = None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dcae_ext.data.psnr import psnr_per_image, to_unit
-from dcae_ext.eval.metrics import CodebookUsage, ssim_per_image
+from dcae_ext.eval.metrics import SSIM_WINDOW, CodebookUsage, ssim_per_image
 from dcae_ext.files import atomic_write
 
 
@@ -60,8 +60,25 @@ class _Extremes:
         return worst, best
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list) -> float | None:
+    """The mean of the values that are not None (a metric undefined for an image is None there)."""
+    values = [value for value in values if value is not None]
     return sum(values) / len(values) if values else None
+
+
+# LPIPS trunks pool an image down several times: below about 16-31 pixels (vgg 16, squeeze 17, alex 31)
+# they pool it to nothing and fail. An image that small has no LPIPS; larger ones must never fail here.
+LPIPS_SMALL = 64
+
+
+def _lpips_of(lpips: nn.Module, reconstruction: torch.Tensor, target: torch.Tensor) -> float | None:
+    """The batch's mean LPIPS, or None where it is undefined (images too small for the trunk)."""
+    try:
+        return float(lpips(reconstruction * 2 - 1, target * 2 - 1))
+    except RuntimeError:
+        if min(target.shape[-2:]) >= LPIPS_SMALL:
+            raise
+        return None
 
 
 @torch.no_grad()
@@ -69,7 +86,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
              autocast_dtype: torch.dtype | None = None, lpips: nn.Module | None = None, fid=None,
              num_codes: int | None = None, names: Callable[[int], str] | None = None, keep: int = 4,
              progress: Callable[[Iterable], Iterable] | None = None,
-             latent_channels: list[int] | None = None) -> dict:
+             latent_channels: list[int] | None = None,
+             on_undefined: Callable[[str, str, str], None] | None = None) -> dict:
     """Metrics over every image the loader yields as (indices (B,), images (B, 3, H, W) in [0, 1]).
 
     Returns {"metrics": {...}, "per_image": [...], "worst": [...], "best": [...]}: PSNR and SSIM are
@@ -77,13 +95,18 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
     set (None without `fid`); "codebook" usage and perplexity over all indices when `num_codes`;
     with `latent_channels` (a structured latent), "psnr_by_latent_channels" {c: mean PSNR of the
     reconstructions from the first c latent channels} (one more encode and decode per count).
+
+    A metric undefined for an image (SSIM below its 11x11 window, LPIPS below its trunk's size) is
+    None in that image's record, left out of the mean, counted in "missing" {metric: images}, and
+    reported through `on_undefined(name, metric, reason)`; the other images go on.
     """
     device = torch.device(device)
     model.eval()
     codebook = CodebookUsage(num_codes) if num_codes else None
     extremes = _Extremes(keep)
     per_image: list[dict] = []
-    lpips_sum, count = 0.0, 0
+    lpips_sum, lpips_count, count = 0.0, 0, 0
+    missing = {"ssim": 0, "lpips": 0}
     prefix_psnr: dict[int, list[float]] = {channels: [] for channels in latent_channels or ()}
     if fid is not None:
         fid.reset()
@@ -98,9 +121,21 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         if not torch.isfinite(reconstruction).all():
             raise FloatingPointError("the model produced non-finite values (NaN or inf) in a reconstruction")
         recon01 = to_unit(reconstruction)
-        psnr, ssim = psnr_per_image(recon01, target), ssim_per_image(recon01, target)
+        height, width = target.shape[-2:]
+        psnr = psnr_per_image(recon01, target)
+        undefined = {}
+        if min(height, width) >= SSIM_WINDOW:
+            ssim = ssim_per_image(recon01, target).tolist()
+        else:
+            ssim = [None] * target.shape[0]
+            undefined["ssim"] = f"{height}x{width} is smaller than its {SSIM_WINDOW}x{SSIM_WINDOW} window"
         if lpips is not None:
-            lpips_sum += float(lpips(recon01 * 2 - 1, target * 2 - 1)) * target.shape[0]
+            lpips_value = _lpips_of(lpips, recon01, target)
+            if lpips_value is None:
+                undefined["lpips"] = f"{height}x{width} is too small for its trunk"
+            else:
+                lpips_sum += lpips_value * target.shape[0]
+                lpips_count += target.shape[0]
         if fid is not None:
             fid.update(target, real=True)
             fid.update(recon01, real=False)
@@ -113,8 +148,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         count += target.shape[0]
         for row, index in enumerate(indices.tolist()):
             name = names(index) if names else str(index)
-            record = {"index": index, "name": name, "psnr": float(psnr[row]), "ssim": float(ssim[row])}
+            record = {"index": index, "name": name, "psnr": float(psnr[row]), "ssim": ssim[row]}
             per_image.append(record)
+            for metric, reason in undefined.items():
+                missing[metric] += 1
+                if on_undefined:
+                    on_undefined(name, metric, reason)
             extremes.offer(index, record["psnr"], lambda row=row, record=record: dict(
                 record, original=target[row].cpu(), reconstruction=recon01[row].cpu()))
     if count == 0:
@@ -123,9 +162,11 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
         "num_images": count,
         "psnr": _mean([r["psnr"] for r in per_image]),
         "ssim": _mean([r["ssim"] for r in per_image]),
-        "lpips": lpips_sum / count if lpips is not None else None,
+        "lpips": lpips_sum / lpips_count if lpips_count else None,
         "rfid": None,
     }
+    if any(missing.values()):
+        metrics["missing"] = {metric: images for metric, images in missing.items() if images}
     if fid is not None:
         if count < 2:
             raise ValueError("rFID needs at least 2 images")

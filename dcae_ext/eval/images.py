@@ -30,6 +30,10 @@ def _as_hwc(image: torch.Tensor) -> np.ndarray:
     return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
+def _ssim_text(value) -> str:
+    return "-" if value is None else f"{value:.3f}"  # None: undefined for an image this small
+
+
 def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: str = "") -> None:
     """PNG with one row per entry (worst first, then best): original | reconstruction | |error| x4.
     Each entry: {"name", "psnr", "ssim", "original" (3,H,W), "reconstruction" (3,H,W)} in [0, 1]."""
@@ -45,7 +49,7 @@ def save_worst_best_grid(path: str, worst: list[dict], best: list[dict], title: 
         error = np.clip(np.abs(original - reconstruction) * 4, 0, 1)
         label = f"{kind} {row + 1 if kind == 'worst' else row + 1 - len(worst)}: {entry['name']}"
         for column, (image, caption) in enumerate(((original, label), (reconstruction,
-                                                    f"reconstruction  PSNR {entry['psnr']:.2f} dB  SSIM {entry['ssim']:.3f}"),
+                                                    f"reconstruction  PSNR {entry['psnr']:.2f} dB  SSIM {_ssim_text(entry['ssim'])}"),
                                                    (error, "|error| x 4"))):
             axis = axes[row][column]
             axis.imshow(image, interpolation="nearest")

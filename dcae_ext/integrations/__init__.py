@@ -1,6 +1,5 @@
-"""Our fused ops inside other libraries' models, one module per library, each imported only when used:
+"""Optional integrations with other libraries. Each submodule imports its library only when one of
+its functions is called; `import dcae_ext.integrations` imports none of them.
 
-    from dcae_ext.integrations.diffusers import accelerate, restore   # needs `pip install dcae-ext[diffusers]`
-
-Importing this package (or dcae_ext) imports none of those libraries.
+    from dcae_ext.integrations.diffusers import accelerate, restore   # pip install dcae-ext[diffusers]
 """

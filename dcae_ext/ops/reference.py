@@ -128,3 +128,37 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
         out = vk @ q  # (d+1, N)
         out = out[..., :-1, :] / (out[..., -1:, :] + eps)
     return out.to(dtype)
+
+
+# --- the standard VQ step (docs/vq.md) -----------------------------------------------------------
+
+def vq_quantize(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", commitment_weight: float = 0.25,
+                ema_statistics: bool = False, *, gemm_dtype: torch.dtype | None = None, exact_index: bool = False):
+    """The textbook VQ step: (z_q, indices, codebook_loss, commitment_loss, counts, sums).
+
+    indices: argmin of torch.cdist for "l2" (argmax of the score for "dot" / "cosine"; the float64
+    argmax with exact_index); one_hot (N, K); codes = one_hot @ C; z_q = z + sg(codes - z);
+    codebook_loss = mean (codes - sg z)^2, commitment_loss = w mean (z - sg codes)^2 (0 when z is
+    empty); counts = one_hot.sum(0), sums = one_hot^T z (no gradient). gemm_dtype: ignored.
+    """
+    acc = accumulation_dtype(z.dtype)
+    rows = z.reshape(-1, codebook.shape[1])
+    if exact_index:
+        idx = nearest_code(rows, codebook, metric, exact_index=True)
+    elif metric == "l2":
+        idx = torch.cdist(rows.to(acc), codebook.to(acc)).argmin(dim=-1) if rows.shape[0] else \
+            torch.zeros(0, dtype=torch.int64, device=z.device)
+    else:
+        idx = ibq_logits(rows, codebook, metric).argmax(dim=-1)
+    one_hot = F.one_hot(idx, codebook.shape[0]).to(acc)
+    codes = (one_hot @ codebook.to(acc)).to(z.dtype)
+    z_q = rows + (codes - rows).detach()
+    if rows.numel():
+        codebook_loss = F.mse_loss(codes.to(acc), rows.detach().to(acc)).to(z.dtype)
+        commitment_loss = (F.mse_loss(rows.to(acc), codes.detach().to(acc)) * commitment_weight).to(z.dtype)
+    else:
+        codebook_loss = commitment_loss = (rows.sum() * 0 + codes.sum() * 0).to(z.dtype)
+    counts = sums = None
+    if ema_statistics:
+        counts, sums = one_hot.sum(dim=0), one_hot.t() @ rows.detach().to(acc)
+    return (z_q.reshape(z.shape), idx.reshape(z.shape[:-1]), codebook_loss, commitment_loss, counts, sums)

@@ -12,29 +12,95 @@ from dcae_ext.train.config import ConfigError, TrainConfig
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The generator: a DC-AE (`preset` a preset name or a diffusers config.json path) or an IBQ
-    tokenizer (an IBQ preset name); `init_weights` loads saved weights instead of random ones."""
-    from dcae_ext.models import DCAE, IBQTokenizer, load_model_from_path, preset_names
-    from dcae_ext.models.ibq.tokenizer import PRESETS as IBQ_PRESETS
+    tokenizer (an IBQ preset name); `init_weights` loads saved weights instead of random ones.
+
+    With `init_weights` the architecture is the weights': a `preset` that names another one is a
+    ConfigError, and `config.preset` is set to the preset the weights' architecture is (None for
+    one no preset has), so that the run's config.json records what trained."""
+    from dcae_ext.models import DCAE, IBQTokenizer, load_model_from_path
 
     cls = DCAE if config.model == "dcae" else IBQTokenizer
-    if config.init_weights:
-        if not os.path.exists(config.init_weights):
-            raise ConfigError("init_weights", f"{config.init_weights} does not exist")
-        model = load_model_from_path(config.init_weights)
-        if not isinstance(model, cls):
-            raise ConfigError("init_weights", f"{config.init_weights} holds a {type(model).__name__}; "
-                                              f"training {config.model} needs a {cls.__name__}")
-        return model
-    if config.model == "dcae" and config.preset.endswith(".json"):
-        if not os.path.isfile(config.preset):
-            raise ConfigError("preset", f"{config.preset} does not exist")
-        with open(config.preset) as stream:
-            return DCAE.from_config(json.load(stream))
+    if not config.init_weights:
+        return cls.from_config(_preset_config(config))
+    if not os.path.exists(config.init_weights):
+        raise ConfigError("init_weights", f"{config.init_weights} does not exist")
+    model = load_model_from_path(config.init_weights)
+    if not isinstance(model, cls):
+        raise ConfigError("init_weights", f"{config.init_weights} holds a {type(model).__name__}; "
+                                          f"training {config.model} needs a {cls.__name__}")
+    matched = preset_of(model.config, config.model)
+    if config.preset is not None and _architecture(_preset_config(config), config.model) != \
+            _architecture(model.config, config.model):
+        holds = f"preset {matched}" if matched else "an architecture no preset has"
+        raise ConfigError("preset", f"contradicts --init-weights {config.init_weights}, which holds a "
+                                    f"{cls.__name__} of {holds}; leave out --preset (the weights give the "
+                                    f"architecture), or start from weights of {config.preset}")
+    if config.preset is None or not config.preset.endswith(".json"):
+        config.preset = matched
+    return model
+
+
+def _preset_config(config: TrainConfig):
+    """The model config `config.preset` names (a preset name, or for DC-AE a config.json file)."""
+    from dcae_ext.models import preset_names
+    from dcae_ext.models.dcae.config import DCAEConfig, get_config
+    from dcae_ext.models.formats.training_run import is_run_config
+    from dcae_ext.models.ibq.tokenizer import PRESETS as IBQ_PRESETS, get_ibq_config
+
+    preset = config.preset
+    if config.model == "dcae" and preset.endswith(".json"):
+        if not os.path.isfile(preset):
+            raise ConfigError("preset", f"{preset} does not exist")
+        with open(preset) as stream:
+            try:
+                data = json.load(stream)
+            except json.JSONDecodeError as error:
+                raise ConfigError("preset", f"{preset} is not valid JSON: {error}") from None
+        if isinstance(data, dict) and is_run_config(data):
+            folder = os.path.dirname(preset) or "."
+            raise ConfigError("preset", f"{preset} holds a training run's settings, not a model config: start from "
+                                        f"that run's weights with --init-weights {folder} (or its model/ folder), "
+                                        f"continue it with --out {folder} --resume, or reuse its settings with "
+                                        f"--config {preset}")
+        try:
+            return DCAEConfig.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ConfigError("preset", f"{preset} is not a DC-AE config.json ({error}); saved weights go to "
+                                        "--init-weights") from None
     known = preset_names() if config.model == "dcae" else list(IBQ_PRESETS)
-    if config.preset not in known:
-        raise ConfigError("preset", f"unknown {config.model} preset {config.preset!r}; known: {', '.join(known)}"
+    if preset not in known:
+        raise ConfigError("preset", f"unknown {config.model} preset {preset!r}; known: {', '.join(known)}"
                                     + ("" if config.model == "ibq" else ", or a DC-AE config.json"))
-    return cls.from_config(config.preset)
+    return get_config(preset) if config.model == "dcae" else get_ibq_config(preset)
+
+
+def _architecture(model_config, model: str) -> dict:
+    """What decides the module tree and the meaning of its weights: the config without names (and for
+    a DC-AE without the scaling factor and spellings, as `dcae.config._architecture`)."""
+    from dcae_ext.models.dcae.config import _architecture as dcae_architecture
+
+    if model == "dcae":
+        values = dcae_architecture(model_config).to_dict()
+    else:
+        values = model_config.to_dict()
+        values["backbone"] = {k: v for k, v in values["backbone"].items() if k != "name"}
+    values.pop("name", None)
+    return values
+
+
+def preset_of(model_config, model: str) -> str | None:
+    """The preset whose architecture `model_config` has (the same scaling factor first), or None."""
+    from dcae_ext.models import preset_names
+    from dcae_ext.models.dcae.config import get_config
+    from dcae_ext.models.ibq.tokenizer import PRESETS as IBQ_PRESETS, get_ibq_config
+
+    names = preset_names() if model == "dcae" else list(IBQ_PRESETS)
+    configs = {name: get_config(name) if model == "dcae" else get_ibq_config(name) for name in names}
+    target = _architecture(model_config, model)
+    same = [name for name in names if _architecture(configs[name], model) == target]
+    exact = [name for name in same if getattr(configs[name], "scaling_factor", None) ==
+             getattr(model_config, "scaling_factor", None)]
+    return (exact or same or [None])[0]
 
 
 def check_inputs(config: TrainConfig, model: nn.Module) -> None:

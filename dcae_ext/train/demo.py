@@ -17,14 +17,15 @@ from dcae_ext.train.trainer import Trainer
 
 def demo_configs(out: str, dcae_steps: int = 300, ibq_steps: int = 300, resolution: int = 64,
                  batch_size: int = 8, device: str = "auto"):
-    shared = dict(preset="tiny", resolution=resolution, batch_size=batch_size, device=device, lpips_net="alex",
-                  num_workers=0, log_every=10, checkpoint_every=0, warmup_steps=20, seed=0)
+    """The optimisation settings are the tiny presets' own (config.SHORT_RUN_RECIPES), as
+    `dcae-ext train dcae|ibq --preset tiny` gets them; the demo sets only its size and outputs, and
+    starts IBQ's discriminator halfway."""
+    shared = dict(preset="tiny", resolution=resolution, batch_size=batch_size, device=device,
+                  num_workers=0, log_every=10, checkpoint_every=0, seed=0)
     dcae = make_config("dcae", phase=1, steps=dcae_steps, out=os.path.join(out, "dcae"),
-                       image_every=max(1, dcae_steps // 3), lr=2e-3, weight_decay=0.0, **shared)
-    # IBQ: the official loss, update order and no clipping; a cosine lr instead of the official constant
-    # one, which settles a 300-step run (docs/ibq_training.md section 2: 18.8 vs 16.5 dB, one experiment run each).
+                       image_every=max(1, dcae_steps // 3), **shared)
     ibq = make_config("ibq", steps=ibq_steps, out=os.path.join(out, "ibq"), image_every=max(1, ibq_steps // 3),
-                      lr=1e-3, lr_schedule="cosine", disc_start=ibq_steps // 2, disc_channels=32, **shared)
+                      disc_start=ibq_steps // 2, **shared)
     return dcae, ibq
 
 
@@ -32,7 +33,7 @@ def run_demo(out: str = "demo_out", dcae_steps: int = 300, ibq_steps: int = 300,
              batch_size: int = 8, device: str = "auto", callback=None, threads: int | None = 1) -> dict:
     """Train both tiny models; returns {model: {"out", "metrics" (last logged row), "seconds"}}.
 
-    The demo's higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run; the tiny
+    The tiny presets' higher learning rates (2e-3 / 1e-3) suit a few hundred steps, not a real run; the tiny
     IBQ preset's small initial codebook is what keeps its codes in use at this budget.
     `threads` (default 1) bounds torch's CPU threads during the demo: these layers are too small
     to gain from a second thread, and on a busy 2-core machine two spinning OpenMP threads ran

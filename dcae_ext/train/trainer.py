@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dcae_ext import output_folder
+from dcae_ext.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from dcae_ext.train import distributed
 from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
                                   set_frozen_modules_to_eval)
@@ -42,6 +43,10 @@ from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight,
                                    hinge_discriminator_loss, reconstruction_loss)
 from dcae_ext.train.plots import save_loss_curve, save_reconstruction_grid
 from dcae_ext.train.run_folder import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, check_out, tidy_out
+
+
+class TrainingDiverged(ValueError):
+    """The loss stayed non-finite for `max_nonfinite_steps` steps in a row; the run stopped."""
 
 
 class DiscriminatorLoss(nn.Module):
@@ -102,6 +107,8 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.skipped_disc_steps = 0
+        self.nonfinite_streak = 0       # steps in a row skipped for a non-finite loss, up to this one
+        self.checkpoint_step = None     # the step of the checkpoint on disk, once one is
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -259,8 +266,13 @@ class Trainer:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
                 self.ema.update(self.model)
+            self.nonfinite_streak = 0
         else:
             self.skipped_steps += 1
+            # fp16's GradScaler skips steps whose gradients overflow by design; a non-finite loss is divergence
+            loss_nonfinite = distributed.any_rank(not math.isfinite(terms.get("loss", math.nan)), self.context)
+            if loss_nonfinite or self.precision != "fp16":
+                self.nonfinite_streak += 1
         metrics.update(terms, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
         if self.config.latent_channels_choices:
             metrics["latent_channels"] = self.latent_channels_at(self.step)
@@ -302,7 +314,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         state = {"config": to_dict(self.config), "step": self.step, "skipped_steps": self.skipped_steps,
-                 "skipped_disc_steps": self.skipped_disc_steps, "model": self.model.state_dict(),
+                 "skipped_disc_steps": self.skipped_disc_steps, "nonfinite_streak": self.nonfinite_streak,
+                 "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
                  "world_size": self.context.world_size, "model_class": type(self.model).__name__,
@@ -328,6 +341,8 @@ class Trainer:
             self.disc_scheduler.load_state_dict(state["disc_scheduler"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.skipped_disc_steps = state.get("skipped_disc_steps", 0)
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        self.checkpoint_step = self.step
         set_rng_state(state["rng"])
 
     @property
@@ -339,6 +354,7 @@ class Trainer:
             atomic_save(self.state_dict(), self.checkpoint_path)
             self.callback("checkpoint", {"path": self.checkpoint_path, "step": self.step})
         distributed.barrier(self.context)
+        self.checkpoint_step = self.step
         return self.checkpoint_path
 
     def resume(self, path: str | None = None) -> bool:
@@ -367,7 +383,7 @@ class Trainer:
         return iter(DataLoader(self.dataset, batch_size=config.batch_size, sampler=self.sampler,
                                num_workers=config.num_workers, drop_last=True,
                                pin_memory=config.pin_memory and self.device.type == "cuda",
-                               persistent_workers=False))
+                               persistent_workers=False, worker_init_fn=ignore_in_worker))
 
     def _write_metrics(self, row: dict) -> None:
         if self.context.is_main:
@@ -450,32 +466,62 @@ class Trainer:
         batches, metrics = self._loader(), {}
         images_per_step = config.batch_size * config.grad_accum * self.context.world_size
         tick, tick_step = time.perf_counter(), self.step
+        checkpoint_due = False
         try:
-            while self.step < stop:
-                micro = [next(batches).to(self.device, non_blocking=True) for _ in range(config.grad_accum)]
-                metrics = self.train_step(micro)
-                self.callback("step", metrics)
-                last = self.step == stop
-                if self.step % config.log_every == 0 or last or self.step == 1:
-                    now = time.perf_counter()
-                    metrics["images_per_s"] = images_per_step * (self.step - tick_step) / max(now - tick, 1e-9)
-                    tick, tick_step = now, self.step
-                    self._write_metrics(metrics)
-                    self.callback("log", metrics)
-                if config.image_every and self.step % config.image_every == 0 and not last:
-                    self.save_preview()
-                if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or last:
-                    self.save_checkpoint()
+            # SIGINT/SIGTERM: the step in flight finishes, then a checkpoint of it is saved (_interrupted)
+            with deferred_signals() as signals:
+                while self.step < stop:
+                    if distributed.any_rank(signals.received is not None, self.context):
+                        self._interrupted(signals.received)
+                    micro = [next(batches).to(self.device, non_blocking=True) for _ in range(config.grad_accum)]
+                    metrics = self.train_step(micro)
+                    self.callback("step", metrics)
+                    last = self.step == stop
+                    if self.step % config.log_every == 0 or last or self.step == 1:
+                        now = time.perf_counter()
+                        metrics["images_per_s"] = images_per_step * (self.step - tick_step) / max(now - tick, 1e-9)
+                        tick, tick_step = now, self.step
+                        self._write_metrics(metrics)
+                        self.callback("log", metrics)
+                    if config.max_nonfinite_steps and self.nonfinite_streak >= config.max_nonfinite_steps:
+                        self._diverged()
+                    if config.image_every and self.step % config.image_every == 0 and not last:
+                        self.save_preview()
+                    # a checkpoint of weights whose loss is not finite would only resume into the same NaN:
+                    # wait for a finite step (the weights of a skipped step are those of the last finite one)
+                    checkpoint_due = checkpoint_due or bool(
+                        config.checkpoint_every and self.step % config.checkpoint_every == 0)
+                    if (checkpoint_due and self.nonfinite_streak == 0) or last:
+                        self.save_checkpoint()
+                        checkpoint_due = False
+                if self.step >= config.steps:
+                    self.finish()
         finally:
             # Stop the loader's workers now: left to the garbage collector, the iterator can be
             # finalised inside a later loader's forked worker, which then fails on it.
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
-        if self.step >= config.steps:
-            self.finish()
         self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
         return metrics
+
+    def _interrupted(self, signum: int) -> None:
+        """Save the current step (unless none was taken) and raise Interrupted saying how to go on."""
+        if self.step > 0 and self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
+        if self.step == 0:
+            raise Interrupted(signum, "interrupted before the first step; nothing was saved")
+        raise Interrupted(signum, f"interrupted at step {self.step}; resume with --resume")
+
+    def _diverged(self) -> None:
+        streak, config = self.nonfinite_streak, self.config
+        kept = (f"the checkpoint of step {self.checkpoint_step} is kept" if self.checkpoint_step is not None
+                else "no checkpoint was written")
+        self.callback("end", {"step": self.step, "skipped_steps": self.skipped_steps})
+        raise TrainingDiverged(
+            f"the loss was not finite for {streak} steps in a row (steps {self.step - streak + 1}-{self.step}): "
+            f"training diverged and stopped; lower the learning rate (lr {config.lr:g}); {kept}")
 
     def finish(self) -> None:
         """Final grid, loss curve and exported weights (live and EMA) under `config.out`."""
@@ -484,7 +530,8 @@ class Trainer:
         self.save_preview(f"reconstruction_{self.step:07d}.png")
         save_loss_curve(os.path.join(self.config.out, "metrics.jsonl"),
                         os.path.join(self.config.out, "loss_curve.png"),
-                        title=f"{self.config.model} phase {self.config.phase} ({self.config.preset})")
+                        title=f"{self.config.model} phase {self.config.phase} "
+                              f"({self.config.preset or self.config.init_weights})")
         self.model.save_pretrained(os.path.join(self.config.out, "model"))
         if self.ema is not None:
             self.ema.model.save_pretrained(os.path.join(self.config.out, "model_ema"))

@@ -99,7 +99,7 @@ def test_bench_command_rejects_bad_flags():
         main(["bench", "--ops", "shortcuts", "--threads", "0", "--no-save"])
 
 
-@pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae"])
+@pytest.mark.parametrize("op", ["shortcuts", "linear_attention", "ibq", "dcae", "vq"])
 def test_wrapper_scripts_are_the_command_for_one_suite(op, monkeypatch):
 
     seen = {}
@@ -180,3 +180,34 @@ def test_the_end_to_end_suite_without_diffusers_is_skipped_with_the_reason(tmp_p
     assert bench.run_suites(["dcae"], "cpu", [torch.float32], True, str(tmp_path)) == []
     assert "[dcae] skipped: needs diffusers" in capsys.readouterr().out
     assert not os.listdir(tmp_path)
+
+
+def test_a_suite_with_a_results_kind_writes_its_own_file(tmp_path, monkeypatch):
+    module = types.ModuleType("kind_bench_suite")
+    module.cases = _tiny_cases
+    module.RESULTS_KIND = "vq"
+    monkeypatch.setitem(sys.modules, "kind_bench_suite", module)
+    monkeypatch.setitem(bench.SUITES, "vq", "kind_bench_suite")
+    bench.run_suites(["vq"], "cpu", [torch.float32], True, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["cpu-vq.jsonl", "plots"]
+    assert len(open(tmp_path / "cpu-vq.jsonl").readlines()) == 2
+
+
+def test_the_vq_plot_marks_skipped_implementations(tmp_path):
+    from dcae_ext.bench.plots import plot_vq_scaling
+
+    def record(op, impl, n, k, ms=None, skipped=None):
+        return {"op": op, "impl": impl, "device": "cpu", "device_name": "x86_64", "dtype": "float32",
+                "shape": {"N": n, "K": k, "D": 256}, "fwd_ms": ms, "fwdbwd_ms": ms, "peak_mem_mb": ms,
+                "oom": False, "torch": "2.14.1", "date": "2026-12-07T12:00:00+00:00",
+                "reference_need_mb": 24.0 * n * k / 2**20,
+                **({"skipped": skipped} if skipped else {})}
+
+    records = [record("vq_step", "fast", 16384, k, 10.0 * k / 2**14) for k in (2**14, 2**16)]
+    records += [record("vq_step", "reference", 16384, 2**14, 100.0),
+                record("vq_step", "reference", 16384, 2**16, skipped="needs 16 GB"),
+                record("vq_step", "fast", 512, 2**14, 1.0)]
+    path = plot_vq_scaling(records, str(tmp_path / "vq.png"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 500
+    assert plot_vq_scaling([r for r in records if r["op"] == "x"], str(tmp_path / "none.png")) is None

@@ -121,3 +121,19 @@ def test_every_suite_builds_fast_and_reference_workloads_that_run(name):
             grads = workload.run_forward_backward()
             assert len(grads) == len(workload.inputs) and all(g is not None for g in grads)
             assert all(t.grad is None for t in workload.inputs)
+
+
+def test_a_skipped_implementation_is_recorded_without_running():
+    # the VQ suite skips the stock module where its N x K tensors would not fit the CPU (a kernel
+    # OOM kill, not an exception): the record says why and holds no measurement
+    def never():
+        raise AssertionError("a skipped workload ran")
+
+    slow = Timing(warmup=1, min_blocks=2, max_blocks=2)
+    case = _case(reference=Workload(never, skip="needs 17 GB"))
+    case = Case(case.op, case.shape, case.build, timing=slow)
+    fast, reference = run_cases([case], "cpu", [torch.float32], FEW_BLOCKS)
+    assert reference["skipped"] == "needs 17 GB" and reference["oom"] is False
+    assert reference["fwd_ms"] is None and reference["fwdbwd_ms"] is None and reference["peak_mem_mb"] is None
+    assert fast["fwd_ms"] > 0 and "skipped" not in fast
+    assert fast["fwd_spread"]["blocks"] == 2  # the case's own timing, not the run's

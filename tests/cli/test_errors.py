@@ -121,7 +121,8 @@ def test_version_and_help_describe_every_flag_with_its_default(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--log-every LOG_EVERY write a metrics.jsonl row every N steps (default: 10)" in text
-    assert "--lr LR peak learning rate (AdamW) (default: 6.4e-05; recipe: ibq 0.0001)" in text
+    assert "--lr LR peak learning rate (AdamW) (default: 6.4e-05; recipe: ibq 0.0001; phase 1 of a CPU-sized " \
+           "preset: dcae tiny 0.002, dcae tiny-structured 0.002, ibq tiny 0.001)" in text
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "(default: 8)" in capsys.readouterr().out

@@ -172,3 +172,53 @@ def test_eval_command_reads_a_training_run_and_its_checkpoint(tmp_path, capsys, 
         document = json.loads((tmp_path / "eval" / "eval.json").read_text())
         assert document["pretrained"] and document["model_kind"] == "DC-AE"
         assert document["metrics"]["num_images"] == 2
+
+
+def test_a_metric_undefined_for_an_image_is_missing_there_and_the_rest_go_on(tmp_path):
+    """A 1x1 image: SSIM (11x11 window) and LPIPS (its trunk pools the image to nothing) are undefined for
+    it; the image is named, its values are None, the means are those of the other images."""
+    import warnings
+
+    from dcae_ext.models.perceptual import PerceptualLoss
+
+    paths = _write_images(tmp_path, count=3, size=(40, 40))
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
+    paths.insert(1, str(tmp_path / "dot.png"))
+    dataset = EvalImages(paths, None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LPIPS: no trunk weights")
+        lpips = PerceptualLoss("vgg", None)
+    undefined = []
+    result = evaluate(NoisyCopy(), DataLoader(dataset, batch_size=1), names=dataset.name, lpips=lpips,
+                      on_undefined=lambda name, metric, reason: undefined.append((name, metric, reason)))
+    assert [(name, metric) for name, metric, _ in undefined] == [("dot.png", "ssim"), ("dot.png", "lpips")]
+    assert "1x1" in undefined[0][2]
+    records = {record["name"]: record for record in result["per_image"]}
+    assert records["dot.png"]["ssim"] is None and records["dot.png"]["psnr"] > 0
+    metrics = result["metrics"]
+    assert metrics["num_images"] == 4 and metrics["missing"] == {"ssim": 1, "lpips": 1}
+    others = [record["ssim"] for name, record in records.items() if name != "dot.png"]
+    assert metrics["ssim"] == pytest.approx(sum(others) / 3)
+    assert metrics["lpips"] is not None and metrics["psnr"] == pytest.approx(
+        sum(record["psnr"] for record in records.values()) / 4)
+
+
+def test_eval_command_goes_on_past_a_one_pixel_image(tmp_path, capsys, monkeypatch):
+    from dcae_ext.cli import main
+
+    monkeypatch.delenv("DCAE_EXT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("DCAE_EXT_LPIPS_WEIGHTS", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_images(data, count=2, size=(36, 44))
+    Image.new("RGB", (1, 1), (0, 0, 0)).save(data / "dot.png")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", "tiny", "--data", str(data), "--resolution", "0", "--batch-size", "1",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    warned = [line for line in printed.err.splitlines() if "dot.png" in line]
+    assert len(warned) == 1 and "SSIM undefined" in warned[0], printed.err
+    assert "mean over 2 of 3 images: undefined for 1" in printed.out
+    document = json.loads((out / "eval.json").read_text())
+    assert document["metrics"]["missing"] == {"ssim": 1} and document["metrics"]["num_images"] == 3
+    assert [record["ssim"] is None for record in document["per_image"]].count(True) == 1

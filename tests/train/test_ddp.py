@@ -25,7 +25,7 @@ WORKER = textwrap.dedent("""
     from dcae_ext.train.config import make_config
     from dcae_ext.train.trainer import Trainer
     config = make_config("dcae", steps=3, batch_size=2, resolution=16, out={out!r}, num_workers=0, device="cpu",
-                         lpips_weight=0.0, log_every=1, checkpoint_every=0, image_every=0, lr=1e-2)
+                         lpips_weight=0.0, log_every=1, checkpoint_every=0, image_every=0, lr=1e-2, warmup_steps=0)
     torch.manual_seed(0)
     trainer = Trainer(config, model=DCAE(micro_dcae_config()), dataset=SmoothImages())
     assert trainer.context.world_size == 2

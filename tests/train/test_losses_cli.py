@@ -57,7 +57,7 @@ def test_patch_discriminator_shapes():
 def test_ema_tracks_trainable_and_copies_frozen():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     model[1].weight.requires_grad_(False)
-    ema = EMA(model, decay=0.75)
+    ema = EMA(model, decay=0.75, warmup=False)
     with torch.no_grad():
         model[0].weight.add_(4.0)
         model[1].weight.add_(1.0)
@@ -67,6 +67,25 @@ def test_ema_tracks_trainable_and_copies_frozen():
     torch.testing.assert_close(ema.model[0].weight, start + 1.0)
     torch.testing.assert_close(ema.model[1].weight, model[1].weight)
     torch.testing.assert_close(ema.model[1].running_mean, model[1].running_mean)
+
+
+def test_ema_warms_up_so_a_short_run_exports_trained_weights():
+    """decay min(0.999, (1 + n) / (10 + n)) at update n (LitEma's): the first update moves the shadow
+    9/11 of the way, and the warm-up count survives a state_dict round trip."""
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    start = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(11.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.model.weight, start + 9.0)
+    for _ in range(20):
+        ema.update(model)
+    assert ema.current_decay() == pytest.approx(23 / 32)
+    restored = EMA(model, decay=0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 21 and restored.current_decay() == ema.current_decay()
+    assert EMA(model, decay=0.5, warmup=False).current_decay() == 0.5
 
 
 def test_cli_trains_dcae_and_resumes(tmp_path, capsys):

@@ -40,3 +40,27 @@ def test_nonfinite_step_is_skipped_and_counted(bad, micro_dcae, quick_config):
     final = trainer.model.state_dict()
     assert any(not torch.equal(after[k], final[k]) for k in after)  # later steps train again
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+
+def test_a_run_whose_loss_stays_nonfinite_stops_and_keeps_the_last_good_checkpoint(micro_dcae, quick_config):
+    """From the third step on every loss is NaN: after max_nonfinite_steps (3) of them in a row the run
+    stops with TrainingDiverged; the checkpoint due at step 4 is not written (it would resume into the
+    same NaN), so step 2's is kept, and no final weights are exported."""
+    import os
+
+    from dcae_ext.train.checkpoint import load_checkpoint
+    from dcae_ext.train.trainer import TrainingDiverged
+
+    config = quick_config(steps=20, max_nonfinite_steps=3, checkpoint_every=2)
+    trainer = Trainer(config, model=micro_dcae(), dataset=SmoothImages())
+    original = trainer.generator_losses
+
+    def poisoned(images):
+        total, reconstruction, terms = original(images)
+        return (total * math.nan if trainer.step >= 2 else total), reconstruction, terms
+
+    trainer.generator_losses = poisoned
+    with pytest.raises(TrainingDiverged, match=r"not finite for 3 steps in a row \(steps 3-5\).*step 2 is kept"):
+        trainer.train()
+    assert trainer.step == 5 and load_checkpoint(trainer.checkpoint_path)["step"] == 2
+    assert not os.path.exists(os.path.join(config.out, "model"))

@@ -71,7 +71,7 @@ def test_resume_trims_a_torn_metrics_line_removes_stale_temporaries_and_names_ch
     assert not os.path.exists(stale)
     messages = " | ".join(payload["message"] for event, payload in events if event == "warning")
     assert "torn last line" in messages and ".checkpoint.pt.abc123.tmp" in messages
-    assert "steps 4 -> 6" in messages and "lr 6.4e-05 -> 0.001" in messages
+    assert "steps 4 -> 6" in messages and "lr 0.002 -> 0.001" in messages  # the tiny preset's lr, then --lr
 
 
 def test_a_broken_metrics_line_before_the_last_is_an_error_naming_it(micro_dcae, quick_config):
