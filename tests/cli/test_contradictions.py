@@ -9,20 +9,6 @@ from PIL import Image
 
 from dcae_ext.cli import main
 
-QUICK = {"steps": 1, "batch_size": 1, "resolution": 16, "lpips_weight": 0.0, "num_workers": 0,
-         "device": "cpu", "image_every": 0}
-
-
-@pytest.fixture
-def settings(tmp_path):
-    data = tmp_path / "images"
-    data.mkdir()
-    for index in range(2):
-        Image.new("RGB", (24, 24), (40 * index, 100, 200)).save(data / f"{index}.png")
-    path = tmp_path / "quick.json"
-    path.write_text(json.dumps(dict(QUICK, data=str(data))))
-    return str(path)
-
 
 @pytest.fixture
 def structured_weights(tmp_path):

@@ -9,23 +9,6 @@ import torch
 from dcae_ext import __version__
 from dcae_ext.cli import main
 
-QUICK = {"steps": 1, "batch_size": 1, "resolution": 16, "lpips_weight": 0.0, "num_workers": 0,
-         "device": "cpu", "image_every": 0}
-
-
-@pytest.fixture
-def settings(tmp_path):
-    """Quick settings over two small images (decoding the bundled sample photos costs seconds)."""
-    from PIL import Image
-
-    data = tmp_path / "images"
-    data.mkdir()
-    for index in range(2):
-        Image.new("RGB", (24, 24), (40 * index, 100, 200)).save(data / f"{index}.png")
-    path = tmp_path / "quick.json"
-    path.write_text(json.dumps(dict(QUICK, data=str(data))))
-    return str(path)
-
 
 def _fails(capsys, argv, *expected, status=None):
     code = main(argv) if status is None else None

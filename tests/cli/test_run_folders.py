@@ -11,31 +11,12 @@ import time
 
 import pytest
 import torch
-from PIL import Image
 
 from dcae_ext.cli import main
 from dcae_ext.models import DCAE, IBQTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-QUICK = {"steps": 1, "batch_size": 1, "resolution": 16, "lpips_weight": 0.0, "num_workers": 0,
-         "device": "cpu", "image_every": 0}
-
-
-@pytest.fixture
-def data(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for index in range(2):
-        Image.new("RGB", (24, 24), (40 * index, 100, 200)).save(folder / f"{index}.png")
-    return folder
-
-
-@pytest.fixture
-def settings(tmp_path, data):
-    path = tmp_path / "quick.json"
-    path.write_text(json.dumps(dict(QUICK, data=str(data))))
-    return str(path)
 
 
 @pytest.fixture
