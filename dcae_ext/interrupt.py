@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,12 +39,22 @@ def ignore_in_worker(_worker_id: int | None = None) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     threading.excepthook = _quiet_when_disconnected
+    sys.excepthook = _quiet_when_disconnected_sys  # resource_sharer's thread reports through sys.excepthook
+
+
+DISCONNECTED = (ConnectionError, EOFError)
 
 
 def _quiet_when_disconnected(args) -> None:
-    if issubclass(args.exc_type, (ConnectionError, EOFError)):
+    if issubclass(args.exc_type, DISCONNECTED):
         return
     threading.__excepthook__(args)
+
+
+def _quiet_when_disconnected_sys(exc_type, exc_value, exc_traceback) -> None:
+    if issubclass(exc_type, DISCONNECTED):
+        return
+    sys.__excepthook__(exc_type, exc_value, exc_traceback)
 
 
 def _in_main_thread() -> bool:
