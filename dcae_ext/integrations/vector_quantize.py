@@ -166,7 +166,7 @@ def _vector_quantize_forward(self, x, indices=None, *args, **kwargs):
 def _codebook_forward(self, x, sample_codebook_temp=None, mask=None, freeze_codebook=False,
                       codebook_transform_fn=None, ema_update_weight=None, accum_ema_update=False, ema_update=None,
                       topk=None, update_usage=True):
-    """Codebook.forward (vector-quantize-pytorch 1.32) with the argmax of -cdist (or of the cosine
+    """Codebook.forward (vector-quantize-pytorch 1.32 and 1.34) with the argmax of -cdist (or of the cosine
     scores) from `nearest_code`, quantize = embed[index] (the library's one_hot @ embed, exactly), and
     the EMA statistics from `code_statistics`. Returns (quantize, indices, None): no distances."""
     if topk is not None or codebook_transform_fn is not None or self.__dict__.get(_STOCK_CALL, False):
