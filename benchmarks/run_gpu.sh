@@ -24,7 +24,9 @@
 #   bench-rest  linear attention, shortcuts, DC-AE end to end
 #   bench-diffusers  diffusers' models, stock vs accelerate(): Sana 1600M at 1024 px and 4K (forward,
 #               forward+backward), AutoencoderDC (Sana's f32c32) decode at 1024 and 2048 and tiled
-#               4K, bf16 (<device>-diffusers.jsonl, its plot); needs diffusers (.whl/, see below)
+#               4K, bf16 (<device>-diffusers.jsonl, its plot); then where the decode's time goes, stock
+#               and accelerated (decode-profile.txt: PROFILE_RESOLUTION, default 1024, bf16); needs
+#               diffusers (.whl/, see below)
 #   bench-vq    vector-quantize-pytorch's training step, stock vs accelerated, and ops.vq_quantize,
 #               K = 2^12 .. 2^18 x D = 8, 32, 256 at N = 16384, fp32 (<device>-vq.jsonl); needs
 #               vector-quantize-pytorch and its dependencies in .whl/ (see below)
@@ -132,6 +134,19 @@ DIFFUSERS_PLAN="diffusers:bf16:300"
 # VQ: 21 shapes, two cases each; the stock module runs out of memory at the largest K (recorded as such)
 VQ_PLAN="vq:fp32:240"
 
+# Where diffusers' AutoencoderDC decode spends its time, stock and accelerated (the decode goal's profile).
+profile_decode() {
+  ensure_build || return 0
+  local limit
+  limit=$(cut_limit 90)
+  fits "profile decode" "$limit" || return 0
+  start=$(date +%s)
+  timeout "$limit" $PY benchmarks/profile_diffusers_decode.py --device "$DEVICE" --dtype "${PROFILE_DTYPE:-bf16}" \
+    --resolution "${PROFILE_RESOLUTION:-1024}" --out "$OUT/decode-profile.txt" > "$OUT/profile.log" 2>&1
+  grep -E "decode median|convolutions" "$OUT/profile.log" || tail -5 "$OUT/profile.log"
+  elapsed "profile decode" "$start"
+}
+
 train() {
   # One process per plan entry ("LIMIT_S FLAGS", ';'-separated), each under its own time limit (the
   # defaults add up to 560 s) and with --max-seconds at a third of it, so that slow steps end the
@@ -191,7 +206,7 @@ for step in "$@"; do
     build-test) if build; then run_tests; else status=1; fi ;;
     bench-ibq) bench_suites "${BENCH_PLAN:-$IBQ_PLAN}" ;;
     bench-rest) bench_suites "${BENCH_PLAN:-$REST_PLAN}" ;;
-    bench-diffusers) bench_suites "${BENCH_PLAN:-$DIFFUSERS_PLAN}" ;;
+    bench-diffusers) bench_suites "${BENCH_PLAN:-$DIFFUSERS_PLAN}"; profile_decode ;;
     bench-vq) bench_suites "${BENCH_PLAN:-$VQ_PLAN}" ;;
     bench) bench_suites "${BENCH_PLAN:-$IBQ_PLAN $REST_PLAN}" ;;
     train) train ;;

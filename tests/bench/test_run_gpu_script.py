@@ -63,9 +63,11 @@ def test_an_unknown_step_is_refused_before_anything_runs(tmp_path):
 @pytest.mark.slow
 def test_the_diffusers_step_rehearses_on_the_cpu(tmp_path):
     pytest.importorskip("diffusers")
-    result = _run(tmp_path, "bench-diffusers", BENCH_PLAN="diffusers:fp32:150")
+    result = _run(tmp_path, "bench-diffusers", BENCH_PLAN="diffusers:fp32:150", PROFILE_DTYPE="fp32",
+                  PROFILE_RESOLUTION="64")
     assert result.returncode == 0, result.stdout + result.stderr
     files = _archive(tmp_path, "gpu-bench-diffusers.tar.gz")
+    assert "64 px" in files["decode-profile.txt"] and "decoder convolutions alone" in files["decode-profile.txt"]
     records = [json.loads(line) for line in files["cpu-diffusers.jsonl"].splitlines()]
     assert {r["op"] for r in records} == {"diffusers_sana_transformer", "diffusers_dcae_decode"}
     assert {r["impl"] for r in records} == {"fast", "reference"}
