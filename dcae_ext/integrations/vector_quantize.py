@@ -52,11 +52,16 @@ class Summary:
     left_to_library: tuple[str, ...] = LEFT_TO_LIBRARY
 
     def __str__(self) -> str:
-        lines = [f"accelerated: {', '.join(repr(name) for name in self.accelerated) or 'none'}"]
-        lines += [f"unchanged {name!r}: {why}" for name, why in self.unchanged.items()]
+        names = ", ".join(_label(name) for name in self.accelerated)
+        lines = [f"accelerated {len(self.accelerated)} VectorQuantize: {names}" if names else "accelerated: none"]
+        lines += [f"unchanged {_label(name)}: {why}" for name, why in self.unchanged.items()]
         if self.accelerated:
             lines += ["left to vector-quantize-pytorch: " + "; ".join(self.left_to_library)]
         return "\n".join(lines)
+
+
+def _label(name: str) -> str:
+    return repr(name) if name else "the module itself"
 
 
 def _library():

@@ -216,7 +216,13 @@ def test_a_model_with_both_kinds_reports_each():
     summary = integration.accelerate(model)
     assert summary.accelerated == ["plain"] and list(summary.unchanged) == ["noisy"]
     assert integration.is_accelerated(model["plain"]) and not integration.is_accelerated(model["noisy"])
+    assert str(summary).startswith("accelerated 1 VectorQuantize: 'plain'\nunchanged 'noisy': stochastic")
     assert "left to vector-quantize-pytorch" in str(summary)
+
+
+def test_the_summary_names_a_lone_module_in_words():
+    summary = integration.accelerate(vqp.VectorQuantize(dim=DIM, codebook_size=CODES))
+    assert str(summary).splitlines()[0] == "accelerated 1 VectorQuantize: the module itself"
 
 
 def test_restore_and_the_class_is_never_patched(search_calls):
