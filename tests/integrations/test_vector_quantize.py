@@ -21,6 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DIM, CODES = 16, 64
 
 
+def _library_release():
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("vector-quantize-pytorch").split(".")[:2])
+
+
 @pytest.fixture(autouse=True)
 def _kernels_must_run(monkeypatch):
     forbid_reference_fallback(monkeypatch)
@@ -104,6 +110,9 @@ CONFIGS = {
     "heads with their own codebooks": dict(heads=2, separate_codebook_per_head=True, codebook_dim=8),
     "projection": dict(codebook_dim=8),
 }
+if _library_release() >= (1, 34):  # expiry relative to the mean cluster size, since 1.34
+    CONFIGS["dead-code ratio, reset ratio (1.34)"] = dict(dead_code_threshold_ratio=0.5, reset_cluster_size_ratio=0.3,
+                                                        decay=0.5)
 
 
 @pytest.mark.parametrize("options", list(CONFIGS.values()), ids=list(CONFIGS))
@@ -262,12 +271,6 @@ def test_the_library_stays_optional():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-
-
-def _library_release():
-    from importlib.metadata import version
-
-    return tuple(int(part) for part in version("vector-quantize-pytorch").split(".")[:2])
 
 
 @pytest.mark.skipif(_library_release() < (1, 34), reason="the README's EMA step is the library's since 1.34 "
