@@ -37,8 +37,9 @@
 # DEVICE=cpu rehearses the script on a machine without a GPU (tests/bench/test_run_gpu_script.py),
 # with SKIP_BUILD=1 to use the build that is there. Wheels for test dependencies the GPU machine
 # lacks (diffusers, lpips) are installed from .whl/ when that folder exists: make it with
-# `pip download --no-deps -d .whl diffusers lpips` and name .whl in the call's carry; bench-vq also
-# needs `vector-quantize-pytorch einx loguru torch-einops-utils frozendict` there.
+# `pip download --no-deps -d .whl diffusers==0.42.1 lpips` (diffusers at the dev extra's pin) and name
+# .whl in the call's carry; bench-vq also needs `vector-quantize-pytorch==1.34.1 einx loguru
+# torch-einops-utils frozendict` there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
