@@ -211,3 +211,16 @@ def test_saving_in_another_format_replaces_the_earlier_weights(first, second, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["config.json", "notes.txt", "model.safetensors" if second == "efficientvit" else
          "diffusion_pytorch_model.safetensors"])
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "efficientvit"])
+def test_a_scaling_factor_set_on_the_model_is_saved(tmp_path, fmt):
+    """The docs say to measure the factor on your data and set `model.scaling_factor`: save_pretrained
+    (and so encode's shards, training checkpoints) must record that value, not the preset's."""
+    config = tiny_config(8)
+    model, other = DCAE(config), DCAE(config)
+    model.scaling_factor = 0.37
+    assert model.config.scaling_factor == 0.37
+    assert other.scaling_factor == config.scaling_factor == 1.0  # models built from one config do not share it
+    model.save_pretrained(tmp_path, format=fmt)
+    assert DCAE.from_pretrained(tmp_path).scaling_factor == 0.37
