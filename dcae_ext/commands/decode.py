@@ -43,7 +43,9 @@ def run(args) -> int:
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
-    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input)
+    stored_channels = metadata.get("latent_channels") if kind == "latents" else None  # a prefix: encode --latent-channels
+    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input,
+                       latent_channels=stored_channels)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     try:
         with tqdm(total=count, desc="decode", unit="img", file=sys.stderr, delay=1) as bar:

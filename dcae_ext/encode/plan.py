@@ -33,6 +33,7 @@ class Plan:
     batch_size: int
     num_sources: int
     sources_sha256: str
+    latent_channels: int | None = None  # the first c channels of a structured latent; None: all (and tokens)
     version: int = PLAN_VERSION
 
     @property
@@ -55,13 +56,14 @@ def sources_digest(sources: list[str]) -> str:
 
 
 def make_plan(kind: str, model: str, sources: list[str], resolution: int | None, dtype: str, tile: int | None,
-              shard_size: int, batch_size: int) -> Plan:
+              shard_size: int, batch_size: int, latent_channels: int | None = None) -> Plan:
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"argument '{name}': expected >= 1, got {value}")
     if not sources:
         raise ValueError("argument 'sources': no images to encode")
-    return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources))
+    return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources),
+                latent_channels=latent_channels)
 
 
 def _is_unrecorded_run(root: str) -> bool:
@@ -101,8 +103,8 @@ def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
         return False
     changed = existing.differences(plan)
     if changed:
-        details = [f"{name} {getattr(existing, name)!r} -> {getattr(plan, name)!r}" for name in changed
-                   if name not in ("num_sources", "sources_sha256")]
+        details = [f"{name} {_shown(name, getattr(existing, name))} -> {_shown(name, getattr(plan, name))}"
+                   for name in changed if name not in ("num_sources", "sources_sha256")]
         if "sources_sha256" in changed:
             details.append(f"the image list changed ({existing.num_sources} -> {plan.num_sources} images; the run "
                            f"started with {os.path.join(root, SOURCES_FILE)})")
@@ -110,6 +112,11 @@ def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
         raise PlanMismatch(f"{root} holds a run with other settings ({detail}); run it with its own settings to "
                            "complete it, or pass --overwrite to start afresh")
     return True
+
+
+def _shown(name: str, value) -> str:
+    """A plan setting as a mismatch message shows it (latent_channels None is every channel)."""
+    return "all" if name == "latent_channels" and value is None else repr(value)
 
 
 def start(root: str, plan: Plan, sources: list[str], overwrite: bool) -> None:
