@@ -224,3 +224,20 @@ def test_a_scaling_factor_set_on_the_model_is_saved(tmp_path, fmt):
     assert other.scaling_factor == config.scaling_factor == 1.0  # models built from one config do not share it
     model.save_pretrained(tmp_path, format=fmt)
     assert DCAE.from_pretrained(tmp_path).scaling_factor == 0.37
+
+
+def test_a_config_that_contradicts_the_saved_one_is_refused(tmp_path):
+    """1.1 and 1.5 checkpoints have the same names and shapes: a config= (eval --config) naming the
+    other one must not load 1.1 weights as a structured latent, nor replace a saved scaling factor."""
+    from dcae_configs import reduced
+
+    torch.manual_seed(0)
+    plain = DCAE(reduced("dc-ae-f32c128-1.1"))
+    plain.scaling_factor = 0.37
+    plain.save_pretrained(tmp_path / "plain", format="efficientvit")
+    with pytest.raises(ValueError, match=r"argument 'config': .*structured_latent: given True, saved False"):
+        DCAE.from_pretrained(tmp_path / "plain", config=reduced("dc-ae-f32c128-1.5").replace(scaling_factor=0.37))
+    with pytest.raises(ValueError, match=r"argument 'config': .*scaling_factor: given 1.0, saved 0.37"):
+        DCAE.from_pretrained(tmp_path / "plain" / "model.safetensors", config=reduced("dc-ae-f32c128-1.1"))
+    agreeing = DCAE.from_pretrained(tmp_path / "plain", config=plain.config.replace(name="mine"))
+    assert not agreeing.config.structured_latent and agreeing.scaling_factor == 0.37
