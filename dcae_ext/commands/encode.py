@@ -122,7 +122,7 @@ def run_encoding(args, kind: str) -> int:
     from dcae_ext.data.images import UnreadableImageError, list_images
     from dcae_ext.data.loading import skip_message
     from dcae_ext.encode import ranks as rank_group
-    from dcae_ext.encode.plan import PlanMismatch, make_plan
+    from dcae_ext.encode.plan import PlanMismatch, make_plan, weights_digest
     from dcae_ext.encode.run import encode_dataset
     from dcae_ext.interrupt import Interrupted
 
@@ -157,7 +157,8 @@ def run_encoding(args, kind: str) -> int:
             raise SystemExit(f"--resolution: {resolution} is not a multiple of the model's factor {codec.factor} "
                              f"(try {lower or upper} or {upper}, or --keep-size to pad each image)")
         plan = make_plan(kind, model_name, sources, resolution, dtype_name, tile, args.shard_size, args.batch_size,
-                         latent_channels=getattr(codec, "latent_channels", None))
+                         latent_channels=getattr(codec, "latent_channels", None),
+                         weights_sha256=weights_digest(codec.model))
         bar = tqdm(disable=True)  # replaced once this rank knows how many images it will encode
 
         def on_start(count: int) -> None:
