@@ -54,7 +54,7 @@ def run(args) -> int:
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
-    stored_channels = metadata.get("latent_channels") if kind == "latents" else None  # a prefix: encode --latent-channels
+    stored_channels = metadata.get("latent_channels") if kind == "latents" else None  # fewer: --latent-channels
     codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input,
                        latent_channels=stored_channels)
     _warn_if_weights_changed(codec, metadata, args)

@@ -241,3 +241,6 @@ def test_a_config_that_contradicts_the_saved_one_is_refused(tmp_path):
         DCAE.from_pretrained(tmp_path / "plain" / "model.safetensors", config=reduced("dc-ae-f32c128-1.1"))
     agreeing = DCAE.from_pretrained(tmp_path / "plain", config=plain.config.replace(name="mine"))
     assert not agreeing.config.structured_latent and agreeing.scaling_factor == 0.37
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_name": "dc-ae-f32c128-1.1-c16"}))
+    named = DCAE.from_pretrained(tmp_path / "plain", config=reduced("dc-ae-f32c128-1.1"))  # a name of no preset:
+    assert not named.config.structured_latent  # config= is what such a folder needs

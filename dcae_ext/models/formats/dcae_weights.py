@@ -199,10 +199,18 @@ def _weights_file(directory: Path) -> Path:
     raise FileNotFoundError(f"no DC-AE weights ({DIFFUSERS_WEIGHTS}, {EFFICIENTVIT_WEIGHTS}, model.pt) in {directory}")
 
 
-def _check_agreement(given: DCAEConfig, saved: DCAEConfig, source: Path) -> None:
-    """ValueError where the config passed to the loader contradicts the one saved beside the weights:
-    architectures with the same names and shapes (1.1 and 1.5; in-1.0 and mix-1.0 but for the scaling
-    factor) would otherwise load without a complaint, with the other structure or factor."""
+def _check_agreement(given: DCAEConfig, data: dict, source: Path) -> None:
+    """ValueError where the config passed to the loader contradicts the one saved beside the weights
+    (`data`, read from `source`): architectures with the same names and shapes (1.1 and 1.5; in-1.0 and
+    mix-1.0 but for the scaling factor) would otherwise load without a complaint, with the other
+    structure or factor. A config.json that names no config this package knows (a model name of no
+    preset, say) is what `given` is for, and is not compared."""
+    try:
+        saved = _config_from_json(data)
+    except (TypeError, ValueError):
+        return
+    if saved is None:
+        return
     differ = config_differences(given, saved)
     if differ:
         shown = "; ".join(f"{name}: given {mine!r}, saved {theirs!r}" for name, mine, theirs in differ[:4])
@@ -220,12 +228,12 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
         config = get_config(config)
     if (file.parent / CONFIG_FILE).is_file():
         data = read_json(file.parent / CONFIG_FILE)
-        saved = _config_from_json(data)
-        if saved is None and config is None:
-            raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
-        if saved is not None and config is not None:
-            _check_agreement(config, saved, file.parent / CONFIG_FILE)
-        config = config or saved
+        if config is None:
+            config = _config_from_json(data)
+            if config is None:
+                raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
+        else:
+            _check_agreement(config, data, file.parent / CONFIG_FILE)
     if config is None:
         preset = find_preset_in(str(path.resolve()))
         if preset is None:
