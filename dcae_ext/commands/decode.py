@@ -23,6 +23,17 @@ def add_parser(subparsers):
     return parser
 
 
+def _warn_if_weights_changed(codec, metadata: dict, args) -> None:
+    """A warning when the model that encoded (the default --model) holds other weights now."""
+    from dcae_ext.encode.plan import weights_digest
+
+    recorded = metadata["plan"].get("weights_sha256")
+    if args.model is None and recorded and codec.dtype == DTYPES[metadata["plan"]["dtype"]] \
+            and weights_digest(codec.model) != recorded:
+        print(f"warning: the weights of {metadata['model']} changed since they encoded {args.input}: decoding "
+              "with the current ones", file=sys.stderr)
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -43,7 +54,10 @@ def run(args) -> int:
     device = choose_device(args.device)
     dtype = args.dtype or metadata["plan"]["dtype"]
     tile = metadata["plan"]["tile"]  # decoded in tiles as it was encoded
-    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input)
+    stored_channels = metadata.get("latent_channels") if kind == "latents" else None  # fewer: --latent-channels
+    codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input,
+                       latent_channels=stored_channels)
+    _warn_if_weights_changed(codec, metadata, args)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     try:
         with tqdm(total=count, desc="decode", unit="img", file=sys.stderr, delay=1) as bar:

@@ -32,6 +32,11 @@ def add_arguments(parser, kind: str) -> None:
                              + "; auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--tile", type=int, default=None,
                         help="encode images larger than N pixels in overlapping tiles (a multiple of the factor)")
+    if kind == "latents":
+        parser.add_argument("--latent-channels", type=int, default=None, metavar="C",
+                            help="store only the first C channels of a structured latent (DC-AE 1.5, as "
+                                 "ae.encode(x, latent_channels=C)); decode reconstructs from them "
+                                 "(default: every channel)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default: 1000)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader processes decoding and resizing images (default: min(8, CPUs))")
@@ -70,11 +75,12 @@ def _a(kind: str) -> str:
 
 
 def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.device, tile: int | None = None,
-               decoding: str | None = None):
+               decoding: str | None = None, latent_channels: int | None = None):
     """The model behind `name_or_path` wrapped for `kind`, on `device` in `dtype`. `decoding`: the
-    folder of encoded `kind` being decoded (the error for a model of the wrong kind says so)."""
+    folder of encoded `kind` being decoded (the error for a model of the wrong kind says so).
+    `latent_channels`: the prefix of a structured latent to encode (or being decoded)."""
     from dcae_ext.commands._models import load_model
-    from dcae_ext.encode.codecs import CODECS
+    from dcae_ext.encode.codecs import CODECS, prefix_channels
 
     command, model_kind, _ = KINDS[kind]
     model, loaded_kind, pretrained = load_model(name_or_path)
@@ -89,10 +95,25 @@ def load_codec(kind: str, name_or_path: str, dtype: torch.dtype, device: torch.d
     if not pretrained:
         print(f"note: --model {name_or_path} is a preset with RANDOM weights: the codes test the pipeline only",
               file=sys.stderr)
+    options = {}
+    if kind == "latents":
+        try:
+            options["latent_channels"] = prefix_channels(model, latent_channels)
+        except ValueError as error:
+            raise SystemExit(_prefix_problem(str(error).split(": ", 1)[-1], latent_channels, decoding)) from None
     try:
-        return CODECS[kind](model.to(device), dtype, tile)
+        return CODECS[kind](model.to(device), dtype, tile, **options)
     except ValueError as error:
         raise SystemExit(f"--tile: {error}") from None
+
+
+def _prefix_problem(problem: str, channels: int, decoding: str | None) -> str:
+    """The one-line error for a channel count the model cannot take: encoding it (--latent-channels)
+    or decoding the latents of that many channels stored in `decoding` (--model)."""
+    if decoding is None:
+        return f"--latent-channels: {problem}"
+    return (f"--model: {decoding} holds latents of {channels} channels, and {problem}; decode them with the "
+            "model that wrote them (leave out --model)")
 
 
 def run_encoding(args, kind: str) -> int:
@@ -101,7 +122,7 @@ def run_encoding(args, kind: str) -> int:
     from dcae_ext.data.images import UnreadableImageError, list_images
     from dcae_ext.data.loading import skip_message
     from dcae_ext.encode import ranks as rank_group
-    from dcae_ext.encode.plan import PlanMismatch, make_plan
+    from dcae_ext.encode.plan import PlanMismatch, make_plan, weights_digest
     from dcae_ext.encode.run import encode_dataset
     from dcae_ext.interrupt import Interrupted
 
@@ -128,13 +149,16 @@ def run_encoding(args, kind: str) -> int:
         dtype_name = args.dtype if args.dtype != "auto" else default_dtype(device)
         tile = args.tile
         model_name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
-        codec = load_codec(kind, model_name, DTYPES[dtype_name], device, tile)
+        codec = load_codec(kind, model_name, DTYPES[dtype_name], device, tile,
+                           latent_channels=getattr(args, "latent_channels", None))
         resolution = None if args.keep_size else args.resolution
         if resolution is not None and resolution % codec.factor:
             lower, upper = resolution // codec.factor * codec.factor, -(-resolution // codec.factor) * codec.factor
             raise SystemExit(f"--resolution: {resolution} is not a multiple of the model's factor {codec.factor} "
                              f"(try {lower or upper} or {upper}, or --keep-size to pad each image)")
-        plan = make_plan(kind, model_name, sources, resolution, dtype_name, tile, args.shard_size, args.batch_size)
+        plan = make_plan(kind, model_name, sources, resolution, dtype_name, tile, args.shard_size, args.batch_size,
+                         latent_channels=getattr(codec, "latent_channels", None),
+                         weights_sha256=weights_digest(codec.model))
         bar = tqdm(disable=True)  # replaced once this rank knows how many images it will encode
 
         def on_start(count: int) -> None:

@@ -42,14 +42,27 @@ class Codec:
         raise NotImplementedError
 
 
+def prefix_channels(model: DCAE, latent_channels: int | None) -> int | None:
+    """The channel count a latent codec of `model` stores: None for all of the latent's channels (also
+    when `latent_channels` names all of them), else c, the first c channels of a structured latent.
+    ValueError naming 'latent_channels' where the model cannot encode (or decode) c channels alone."""
+    if latent_channels is None:
+        return None
+    (count,) = model._channel_counts(latent_channels)
+    return None if count == model.config.latent_channels else count
+
+
 class LatentCodec(Codec):
     kind = "latents"
 
-    def __init__(self, model: DCAE, dtype: torch.dtype, tile: int | None = None):
-        """`tile`: images larger than `tile` pixels are encoded in overlapping tiles (DC-AE's tiling)."""
+    def __init__(self, model: DCAE, dtype: torch.dtype, tile: int | None = None, latent_channels: int | None = None):
+        """`tile`: images larger than `tile` pixels are encoded in overlapping tiles (DC-AE's tiling).
+        `latent_channels` c: only the first c channels of a structured latent (DC-AE 1.5) are encoded
+        and stored (`DCAE.encode(x, latent_channels=c)`); decoding takes such a prefix as it is."""
         if not isinstance(model, DCAE):
             raise ValueError(f"argument 'model': encode takes a DC-AE, got {type(model).__name__} "
                              "(an IBQ tokenizer goes through tokenize)")
+        self.latent_channels = prefix_channels(model, latent_channels)
         super().__init__(model, dtype, tile)
         self.stored_dtype = dtype
         if self.device.type == "cuda":  # cuDNN's faster convolution layout; the ops take it as it is
@@ -58,8 +71,8 @@ class LatentCodec(Codec):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents (B, c, ceil(H/f), ceil(W/f)) in the model dtype."""
-        return self.model.encode(self._input(images), pad=True)
+        """Unscaled latents (B, c, ceil(H/f), ceil(W/f)) in the model dtype; c: `latent_channels` or all."""
+        return self.model.encode(self._input(images), pad=True, latent_channels=self.latent_channels)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -69,8 +82,9 @@ class LatentCodec(Codec):
         return {"scaling_factor": repr(self.model.scaling_factor)}
 
     def description(self) -> dict:
-        return {"scaling_factor": self.model.scaling_factor, "latent_channels": self.model.config.latent_channels,
-                "spatial_compression": self.factor}
+        full = self.model.config.latent_channels
+        return {"scaling_factor": self.model.scaling_factor, "latent_channels": self.latent_channels or full,
+                "model_latent_channels": full, "spatial_compression": self.factor}
 
 
 class TokenCodec(Codec):

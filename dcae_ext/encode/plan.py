@@ -9,6 +9,8 @@ import json
 import os
 from dataclasses import dataclass
 
+import torch
+
 from dcae_ext import output_folder
 from dcae_ext.data.shards import (INDEX_FILE, METADATA_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, SOURCES_FILE,
                                   atomic_write, completed_shards, read_json, remove_stale_temporaries)
@@ -33,6 +35,8 @@ class Plan:
     batch_size: int
     num_sources: int
     sources_sha256: str
+    latent_channels: int | None = None  # the first c channels of a structured latent; None: all (and tokens)
+    weights_sha256: str | None = None   # the model's weights (None: a plan written before they were recorded)
     version: int = PLAN_VERSION
 
     @property
@@ -54,14 +58,27 @@ def sources_digest(sources: list[str]) -> str:
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()
 
 
+def weights_digest(model) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes, bytes): the same path may hold other
+    weights when an interrupted run is continued, and their codes must not join the earlier ones."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def make_plan(kind: str, model: str, sources: list[str], resolution: int | None, dtype: str, tile: int | None,
-              shard_size: int, batch_size: int) -> Plan:
+              shard_size: int, batch_size: int, latent_channels: int | None = None,
+              weights_sha256: str | None = None) -> Plan:
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"argument '{name}': expected >= 1, got {value}")
     if not sources:
         raise ValueError("argument 'sources': no images to encode")
-    return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources))
+    return Plan(kind, model, resolution, dtype, tile, shard_size, batch_size, len(sources), sources_digest(sources),
+                latent_channels=latent_channels, weights_sha256=weights_sha256)
 
 
 def _is_unrecorded_run(root: str) -> bool:
@@ -99,10 +116,14 @@ def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
             raise PlanMismatch(f"{root} is not empty ({found}) and holds no encoding run ({PLAN_FILE}): choose an "
                                "empty or new folder")
         return False
+    if existing.weights_sha256 is None:  # started by a version that did not record the weights
+        plan = dataclasses.replace(plan, weights_sha256=None)
     changed = existing.differences(plan)
     if changed:
-        details = [f"{name} {getattr(existing, name)!r} -> {getattr(plan, name)!r}" for name in changed
-                   if name not in ("num_sources", "sources_sha256")]
+        details = [f"{name} {_shown(name, getattr(existing, name))} -> {_shown(name, getattr(plan, name))}"
+                   for name in changed if name not in ("num_sources", "sources_sha256", "weights_sha256")]
+        if "weights_sha256" in changed:
+            details.append(f"the weights of {plan.model} changed since the run started")
         if "sources_sha256" in changed:
             details.append(f"the image list changed ({existing.num_sources} -> {plan.num_sources} images; the run "
                            f"started with {os.path.join(root, SOURCES_FILE)})")
@@ -110,6 +131,11 @@ def check_resumable(root: str, plan: Plan, overwrite: bool = False) -> bool:
         raise PlanMismatch(f"{root} holds a run with other settings ({detail}); run it with its own settings to "
                            "complete it, or pass --overwrite to start afresh")
     return True
+
+
+def _shown(name: str, value) -> str:
+    """A plan setting as a mismatch message shows it (latent_channels None is every channel)."""
+    return "all" if name == "latent_channels" and value is None else repr(value)
 
 
 def start(root: str, plan: Plan, sources: list[str], overwrite: bool) -> None:

@@ -202,6 +202,28 @@ def test_a_changed_run_is_refused_unless_overwritten(samples, tiny_models, tmp_p
         main(args[:6] + [str(tmp_path / "other")] + args[7:])
 
 
+def test_a_run_continued_with_other_weights_at_the_same_path_is_refused(samples, tiny_models, tmp_path, capsys):
+    """The plan names the model by its path; a resumed run must not add another model's latents."""
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(tiny_models["latents"], model)
+    args = ["encode", "--model", str(model), "--data", str(samples), "--out", str(out), "--resolution", "16",
+            "--shard-size", "3", "--workers", "0", "--device", "cpu"]
+    assert main(args) == 0
+    (out / "shards" / "000002.json").unlink()  # as an interrupted run leaves it
+    torch.manual_seed(1)
+    DCAE.from_config("tiny").save_pretrained(model)  # retrained, say, at the same path
+    with pytest.raises(SystemExit, match=f"--out: .*the weights of {re.escape(str(model))} changed.*--overwrite"):
+        main(args)
+    capsys.readouterr()  # decoding the earlier, finished run with the weights now at that path: a warning
+    assert main(["decode", "--input", str(out), "--out", str(tmp_path / "decoded"), "--device", "cpu",
+                 "--no-psnr", "--limit", "1"]) == 0
+    assert f"weights of {model} changed since they encoded" in capsys.readouterr().err
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["weights_sha256"]  # a run started before plans recorded the weights continues as before
+    (out / "plan.json").write_text(json.dumps(plan))
+    assert main(args) == 0
+
+
 def test_tiled_tokenize_sees_only_tiles_and_agrees_with_whole_images():
     from dcae_ext.encode.codecs import TokenCodec
 

@@ -211,3 +211,36 @@ def test_saving_in_another_format_replaces_the_earlier_weights(first, second, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["config.json", "notes.txt", "model.safetensors" if second == "efficientvit" else
          "diffusion_pytorch_model.safetensors"])
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "efficientvit"])
+def test_a_scaling_factor_set_on_the_model_is_saved(tmp_path, fmt):
+    """The docs say to measure the factor on your data and set `model.scaling_factor`: save_pretrained
+    (and so encode's shards, training checkpoints) must record that value, not the preset's."""
+    config = tiny_config(8)
+    model, other = DCAE(config), DCAE(config)
+    model.scaling_factor = 0.37
+    assert model.config.scaling_factor == 0.37
+    assert other.scaling_factor == config.scaling_factor == 1.0  # models built from one config do not share it
+    model.save_pretrained(tmp_path, format=fmt)
+    assert DCAE.from_pretrained(tmp_path).scaling_factor == 0.37
+
+
+def test_a_config_that_contradicts_the_saved_one_is_refused(tmp_path):
+    """1.1 and 1.5 checkpoints have the same names and shapes: a config= (eval --config) naming the
+    other one must not load 1.1 weights as a structured latent, nor replace a saved scaling factor."""
+    from dcae_configs import reduced
+
+    torch.manual_seed(0)
+    plain = DCAE(reduced("dc-ae-f32c128-1.1"))
+    plain.scaling_factor = 0.37
+    plain.save_pretrained(tmp_path / "plain", format="efficientvit")
+    with pytest.raises(ValueError, match=r"argument 'config': .*structured_latent: given True, saved False"):
+        DCAE.from_pretrained(tmp_path / "plain", config=reduced("dc-ae-f32c128-1.5").replace(scaling_factor=0.37))
+    with pytest.raises(ValueError, match=r"argument 'config': .*scaling_factor: given 1.0, saved 0.37"):
+        DCAE.from_pretrained(tmp_path / "plain" / "model.safetensors", config=reduced("dc-ae-f32c128-1.1"))
+    agreeing = DCAE.from_pretrained(tmp_path / "plain", config=plain.config.replace(name="mine"))
+    assert not agreeing.config.structured_latent and agreeing.scaling_factor == 0.37
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_name": "dc-ae-f32c128-1.1-c16"}))
+    named = DCAE.from_pretrained(tmp_path / "plain", config=reduced("dc-ae-f32c128-1.1"))  # a name of no preset:
+    assert not named.config.structured_latent  # config= is what such a folder needs

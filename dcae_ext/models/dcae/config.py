@@ -313,6 +313,18 @@ def _architecture(config: DCAEConfig) -> DCAEConfig:
         decoder_qkv_multiscales=scales(config.decoder_block_types, config.decoder_qkv_multiscales))
 
 
+def config_differences(first: DCAEConfig, second: DCAEConfig) -> list[tuple[str, Any, Any]]:
+    """(field, first's value, second's value) for every field in which the two configs build a different
+    model: the architecture (as `_architecture` normalises it, the structured latent included) and the
+    scaling factor; not the preset name."""
+    a, b = _architecture(first), _architecture(second)
+    differ = [(f.name, getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(DCAEConfig)
+              if f.compare and getattr(a, f.name) != getattr(b, f.name)]
+    if float(first.scaling_factor) != float(second.scaling_factor):
+        differ.append(("scaling_factor", first.scaling_factor, second.scaling_factor))
+    return differ
+
+
 def efficientvit_model_name(config: DCAEConfig) -> str | None:
     """The efficientvit / DC-Gen model name of the preset whose architecture `config` has (the scaling
     factor tells in-1.0 from mix-1.0), or None for an architecture neither names."""

@@ -138,14 +138,23 @@ class DCAE(nn.Module):
         super().__init__()
         if isinstance(config, str):
             config = get_config(config)
-        self.config = config
+        self.config = config.replace()  # its own copy: scaling_factor below writes to it
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.scaling_factor = float(config.scaling_factor)
         self.spatial_compression = config.spatial_compression
         self.tile_size: int | None = None
         self.tile_overlap = 0
         self.use_slicing = False
+
+    @property
+    def scaling_factor(self) -> float:
+        """The latent's scaling factor: `config.scaling_factor`, so that a value set here (one measured on
+        your data) is what save_pretrained, training checkpoints and `dcae-ext encode` record."""
+        return float(self.config.scaling_factor)
+
+    @scaling_factor.setter
+    def scaling_factor(self, value: float) -> None:
+        self.config.scaling_factor = float(value)
 
     # --- construction and weights ---------------------------------------------------------------
 

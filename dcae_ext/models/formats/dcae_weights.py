@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from dcae_ext.models.dcae.blocks import DownsampleBlock, EfficientViTBlock, ResBlock, UpsampleBlock
-from dcae_ext.models.dcae.config import DCAEConfig, efficientvit_model_name, find_preset_in, get_config
+from dcae_ext.models.dcae.config import (DCAEConfig, config_differences, efficientvit_model_name, find_preset_in,
+                                         get_config)
 from dcae_ext.files import read_json, safe_torch_load, write_files_together
 from dcae_ext.models.formats.training_run import is_run_config
 
@@ -198,6 +199,26 @@ def _weights_file(directory: Path) -> Path:
     raise FileNotFoundError(f"no DC-AE weights ({DIFFUSERS_WEIGHTS}, {EFFICIENTVIT_WEIGHTS}, model.pt) in {directory}")
 
 
+def _check_agreement(given: DCAEConfig, data: dict, source: Path) -> None:
+    """ValueError where the config passed to the loader contradicts the one saved beside the weights
+    (`data`, read from `source`): architectures with the same names and shapes (1.1 and 1.5; in-1.0 and
+    mix-1.0 but for the scaling factor) would otherwise load without a complaint, with the other
+    structure or factor. A config.json that names no config this package knows (a model name of no
+    preset, say) is what `given` is for, and is not compared."""
+    try:
+        saved = _config_from_json(data)
+    except (TypeError, ValueError):
+        return
+    if saved is None:
+        return
+    differ = config_differences(given, saved)
+    if differ:
+        shown = "; ".join(f"{name}: given {mine!r}, saved {theirs!r}" for name, mine, theirs in differ[:4])
+        raise ValueError(f"argument 'config': {given.name or 'the given config'} contradicts {source} "
+                         f"({shown}{'; ...' if len(differ) > 4 else ''}); leave out config (--config) to load the "
+                         "model that was saved")
+
+
 def load_pretrained(cls, path, config=None, strict: bool = True):
     path = Path(path)
     if not path.exists():
@@ -205,11 +226,14 @@ def load_pretrained(cls, path, config=None, strict: bool = True):
     file = _weights_file(path) if path.is_dir() else path
     if isinstance(config, str):
         config = get_config(config)
-    if config is None and (file.parent / CONFIG_FILE).is_file():
+    if (file.parent / CONFIG_FILE).is_file():
         data = read_json(file.parent / CONFIG_FILE)
-        config = _config_from_json(data)
         if config is None:
-            raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
+            config = _config_from_json(data)
+            if config is None:
+                raise ValueError(f"{file.parent / CONFIG_FILE} is not a DC-AE config: {_describe_config(data)}")
+        else:
+            _check_agreement(config, data, file.parent / CONFIG_FILE)
     if config is None:
         preset = find_preset_in(str(path.resolve()))
         if preset is None:
