@@ -68,8 +68,8 @@ def test_prefix_round_trip_equals_the_model_on_a_prefix(setup, tmp_path, tile):
 def test_bad_channel_counts_stop_before_any_output(setup, tmp_path, capsys):
     out = tmp_path / "out"
     cases = [(("--latent-channels", "2"), "plain", "--latent-channels: .*no structured latent"),
-             (("--latent-channels", "17"), "structured", r"--latent-channels: \[17\] outside 1\.\.16"),
-             (("--latent-channels", "0"), "structured", r"--latent-channels: \[0\] outside 1\.\.16")]
+             (("--latent-channels", "17"), "structured", r"--latent-channels: 17 outside 1\.\.16"),
+             (("--latent-channels", "0"), "structured", r"--latent-channels: 0 outside 1\.\.16")]
     for flags, model, message in cases:
         error = cli_error(_encode(setup, out, *flags, model=model), capsys)
         assert re.search(message, error) and "\n" not in error, error

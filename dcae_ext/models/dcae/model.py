@@ -262,7 +262,8 @@ class DCAE(nn.Module):
                              f"{', '.join(structured_preset_names())}")
         outside = [c for c in values if not 1 <= c <= full]
         if outside:
-            raise ValueError(f"argument 'latent_channels': {outside} outside 1..{full} (the model's latent channels)")
+            shown = outside[0] if isinstance(latent_channels, int) else outside
+            raise ValueError(f"argument 'latent_channels': {shown} outside 1..{full} (the model's latent channels)")
         return values
 
     def encode(self, x: torch.Tensor, pad: bool = False,
