@@ -59,6 +59,7 @@ def _forward(z, codebook, temperature, quantize, entropy, gemm_dtype, metric="do
     exact_index): the exact answer."""
     temperature = _check_python_arguments(z, codebook, temperature, gemm_dtype, metric, exact_index)
     if use_kernel("ibq_forward", z):
+        _library.check_meta_arguments("_check_ibq_args", z, _rows(z), codebook, temperature, gemm_dtype, metric)
         return _run(z, codebook, temperature, quantize, entropy, gemm_dtype=gemm_dtype, metric=metric,
                     exact_index=exact_index)
     _library.check_arguments("_check_ibq_args", _rows(z), codebook, temperature, gemm_dtype, metric)

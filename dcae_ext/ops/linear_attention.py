@@ -29,6 +29,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     check_same_device(q, "q", v, "v")
     eps = check_number(eps, "eps")
     if use_kernel("linear_attention", q):
+        _library.check_meta_arguments("_check_linear_attention_args", q, q, k, v, eps)
         return torch.ops.dcae_ext.linear_attention(q, k, v, eps)
     _library.check_arguments("_check_linear_attention_args", q, k, v, eps)
     return reference.linear_attention(q, k, v, eps)

@@ -23,6 +23,8 @@ def _shortcut(op_name: str, x, factor, out_channels, residual):
         check_tensor(residual, "residual")
         check_same_device(x, "x", residual, "residual")
     if use_kernel(op_name, x):
+        _library.check_meta_arguments("_check_shortcut_args", x, x, factor, out_channels, residual,
+                                      op_name == "pixel_unshuffle_mean")
         return getattr(torch.ops.dcae_ext, op_name)(x, factor, out_channels, 1.0, residual)
     _library.check_arguments("_check_shortcut_args", x, factor, out_channels, residual,
                              op_name == "pixel_unshuffle_mean")

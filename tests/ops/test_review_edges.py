@@ -1,0 +1,52 @@
+"""Edge inputs found by an adversarial review of the public ops: each once gave a wrong answer
+(a tensor of a wrong shape, NaN) or an exception that did not name the argument."""
+import math
+
+import pytest
+import torch
+
+from dcae_ext import ops
+
+META = "meta"
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device=META)
+
+
+# On meta tensors the ops reach their fake impls, which compute output shapes only: these calls
+# returned a tensor (of a wrong shape for the first ones) instead of the CPU call's ValueError.
+META_CASES = [
+    (lambda: ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6), 4, 8), "'factor': 4 does not divide"),
+    (lambda: ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6), 2, 3), "'out_channels': 3 does not divide"),
+    (lambda: ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6), 0, 8), "'factor': must be >= 1"),
+    (lambda: ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6), 2, 8, _meta(1, 8, 1, 1)), "'residual': expected shape"),
+    (lambda: ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6, dtype=torch.int64), 2, 8), "'x': expected a floating"),
+    (lambda: ops.pixel_unshuffle_mean(_meta(4, 6, 6), 2, 8), "'x': expected a 4-D tensor"),
+    (lambda: ops.pixel_shuffle_repeat(_meta(2, 6, 6, 6), 2, 4), "'out_channels'"),
+    (lambda: ops.pixel_shuffle_repeat(_meta(2, 4, 6, 6), 2, 8, _meta(2, 8, 12, 12, dtype=torch.float16)),
+     "'residual': dtype Half"),
+    (lambda: ops.linear_attention(_meta(1, 1, 2, 3), _meta(1, 1, 2, 4), _meta(1, 1, 2, 3)), "'k': shape"),
+    (lambda: ops.linear_attention(*[_meta(1, 1, 2, 3)] * 3, eps=0.0), "'eps'"),
+    (lambda: ops.linear_attention(*[_meta(1, 2, 3)] * 3), "'q': expected a 4-D tensor"),
+    (lambda: ops.ibq_quantize(_meta(4, 8), _meta(5, 7)), "'codebook': dimension 7"),
+    (lambda: ops.ibq_quantize(_meta(4, 8), _meta(0, 8)), "'codebook': needs at least one code"),
+    (lambda: ops.ibq_quantize(_meta(4, 8), _meta(5, 8, dtype=torch.float16)), "'codebook': dtype Half"),
+    (lambda: ops.ibq_entropy_loss(_meta(4, 8), _meta(5, 8), 0.0), "'temperature'"),
+    (lambda: ops.nearest_code(_meta(4, 8), _meta(8), "l2"), "'codebook': expected a 2-D tensor"),
+    (lambda: ops.vq_quantize(_meta(4, 8), _meta(5, 7)), "'codebook': dimension 7"),
+]
+
+
+@pytest.mark.parametrize("call,message", META_CASES)
+def test_bad_arguments_on_meta_tensors_raise_as_on_cpu(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_good_meta_calls_still_give_the_output_shapes():
+    assert ops.pixel_unshuffle_mean(_meta(2, 4, 6, 6), 2, 8, _meta(2, 8, 3, 3)).shape == (2, 8, 3, 3)
+    assert ops.pixel_shuffle_repeat(_meta(2, 4, 6, 6), 2, 8).shape == (2, 8, 12, 12)
+    assert ops.linear_attention(*[_meta(1, 2, 4, 3)] * 3).shape == (1, 2, 4, 3)
+    z_q, idx, ent = ops.ibq_quantize_with_entropy(_meta(2, 3, 8), _meta(5, 8))
+    assert (z_q.shape, idx.shape, idx.dtype, ent.shape) == ((2, 3, 8), (2, 3), torch.int64, ())
