@@ -22,6 +22,8 @@ def _shortcut(op_name: str, x, factor, out_channels, residual):
     if residual is not None:
         check_tensor(residual, "residual")
         check_same_device(x, "x", residual, "residual")
+    if x.dim() == 4 and x.shape[1] == 0:  # unshuffle_mean would average groups of no channel: NaN
+        raise ValueError(f"argument 'x': needs at least one channel, got shape {list(x.shape)}")
     if use_kernel(op_name, x):
         _library.check_meta_arguments("_check_shortcut_args", x, x, factor, out_channels, residual,
                                       op_name == "pixel_unshuffle_mean")

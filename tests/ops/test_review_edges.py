@@ -50,3 +50,35 @@ def test_good_meta_calls_still_give_the_output_shapes():
     assert ops.linear_attention(*[_meta(1, 2, 4, 3)] * 3).shape == (1, 2, 4, 3)
     z_q, idx, ent = ops.ibq_quantize_with_entropy(_meta(2, 3, 8), _meta(5, 8))
     assert (z_q.shape, idx.shape, idx.dtype, ent.shape) == ((2, 3, 8), (2, 3), torch.int64, ())
+
+
+@pytest.mark.parametrize("reference_mode", [False, True], ids=["kernel", "reference"])
+def test_unshuffle_of_zero_channels_is_refused(reference_mode):
+    # mean over groups of G = 0 channels: the kernel returned NaN and its backward divided by G = 0
+    x = torch.randn(2, 0, 6, 6, requires_grad=True)
+    previous = ops.use_reference(reference_mode)
+    try:
+        with pytest.raises(ValueError, match="argument 'x': needs at least one channel"):
+            ops.pixel_unshuffle_mean(x, 2, 4)
+    finally:
+        ops.use_reference(previous)
+
+
+def _shortcut_with_grad(op, x, factor, out_channels):
+    x = x.detach().requires_grad_(True)
+    y = op(x, factor, out_channels)
+    y.backward(torch.ones_like(y))
+    return y, x.grad
+
+
+@pytest.mark.parametrize("name", ["pixel_unshuffle_mean", "pixel_shuffle_repeat"])
+@pytest.mark.parametrize("shape", [(0, 4, 6, 6), (2, 4, 0, 6), (2, 4, 6, 0)], ids=["B=0", "H=0", "W=0"])
+def test_shortcut_references_of_empty_inputs_have_the_kernels_shapes(name, shape):
+    # F.pixel_unshuffle / F.pixel_shuffle return an empty input unchanged: the reference (and so
+    # use_reference(True)) gave (0, 8, 6, 6) for an unshuffle to (0, 8, 3, 3), and its backward failed.
+    x = torch.randn(shape)
+    y, grad = _shortcut_with_grad(getattr(ops, name), x, 2, 8)
+    y_ref, grad_ref = _shortcut_with_grad(getattr(ops.reference, name), x, 2, 8)
+    factor = 1 / 2 if name == "pixel_unshuffle_mean" else 2
+    assert y.shape == (shape[0], 8, int(shape[2] * factor), int(shape[3] * factor))
+    assert y_ref.shape == y.shape and grad_ref.shape == grad.shape == x.shape
