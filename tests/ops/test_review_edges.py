@@ -82,3 +82,48 @@ def test_shortcut_references_of_empty_inputs_have_the_kernels_shapes(name, shape
     factor = 1 / 2 if name == "pixel_unshuffle_mean" else 2
     assert y.shape == (shape[0], 8, int(shape[2] * factor), int(shape[3] * factor))
     assert y_ref.shape == y.shape and grad_ref.shape == grad.shape == x.shape
+
+
+_Z = torch.randn(6, 8)
+_IDX = torch.tensor([0, 3, 3, 9, 1, 0])
+
+# code_statistics checked nothing: an index out of range gave "index out of range in self" (on CUDA a
+# device-side assert that ends the process), indices of another length a RuntimeError from index_add_,
+# a float z or num_codes as a tensor went through.
+STATISTICS_CASES = [
+    (lambda: ops.code_statistics(_Z, torch.tensor([0, 1, 2, 3, 4, 10]), 10), "'indices': values must lie in 0..9"),
+    (lambda: ops.code_statistics(_Z, torch.tensor([0, 1, 2, 3, 4, -1]), 10), "'indices': values must lie in 0..9"),
+    (lambda: ops.code_statistics(_Z, _IDX, 0), "'num_codes': must be >= 1"),
+    (lambda: ops.code_statistics(_Z, _IDX, 10.0), "'num_codes': expected an int"),
+    (lambda: ops.code_statistics(_Z, _IDX, torch.tensor(10)), "'num_codes': expected an int"),
+    (lambda: ops.code_statistics(_Z, _IDX.float(), 10), "'indices': expected an int64 or int32 tensor"),
+    (lambda: ops.code_statistics(_Z, _IDX > 2, 10), "'indices': expected an int64 or int32 tensor"),
+    (lambda: ops.code_statistics(_Z, _IDX[:5], 10), r"'indices': shape \[5\] differs from z's \[6\]"),
+    (lambda: ops.code_statistics(_Z, _IDX.reshape(3, 2), 10), r"'indices': shape \[3, 2\] differs"),
+    (lambda: ops.code_statistics(_Z.long(), _IDX, 10), "'z': expected a floating-point tensor"),
+    (lambda: ops.code_statistics(torch.tensor(1.0), torch.tensor(0), 10), "'z': expected a tensor of shape"),
+    (lambda: ops.code_statistics(_Z.tolist(), _IDX, 10), "'z': expected a torch.Tensor"),
+    (lambda: ops.code_statistics(_Z, _IDX.tolist(), 10), "'indices': expected a torch.Tensor"),
+    (lambda: ops.code_statistics(_Z, _IDX.to(META), 10), "'indices': is on meta"),
+]
+
+
+@pytest.mark.parametrize("call,message", STATISTICS_CASES)
+def test_code_statistics_names_the_bad_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_code_statistics_equal_the_one_hot_sums(dtype):
+    z = torch.randn(2, 3, 8, dtype=torch.float64).to(dtype)
+    indices = torch.tensor([[0, 3, 3], [9, 1, 0]])
+    counts, sums = ops.code_statistics(z, indices.int(), 10)
+    one_hot = torch.nn.functional.one_hot(indices.reshape(-1), 10).double()
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert counts.dtype == sums.dtype == acc
+    torch.testing.assert_close(counts, one_hot.sum(0).to(acc))
+    torch.testing.assert_close(sums, (one_hot.t() @ z.reshape(6, 8).double()).to(acc))
+    empty_counts, empty_sums = ops.code_statistics(torch.randn(0, 8), torch.zeros(0, dtype=torch.int64), 10)
+    assert empty_counts.shape == (10,) and empty_sums.shape == (10, 8) and not empty_sums.any()
+    assert [t.shape for t in ops.code_statistics(z.to(META), indices.to(META), 10)] == [(10,), (10, 8)]
