@@ -6,6 +6,7 @@ scatter sums over the indices (index_add_), not a one-hot matrix times z.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -51,6 +52,8 @@ def vq_quantize(z: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", 
     cosine codebook, l2-normalise both first; "dot" then equals "cosine").
     """
     commitment_weight = check_number(commitment_weight, "commitment_weight")
+    if not 0 <= commitment_weight < math.inf:
+        raise ValueError(f"argument 'commitment_weight': expected a finite number >= 0, got {commitment_weight}")
     if not isinstance(ema_statistics, bool):
         raise ValueError(f"argument 'ema_statistics': expected a bool, got {ema_statistics!r}")
     if _library.reference_mode():

@@ -127,3 +127,16 @@ def test_code_statistics_equal_the_one_hot_sums(dtype):
     empty_counts, empty_sums = ops.code_statistics(torch.randn(0, 8), torch.zeros(0, dtype=torch.int64), 10)
     assert empty_counts.shape == (10,) and empty_sums.shape == (10, 8) and not empty_sums.any()
     assert [t.shape for t in ops.code_statistics(z.to(META), indices.to(META), 10)] == [(10,), (10, 8)]
+
+
+@pytest.mark.parametrize("reference_mode", [False, True], ids=["kernel", "reference"])
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -0.25])
+def test_vq_commitment_weight_must_be_finite_and_not_negative(reference_mode, weight):
+    # a NaN weight made commitment_loss (and so out.loss) NaN, a negative one pushed z away from its code
+    previous = ops.use_reference(reference_mode)
+    try:
+        with pytest.raises(ValueError, match="argument 'commitment_weight': expected a finite number >= 0"):
+            ops.vq_quantize(torch.randn(4, 3), torch.randn(5, 3), commitment_weight=weight)
+    finally:
+        ops.use_reference(previous)
+    assert ops.vq_quantize(torch.randn(4, 3), torch.randn(5, 3), commitment_weight=0).commitment_loss == 0
