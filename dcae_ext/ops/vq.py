@@ -75,7 +75,8 @@ def code_statistics(z: torch.Tensor, indices: torch.Tensor, num_codes: int):
     """(counts (K,), sums (K, D)) of the rows of z (..., D) by their code in indices (...): scatter
     sums over the N rows, O(K D) memory. In float32 for half inputs (float64 for float64).
     indices (int64 or int32, z's shape without D) must lie in 0..num_codes-1: checked, which reads
-    them back once (a synchronisation on CUDA, where an index out of range would end the process)."""
+    them back once (a synchronisation on CUDA, where an index out of range would end the process);
+    not under torch.compile, where reading them back would break the graph."""
     _check_statistics_arguments(z, indices, num_codes)
     return _code_statistics(z, indices, num_codes)
 

@@ -140,3 +140,14 @@ def test_vq_commitment_weight_must_be_finite_and_not_negative(reference_mode, we
     finally:
         ops.use_reference(previous)
     assert ops.vq_quantize(torch.randn(4, 3), torch.randn(5, 3), commitment_weight=0).commitment_loss == 0
+
+
+@pytest.mark.parametrize("name,x,factor,out_channels", [
+    ("pixel_unshuffle_mean", torch.randn(1, 4, 0, 0), 2**32, 3),   # 4 * 2^64 wrapped to 0: "3 divides it"
+    ("pixel_shuffle_repeat", torch.randn(1, 4, 0, 1), 2**31, 4),   # 4 * 2^62 wrapped to 0: "a multiple of 4"
+    ("pixel_shuffle_repeat", torch.randn(1, 4, 1, 1), 2**31, 4),   # was "Storage size calculation overflowed"
+])
+def test_shortcut_factor_whose_square_overflows_int64_is_refused(name, x, factor, out_channels):
+    # the compiled check multiplies the channels by factor^2 in int64, which wrapped
+    with pytest.raises(ValueError, match="argument 'factor'.*too large"):
+        getattr(ops, name)(x, factor, out_channels)
