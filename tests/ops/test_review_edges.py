@@ -151,3 +151,73 @@ def test_shortcut_factor_whose_square_overflows_int64_is_refused(name, x, factor
     # the compiled check multiplies the channels by factor^2 in int64, which wrapped
     with pytest.raises(ValueError, match="argument 'factor'.*too large"):
         getattr(ops, name)(x, factor, out_channels)
+
+
+def _second_order(fn, inputs):
+    """d/d inputs of |d(weighted outputs)/d inputs|^2: a gradient penalty, through the op's backward."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    outputs = [o for o in fn(*inputs) if o.is_floating_point()]
+    weighted = sum((o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).reshape(o.shape)).sum() for o in outputs)
+    grads = torch.autograd.grad(weighted, inputs, create_graph=True)
+    penalty = sum(g.square().sum() for g in grads)
+    return grads, torch.autograd.grad(penalty, inputs)
+
+
+def _as_tuple(fn):
+    return lambda *args: (lambda out: out if isinstance(out, tuple) else (out,))(fn(*args))
+
+
+# With create_graph=True the backward ops ran as opaque kernels: linear_attention's gradients had
+# no graph above them (second-order gradients None, only a warning: "silently incorrect"), IBQ's
+# raised "mm(): functions with out=... arguments don't support automatic differentiation".
+SECOND_ORDER_CASES = [
+    ("linear_attention", lambda q, k, v: ops.linear_attention(q, k, v),
+     lambda q, k, v: ops.reference.linear_attention(q, k, v), [(2, 2, 3, 5)] * 3),
+    ("linear_attention N<=d", lambda q, k, v: ops.linear_attention(q, k, v),
+     lambda q, k, v: ops.reference.linear_attention(q, k, v), [(1, 2, 6, 4)] * 3),
+] + [
+    (f"ibq_quantize_with_entropy {metric}",
+     lambda z, c, m=metric: ops.ibq_quantize_with_entropy(z, c, 0.7, metric=m),
+     lambda z, c, m=metric: ops.reference.ibq_quantize_with_entropy(z, c, 0.7, m), [(2, 3, 4), (6, 4)])
+    for metric in ("dot", "l2", "cosine")
+] + [
+    ("ibq_quantize", ops.ibq_quantize, ops.reference.ibq_quantize, [(5, 3), (4, 3)]),
+    ("ibq_entropy_loss", lambda z, c: ops.ibq_entropy_loss(z, c, 0.3),
+     lambda z, c: ops.reference.ibq_entropy_loss(z, c, 0.3), [(5, 3), (4, 3)]),
+]
+
+
+@pytest.mark.parametrize("name,fn,reference_fn,shapes", SECOND_ORDER_CASES, ids=[c[0] for c in SECOND_ORDER_CASES])
+def test_second_order_gradients_equal_the_references(name, fn, reference_fn, shapes):
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    grads, second = _second_order(_as_tuple(fn), inputs)
+    want_grads, want_second = _second_order(_as_tuple(reference_fn), inputs)
+    for got, want in zip(grads + second, want_grads + want_second):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_second_order_leaves_inputs_without_grad_alone():
+    q, k, v = (torch.randn(1, 1, 3, 5, dtype=torch.float64) for _ in range(3))
+    q.requires_grad_(True)
+    dq, = torch.autograd.grad(ops.linear_attention(q, k, v).sum(), q, create_graph=True)
+    z, codebook = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    dc, = torch.autograd.grad(ops.ibq_quantize_with_entropy(z, codebook, 0.5)[2], codebook, create_graph=True)
+    assert dq.requires_grad and dc.requires_grad
+    assert torch.autograd.gradgradcheck(lambda t: ops.linear_attention(t, k, v), (q,))
+    assert torch.autograd.gradgradcheck(lambda c: ops.ibq_entropy_loss(z, c, 0.5), (codebook,))
+
+
+def test_a_first_order_backward_still_runs_the_kernels(monkeypatch):
+    # the differentiable (reference) backward is for create_graph=True only
+    def refuse(*args, **kwargs):
+        raise AssertionError("a first-order backward ran the reference")
+
+    for name in ("linear_attention", "ibq_logits", "ibq_entropy_loss"):
+        monkeypatch.setattr(ops.reference, name, refuse)
+    q, k, v = (torch.randn(1, 2, 3, 5, requires_grad=True) for _ in range(3))
+    ops.linear_attention(q, k, v).sum().backward()
+    z, codebook = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    z_q, _, entropy = ops.ibq_quantize_with_entropy(z, codebook, 0.5)
+    (z_q.sum() + entropy).backward()
+    assert all(t.grad is not None for t in (q, k, v, z, codebook))
