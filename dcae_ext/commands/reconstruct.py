@@ -23,6 +23,9 @@ def add_parser(subparsers):
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
     parser.add_argument("--out", required=True, help="output directory for the reconstructed PNGs")
     parser.add_argument("--tile", type=int, default=None, help="tiled encode/decode with tiles of N pixels")
+    parser.add_argument("--latent-channels", type=int, default=None, metavar="C",
+                        help="a structured latent (DC-AE 1.5): reconstruct from its first C channels only, as "
+                             "ae(x, latent_channels=C) (default: every channel)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--strict-data", action="store_true",
@@ -80,6 +83,8 @@ def _prepare(args):
                          f"{replaced[0]}{f' and {len(replaced) - 1} more' if len(replaced) > 1 else ''}: choose "
                          "another --out")
     model = load_autoencoder(args.model, args.config).to(device).eval()
+    if args.latent_channels is not None:
+        _check_latent_channels(model, args.latent_channels)
     if args.tile is not None:
         try:
             model.enable_tiling(args.tile)
@@ -92,6 +97,18 @@ def _prepare(args):
             except UnreadableImageError as error:
                 raise SystemExit(f"--strict-data: {error} (without --strict-data it is skipped)") from None
     return device, dtype, paths, model
+
+
+def _check_latent_channels(model, channels: int) -> None:
+    from dcae_ext.models import DCAE
+
+    if not isinstance(model, DCAE):
+        raise SystemExit(f"--latent-channels: {type(model).__name__} is a tokenizer, it has no latent channels to "
+                         "take a prefix of (a DC-AE 1.5 has)")
+    try:
+        model._channel_counts(channels)
+    except ValueError as error:
+        raise SystemExit(f"--latent-channels: {str(error).split(': ', 1)[-1]}") from None
 
 
 def run(args) -> int:
@@ -115,7 +132,8 @@ def run(args) -> int:
             continue
         target = pixels.permute(2, 0, 1)[None].float() / 255
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            reconstruction = model((target * 2 - 1).to(device), pad=True).reconstruction
+            prefix = {} if args.latent_channels is None else {"latent_channels": args.latent_channels}
+            reconstruction = model((target * 2 - 1).to(device), pad=True, **prefix).reconstruction
         result = to_unit(reconstruction).cpu()
         save_png(result[0], os.path.join(args.out, name))
         score = float(psnr_per_image(result, target))
