@@ -59,3 +59,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def model_config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'field old -> new' for every field (nested ones as backbone.field) in which two model
+    `config.to_dict()` results differ; the names aside (they build nothing), and fields only one of
+    them has (a field added by a later version takes the value that built the earlier models)."""
+    changes = []
+    for key in sorted(set(saved) & set(current) - {"name"}):
+        old, new = saved[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += model_config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key} {old!r} -> {new!r}")
+    return changes
