@@ -73,3 +73,18 @@ def test_a_config_json_this_version_cannot_read_leaves_config_to_decide(saved, t
     with pytest.raises(ValueError, match="unknown fields"):
         IBQTokenizer.from_pretrained(tmp_path / "newer")
     assert IBQTokenizer.from_pretrained(tmp_path / "newer", config="tiny").config == tokenizer.config
+
+
+def test_load_model_from_path_passes_config_on_to_the_tokenizer_loader(saved, tmp_path, capsys):
+    """`--config` of eval / reconstruct reaches an IBQ folder as it reaches DC-AE weights: checked against
+    the saved config.json, never dropped without a word."""
+    from dcae_ext.cli import main
+    from dcae_ext.models import load_model_from_path
+
+    tokenizer, folder = saved
+    with pytest.raises(ValueError, match="argument 'config'.*backbone.type: given 'vqgan', saved 'dc-ae'"):
+        load_model_from_path(folder, config="ibq-f16-1024")
+    assert load_model_from_path(folder, config="tiny").config == tokenizer.config
+    assert main(["eval", "--model", str(folder), "--config", "ibq-f16-16384", "--out", str(tmp_path / "eval"),
+                 "--limit", "1", "--resolution", "32", "--device", "cpu", "--workers", "0"]) == 1
+    assert "contradicts" in capsys.readouterr().err and not (tmp_path / "eval").exists()
