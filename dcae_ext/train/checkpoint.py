@@ -61,15 +61,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """'field old -> new' for every field (nested ones as backbone.field) in which two model
-    `config.to_dict()` results differ; the names aside (they build nothing), and fields only one of
-    them has (a field added by a later version takes the value that built the earlier models)."""
-    changes = []
-    for key in sorted(set(saved) & set(current) - {"name"}):
-        old, new = saved[key], current[key]
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += model_config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append(f"{prefix}{key} {old!r} -> {new!r}")
-    return changes
+def model_config_changes(state: dict, model) -> list[str]:
+    """'field saved -> now' for every field in which the model config a checkpoint records
+    (`model_config`) builds another model than `model.config` (as the loaders compare a config.json:
+    names aside); none for a checkpoint without one, or with one this version cannot read."""
+    from dcae_ext.models.dcae.config import DCAEConfig, config_differences as dcae_differences
+    from dcae_ext.models.ibq.tokenizer import IBQConfig, config_differences as ibq_differences
+
+    current = getattr(model, "config", None)
+    kinds = {DCAEConfig: dcae_differences, IBQConfig: ibq_differences}
+    if "model_config" not in state or type(current) not in kinds:
+        return []
+    try:
+        saved = type(current).from_dict(state["model_config"])
+    except (TypeError, ValueError):
+        return []
+    return [f"{name} {old!r} -> {new!r}" for name, old, new in kinds[type(current)](saved, current)]

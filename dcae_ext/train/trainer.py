@@ -365,8 +365,7 @@ class Trainer:
             self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
             return False
         state = load_checkpoint(path, map_location=self.device)
-        model_changes = model_config_changes(state.get("model_config", {}), self.model.config.to_dict()) \
-            if "model_config" in state else []
+        model_changes = model_config_changes(state, self.model)
         if model_changes:  # same names and shapes (loss settings, activations): the weights would load
             raise ValueError(f"resume: {path} was trained by another model than the one built now "
                              f"({'; '.join(model_changes[:4])}{'; ...' if len(model_changes) > 4 else ''}); resume "
