@@ -53,6 +53,10 @@ def test_a_config_that_contradicts_the_saved_one_is_refused(saved, changes, fiel
     _, folder = saved
     with pytest.raises(ValueError, match=rf"argument 'config'.*{field}: given .*, saved .*leave out config"):
         IBQTokenizer.from_pretrained(folder, config=_with("tiny", **changes))
+
+
+def test_a_preset_of_the_other_backbone_is_refused(saved):
+    _, folder = saved
     with pytest.raises(ValueError, match="argument 'config'.*backbone.type: given 'vqgan', saved 'dc-ae'"):
         IBQTokenizer.from_pretrained(folder, config="ibq-f16-1024")
 
