@@ -34,6 +34,19 @@ def _warn_if_weights_changed(codec, metadata: dict, args) -> None:
               "with the current ones", file=sys.stderr)
 
 
+def _check_model_fits(codec, metadata: dict, args) -> None:
+    """--model must read what the encoding model wrote: tokens index its codebook (another size gives
+    other images for the same indices, without an error wherever they lie below it), and both kinds
+    cover f x f pixels per position."""
+    described = codec.description()
+    shown = {"num_codes": "{} codes", "spatial_compression": "spatial factor {}"}
+    for key, text in shown.items():
+        if key in metadata and key in described and metadata[key] != described[key]:
+            raise SystemExit(f"--model: {args.input} holds {metadata['kind']} of {text.format(metadata[key])}, and "
+                             f"--model {args.model} has {text.format(described[key])}; decode them with the model "
+                             "that wrote them (leave out --model)")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -57,6 +70,7 @@ def run(args) -> int:
     stored_channels = metadata.get("latent_channels") if kind == "latents" else None  # fewer: --latent-channels
     codec = load_codec(kind, args.model or metadata["model"], DTYPES[dtype], device, tile, decoding=args.input,
                        latent_channels=stored_channels)
+    _check_model_fits(codec, metadata, args)
     _warn_if_weights_changed(codec, metadata, args)
     count = metadata["num_images"] if args.limit is None else min(args.limit, metadata["num_images"])
     try:

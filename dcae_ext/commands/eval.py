@@ -18,7 +18,9 @@ def add_parser(subparsers):
                              "or its safetensors export), a training run folder or its checkpoint.pt; or a DC-AE "
                              "preset name (random weights), or ibq-<preset>")
     parser.add_argument("--config", default=None,
-                        help="DC-AE preset name for efficientvit weights whose folder and path name none")
+                        help="DC-AE preset name for efficientvit weights whose folder and path name none; for an "
+                             "IBQ tokenizer an IBQ preset (an official checkpoint's config; checked against a "
+                             "saved config.json)")
     parser.add_argument("--ema", action="store_true",
                         help="with a training run or checkpoint: evaluate the EMA weights instead of the live ones")
     parser.add_argument("--data", default=None, help="image folder or list file (default: the embedded sample images)")

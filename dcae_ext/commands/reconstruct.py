@@ -19,7 +19,9 @@ def add_parser(subparsers):
                         help="preset name (random weights; ibq-<preset> for a tokenizer), or a local model: DC-AE "
                              "diffusers or efficientvit folder/file, IBQ tokenizer folder or official checkpoint, "
                              "a training run or its checkpoint.pt")
-    parser.add_argument("--config", default=None, help="preset name for an efficientvit checkpoint whose path names none")
+    parser.add_argument("--config", default=None,
+                        help="preset name for an efficientvit checkpoint whose path names none; for an IBQ "
+                             "tokenizer an IBQ preset (checked against a saved config.json)")
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
     parser.add_argument("--out", required=True, help="output directory for the reconstructed PNGs")
     parser.add_argument("--tile", type=int, default=None, help="tiled encode/decode with tiles of N pixels")

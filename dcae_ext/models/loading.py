@@ -45,6 +45,9 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
       (SEED-Voken's Lightning .ckpt or a safetensors export of it; its EMA weights with ema=True),
     - a DC-AE folder or weights file in diffusers or efficientvit format (`config`: a preset name or
       DCAEConfig for efficientvit weights whose folder and path name none).
+
+    `config` for an IBQ folder or official checkpoint is an IBQ preset name or IBQConfig, as
+    `IBQTokenizer.from_pretrained` takes it (one that contradicts a saved config.json is an error).
     """
     path = Path(path)
     if not path.exists():
@@ -63,11 +66,11 @@ def load_model_from_path(path: str | os.PathLike, config=None, *, ema: bool = Fa
             if ema:
                 raise ValueError(f"ema=True (--ema): {path} is a tokenizer folder written by save_pretrained, "
                                  "which holds one set of weights; load the run's checkpoint.pt for its EMA weights")
-            return _finish(IBQTokenizer.from_pretrained(path), torch_dtype)
+            return _finish(IBQTokenizer.from_pretrained(path, config=config), torch_dtype)
     elif is_official_ibq_file(path):
         from dcae_ext.models.ibq.tokenizer import IBQTokenizer
 
-        return _finish(IBQTokenizer.from_pretrained(path, use_ema=ema), torch_dtype)
+        return _finish(IBQTokenizer.from_pretrained(path, config=config, use_ema=ema), torch_dtype)
     elif path.suffix not in (".safetensors",):
         state = safe_torch_load(path)
         if is_training_checkpoint(state):

@@ -59,3 +59,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def model_config_changes(state: dict, model) -> list[str]:
+    """'field saved -> now' for every field in which the model config a checkpoint records
+    (`model_config`) builds another model than `model.config` (as the loaders compare a config.json:
+    names aside); none for a checkpoint without one, or with one this version cannot read."""
+    from dcae_ext.models.dcae.config import DCAEConfig, config_differences as dcae_differences
+    from dcae_ext.models.ibq.tokenizer import IBQConfig, config_differences as ibq_differences
+
+    current = getattr(model, "config", None)
+    kinds = {DCAEConfig: dcae_differences, IBQConfig: ibq_differences}
+    if "model_config" not in state or type(current) not in kinds:
+        return []
+    try:
+        saved = type(current).from_dict(state["model_config"])
+    except (TypeError, ValueError):
+        return []
+    return [f"{name} {old!r} -> {new!r}" for name, old, new in kinds[type(current)](saved, current)]

@@ -33,7 +33,8 @@ from dcae_ext.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from dcae_ext.train import distributed
 from dcae_ext.train.build import (apply_trainable, build_model, check_inputs, last_decoder_weight,
                                   set_frozen_modules_to_eval)
-from dcae_ext.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from dcae_ext.train.checkpoint import (atomic_save, load_checkpoint, model_config_changes, rng_state, seed_everything,
+                                      set_rng_state)
 from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, save_config, to_dict
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
@@ -364,6 +365,11 @@ class Trainer:
             self.callback("warning", {"message": f"--resume: no checkpoint at {path}; starting from step 0"})
             return False
         state = load_checkpoint(path, map_location=self.device)
+        model_changes = model_config_changes(state, self.model)
+        if model_changes:  # same names and shapes (loss settings, activations): the weights would load
+            raise ValueError(f"resume: {path} was trained by another model than the one built now "
+                             f"({'; '.join(model_changes[:4])}{'; ...' if len(model_changes) > 4 else ''}); resume "
+                             "with the model that trained, or start a new run from its weights (--init-weights)")
         changed = changed_settings(state["config"], to_dict(self.config))
         if changed:
             self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})

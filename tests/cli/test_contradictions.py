@@ -121,6 +121,32 @@ def test_decode_with_the_wrong_model_kind_names_decodes_counterpart(tmp_path, ca
     assert "use dcae-ext" not in message
 
 
+def test_decode_with_a_tokenizer_of_another_codebook_or_factor_is_refused(tmp_path, capsys):
+    """Tokens index one codebook: another tokenizer's codes of the same index are other images, and its
+    decoder would run without a complaint wherever the indices lie below its codebook size."""
+    from dcae_ext.models import IBQTokenizer
+    from dcae_ext.models.ibq.tokenizer import IBQConfig, _conv_backbone, get_ibq_config
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(images / "a.png")
+    IBQTokenizer.from_config("tiny").save_pretrained(tmp_path / "tokenizer")
+    encoded = str(tmp_path / "tokens")
+    assert main(["tokenize", "--model", str(tmp_path / "tokenizer"), "--data", str(images), "--out", encoded,
+                 "--resolution", "16", "--workers", "0", "--device", "cpu"]) == 0
+    larger = get_ibq_config("tiny").to_dict()
+    larger["num_codes"] = 1024
+    IBQTokenizer.from_config(IBQConfig.from_dict(larger)).save_pretrained(tmp_path / "larger")
+    coarser = IBQConfig(_conv_backbone((16, 32, 64, 64), 1, 1, 32), num_codes=512, dim=16)  # 8x, not 4x
+    IBQTokenizer.from_config(coarser).save_pretrained(tmp_path / "coarser")
+    for other, expected in (("larger", "512 codes, and --model"), ("coarser", "spatial factor 4, and --model")):
+        out = tmp_path / f"png_{other}"
+        _system_exit(capsys, ["decode", "--input", encoded, "--out", str(out), "--model", str(tmp_path / other),
+                              "--device", "cpu"], f"--model: {encoded} holds", expected, "leave out --model")
+        assert not out.exists()
+    assert main(["decode", "--input", encoded, "--out", str(tmp_path / "png"), "--device", "cpu"]) == 0
+
+
 def test_eval_out_is_checked_before_the_evaluation(tmp_path, capsys, monkeypatch):
     import dcae_ext.commands._models as models
 

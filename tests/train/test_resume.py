@@ -72,3 +72,20 @@ def test_resume_without_checkpoint_is_an_error_and_starts_nothing(micro_dcae, qu
     os.unlink(trainer.checkpoint_path)
     with pytest.raises(ValueError, match="saved no checkpoint.pt .*start it afresh with overwrite=True"):
         Trainer(config, model=micro_dcae(), dataset=SmoothImages()).train(resume=True)
+
+
+def test_resume_with_a_model_of_other_settings_is_an_error(micro_ibq, quick_config, tmp_path):
+    """The checkpoint records the model config that trained: a resume whose model differs in a setting
+    that leaves the weights' names and shapes alone (the quantizer's loss settings) is refused, not
+    continued with the other settings."""
+    config = quick_config("ibq", steps=2, out=str(tmp_path / "run"), gan_weight=0.0)
+    Trainer(config, model=micro_ibq(), dataset=SmoothImages(count=4)).train(until=1)
+    other = Trainer(quick_config("ibq", steps=2, out=str(tmp_path / "run"), gan_weight=0.0),
+                    model=micro_ibq(entropy_weight=0.2), dataset=SmoothImages(count=4))
+    with pytest.raises(ValueError, match=r"another model.*entropy_weight 0\.05 -> 0\.2"):
+        other.train(resume=True)
+    assert load_checkpoint(other.checkpoint_path)["step"] == 1  # nothing trained, nothing written
+    same = Trainer(quick_config("ibq", steps=2, out=str(tmp_path / "run"), gan_weight=0.0),
+                   model=micro_ibq(), dataset=SmoothImages(count=4))
+    same.train(resume=True)
+    assert same.step == 2

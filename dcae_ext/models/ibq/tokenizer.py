@@ -19,7 +19,7 @@ from torch import nn
 
 from dcae_ext.models.dcae import model as dcae
 from dcae_ext.models.ibq import vqgan
-from dcae_ext.models.dcae.config import DCAEConfig
+from dcae_ext.models.dcae.config import DCAEConfig, config_differences as dcae_config_differences
 from dcae_ext.files import read_json, write_files_together
 from dcae_ext.models.formats.ibq_official import convert_official_state, infer_vqgan_config, is_official_layout, \
     read_official_file
@@ -255,6 +255,9 @@ class IBQTokenizer(nn.Module):
           holding one such file. Its configuration is read from the weight shapes unless `config`
           (a preset name, IBQConfig or dict) is given; `use_ema` takes the EMA weights.
 
+        A `config` given for a save_pretrained folder must agree with its config.json (names aside): one
+        that contradicts it is a ValueError, not a different tokenizer built around the saved weights.
+
         `subfolder`: a folder inside `path`; `torch_dtype`: cast the weights but the codebook (`cast`).
         """
         path = os.fspath(path)
@@ -288,7 +291,42 @@ def _from_saved_folder(cls, path: str, config: IBQConfig | None):
     weights = os.path.join(path, WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"argument 'path': {path} has a {CONFIG_NAME} but no {WEIGHTS_NAME}")
-    return cls(config or IBQConfig.from_dict(values)), load_file(weights)
+    if config is None:
+        config = IBQConfig.from_dict(values)
+    else:
+        _check_agreement(config, values, os.path.join(path, CONFIG_NAME))
+    return cls(config), load_file(weights)
+
+
+def config_differences(first: IBQConfig, second: IBQConfig) -> list[tuple[str, object, object]]:
+    """(field, first's value, second's value) for every field in which the two configs build a different
+    tokenizer (the quantizer's loss settings included); not the names."""
+    differ = [(f.name, getattr(first, f.name), getattr(second, f.name)) for f in dataclasses.fields(IBQConfig)
+              if f.name not in ("backbone", "name") and getattr(first, f.name) != getattr(second, f.name)]
+    a, b = first.backbone, second.backbone
+    if first.backbone_type != second.backbone_type:
+        return differ + [("backbone.type", first.backbone_type, second.backbone_type)]
+    if isinstance(a, DCAEConfig):
+        return differ + [(f"backbone.{name}", mine, theirs) for name, mine, theirs in dcae_config_differences(a, b)]
+    return differ + [(f"backbone.{f.name}", getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+                     if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def _check_agreement(given: IBQConfig, values: dict, source: str) -> None:
+    """ValueError where `config` contradicts the config.json saved beside the weights (`values`, read
+    from `source`): another activation, normalisation or loss setting has the same parameter names and
+    shapes, so the weights would load into a different tokenizer without a complaint. A config.json
+    this version cannot read (fields of a later version) is what `config` is for, and is not compared."""
+    try:
+        saved = IBQConfig.from_dict(values)
+    except (TypeError, ValueError):
+        return
+    differ = config_differences(given, saved)
+    if differ:
+        shown = "; ".join(f"{name}: given {mine!r}, saved {theirs!r}" for name, mine, theirs in differ[:4])
+        raise ValueError(f"argument 'config': {given.name or 'the given config'} contradicts {source} "
+                         f"({shown}{'; ...' if len(differ) > 4 else ''}); leave out config to load the tokenizer "
+                         "that was saved")
 
 
 def _official_file(path: str) -> str:
