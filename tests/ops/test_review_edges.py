@@ -1,5 +1,6 @@
 """Edge inputs found by an adversarial review of the public ops: each once gave a wrong answer
-(a tensor of a wrong shape, NaN) or an exception that did not name the argument."""
+(a tensor of a wrong shape, NaN, second-order gradients missing) or an exception that did not
+name the argument."""
 import math
 
 import pytest
