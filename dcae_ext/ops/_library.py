@@ -107,6 +107,14 @@ def use_kernel(op_name: str, tensor: torch.Tensor) -> bool:
     return False
 
 
+def check_meta_arguments(check_op: str, tensor: torch.Tensor, *args) -> None:
+    """The compiled op's argument checks for a call on meta tensors, which reaches the op's fake
+    impl: that impl only computes output shapes, so without this a bad argument (a codebook of
+    another width, a factor that does not divide H) gave a tensor of a wrong shape, no error."""
+    if tensor.device.type == "meta":
+        check_arguments(check_op, *args)
+
+
 def check_arguments(check_op: str, *args) -> None:
     """Runs the compiled op's argument checks (`torch.ops.dcae_ext.<check_op>`) before a
     reference runs in its place, so that both raise the same ValueError. Skipped while

@@ -9,12 +9,15 @@ Autocast: the ops run in z's dtype (no cast is inserted); codebook must match it
 exact: a re-rank in float64 where the rounded logits cannot tell (docs/ibq.md); `exact_index` asks
 for that index on every path. The forward hands its choice of GEMM operands to the backward (the
 `gemm_plan` output, a small CPU tensor), which recomputes the same logits without deciding again.
+With create_graph=True the backward is the reference's formula instead (float32 scores, the forward's
+indices, an N x K softmax), so that its gradients can be differentiated again.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from dcae_ext.ops import _library, reference
 from dcae_ext.ops._library import use_kernel
@@ -59,6 +62,7 @@ def _forward(z, codebook, temperature, quantize, entropy, gemm_dtype, metric="do
     exact_index): the exact answer."""
     temperature = _check_python_arguments(z, codebook, temperature, gemm_dtype, metric, exact_index)
     if use_kernel("ibq_forward", z):
+        _library.check_meta_arguments("_check_ibq_args", z, _rows(z), codebook, temperature, gemm_dtype, metric)
         return _run(z, codebook, temperature, quantize, entropy, gemm_dtype=gemm_dtype, metric=metric,
                     exact_index=exact_index)
     _library.check_arguments("_check_ibq_args", _rows(z), codebook, temperature, gemm_dtype, metric)
@@ -154,11 +158,32 @@ if _library.has_ops("ibq_forward", "_ibq_backward"):
     def _backward(ctx, grad_z_q, grad_idx, grad_entropy, grad_row_stats, grad_soft_codes, grad_code_coef,
                   grad_gemm_plan):
         z, codebook, idx, row_stats, soft_codes, code_coef, gemm_plan = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's gradients would have no graph
+            return (*_differentiable_backward(ctx, z, codebook, idx, grad_z_q, grad_entropy), *[None] * 7)
         # the forward's GEMM operands (gemm_plan), not a new decision from flags or data
         grad_z, grad_codebook = torch.ops.dcae_ext._ibq_backward(
             grad_z_q if ctx.quantize else None, grad_entropy if ctx.entropy else None, z, codebook, idx,
             row_stats, soft_codes, code_coef, gemm_plan, ctx.temperature, ctx.codes_per_tile, ctx.metric)
         return grad_z, grad_codebook, None, None, None, None, None, None, None
+
+    def _differentiable_backward(ctx, z, codebook, idx, grad_z_q, grad_entropy):
+        """The reference's gradients (float32 scores, the forward's indices), differentiable again."""
+        outputs, grads = [], []
+        if ctx.quantize:
+            soft = reference.ibq_logits(z, codebook, ctx.metric).softmax(dim=-1)
+            hard = F.one_hot(idx, codebook.shape[0]).to(soft.dtype)
+            outputs.append(((hard - soft.detach() + soft) @ codebook.to(soft.dtype)).to(z.dtype))
+            grads.append(grad_z_q)
+        if ctx.entropy:
+            outputs.append(reference.ibq_entropy_loss(z, codebook, ctx.temperature, ctx.metric))
+            grads.append(grad_entropy)
+        wanted = [t for t, needed in zip((z, codebook), ctx.needs_input_grad) if needed]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True))
+        return tuple(_zero_if_none(next(found), t) if needed else None
+                     for t, needed in zip((z, codebook), ctx.needs_input_grad))
+
+    def _zero_if_none(grad, like):
+        return torch.zeros_like(like) if grad is None else grad
 
     torch.library.register_autograd("dcae_ext::ibq_forward", _backward, setup_context=_setup_context)
     _library.mark_registered("ibq_forward", "_ibq_backward")

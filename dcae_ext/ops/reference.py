@@ -18,9 +18,23 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # --- DC-AE residual shortcuts (docs/shortcuts.md) ----------------------------------------------------------
 
+def _space_to_channel(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """F.pixel_unshuffle spelled out: F.pixel_unshuffle returns an empty input unchanged (a wrong shape)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // factor, factor, w // factor, factor)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(b, c * factor * factor, h // factor, w // factor)
+
+
+def _channel_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """F.pixel_shuffle spelled out, for the same reason."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c // (factor * factor), factor, factor, h, w)
+    return x.permute(0, 1, 4, 2, 5, 3).reshape(b, c // (factor * factor), h * factor, w * factor)
+
+
 def pixel_unshuffle_mean(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
     """x (B, C, H, W) -> (B, out_channels, H/r, W/r): space-to-channel, then mean over channel groups."""
-    y = F.pixel_unshuffle(x, factor)
+    y = _space_to_channel(x, factor)
     b, c, h, w = y.shape
     y = y.reshape(b, out_channels, c // out_channels, h, w).mean(dim=2)
     return y if residual is None else residual + y
@@ -29,7 +43,7 @@ def pixel_unshuffle_mean(x: torch.Tensor, factor: int, out_channels: int, residu
 def pixel_shuffle_repeat(x: torch.Tensor, factor: int, out_channels: int, residual: torch.Tensor | None = None):
     """x (B, C, H, W) -> (B, out_channels, H*r, W*r): repeat channels, then channel-to-space."""
     repeats = out_channels * factor * factor // x.shape[1]
-    y = F.pixel_shuffle(x.repeat_interleave(repeats, dim=1), factor)
+    y = _channel_to_space(x.repeat_interleave(repeats, dim=1), factor)
     return y if residual is None else residual + y
 
 

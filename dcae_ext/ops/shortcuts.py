@@ -22,7 +22,13 @@ def _shortcut(op_name: str, x, factor, out_channels, residual):
     if residual is not None:
         check_tensor(residual, "residual")
         check_same_device(x, "x", residual, "residual")
+    if x.dim() == 4 and x.shape[1] == 0:  # unshuffle_mean would average groups of no channel: NaN
+        raise ValueError(f"argument 'x': needs at least one channel, got shape {list(x.shape)}")
+    if x.dim() == 4 and factor > 0 and max(x.shape[1], out_channels) * factor * factor >= 2**63:  # int64 wraps
+        raise ValueError(f"argument 'factor': {factor} is too large (the channels times factor^2 overflow int64)")
     if use_kernel(op_name, x):
+        _library.check_meta_arguments("_check_shortcut_args", x, x, factor, out_channels, residual,
+                                      op_name == "pixel_unshuffle_mean")
         return getattr(torch.ops.dcae_ext, op_name)(x, factor, out_channels, 1.0, residual)
     _library.check_arguments("_check_shortcut_args", x, factor, out_channels, residual,
                              op_name == "pixel_unshuffle_mean")

@@ -6,13 +6,14 @@ scatter sums over the indices (index_add_), not a one-hot matrix times z.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from dcae_ext.ops import _library, ibq, reference
-from dcae_ext.ops._validate import check_number
+from dcae_ext.ops._validate import check_int, check_number, check_same_device, check_tensor
 from dcae_ext.ops.ibq import nearest_code
 
 
@@ -51,6 +52,8 @@ def vq_quantize(z: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", 
     cosine codebook, l2-normalise both first; "dot" then equals "cosine").
     """
     commitment_weight = check_number(commitment_weight, "commitment_weight")
+    if not 0 <= commitment_weight < math.inf:
+        raise ValueError(f"argument 'commitment_weight': expected a finite number >= 0, got {commitment_weight}")
     if not isinstance(ema_statistics, bool):
         raise ValueError(f"argument 'ema_statistics': expected a bool, got {ema_statistics!r}")
     if _library.reference_mode():
@@ -64,20 +67,50 @@ def vq_quantize(z: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", 
     commitment_loss = _mean_square(z, codes.detach()) * commitment_weight
     counts = sums = None
     if ema_statistics:
-        counts, sums = code_statistics(z, indices, codebook.shape[0])
+        counts, sums = _code_statistics(z, indices, codebook.shape[0])  # indices from the search: in range
     return VQOutput(z_q, indices, codebook_loss, commitment_loss, counts, sums)
 
 
 def code_statistics(z: torch.Tensor, indices: torch.Tensor, num_codes: int):
     """(counts (K,), sums (K, D)) of the rows of z (..., D) by their code in indices (...): scatter
-    sums over the N rows, O(K D) memory. In float32 for half inputs (float64 for float64)."""
+    sums over the N rows, O(K D) memory. In float32 for half inputs (float64 for float64).
+    indices (int64 or int32, z's shape without D) must lie in 0..num_codes-1: checked, which reads
+    them back once (a synchronisation on CUDA, where an index out of range would end the process);
+    not under torch.compile, where reading them back would break the graph."""
+    _check_statistics_arguments(z, indices, num_codes)
+    return _code_statistics(z, indices, num_codes)
+
+
+def _code_statistics(z: torch.Tensor, indices: torch.Tensor, num_codes: int):
     acc = reference.accumulation_dtype(z.dtype)
-    rows = z.detach().reshape(-1, z.shape[-1]).to(acc)
+    rows = ibq._rows(z.detach()).to(acc)
     flat = indices.reshape(-1)
     counts = torch.zeros(num_codes, dtype=acc, device=z.device).index_add_(
         0, flat, torch.ones(flat.shape, dtype=acc, device=z.device))
     sums = torch.zeros(num_codes, z.shape[-1], dtype=acc, device=z.device).index_add_(0, flat, rows)
     return counts, sums
+
+
+def _check_statistics_arguments(z, indices, num_codes) -> None:
+    check_tensor(z, "z")
+    check_tensor(indices, "indices")
+    check_same_device(z, "z", indices, "indices")
+    check_int(num_codes, "num_codes")
+    if num_codes < 1:
+        raise ValueError(f"argument 'num_codes': must be >= 1, got {num_codes}")
+    if not z.is_floating_point():
+        raise ValueError(f"argument 'z': expected a floating-point tensor, got {z.dtype}")
+    if z.dim() == 0:
+        raise ValueError("argument 'z': expected a tensor of shape (..., D), got a 0-d tensor")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"argument 'indices': expected an int64 or int32 tensor, got {indices.dtype}")
+    if indices.shape != z.shape[:-1]:
+        raise ValueError(f"argument 'indices': shape {list(indices.shape)} differs from z's {list(z.shape[:-1])} "
+                         "(z's shape without its last dimension)")
+    if indices.numel() and not indices.is_meta and not torch.compiler.is_compiling():
+        low, high = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or high >= num_codes:
+            raise ValueError(f"argument 'indices': values must lie in 0..{num_codes - 1}, got {low}..{high}")
 
 
 def _check_search_arguments(z, codebook, gemm_dtype, metric, exact_index) -> None:
