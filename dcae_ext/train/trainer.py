@@ -189,8 +189,9 @@ class Trainer:
         terms = {}
         output = self._forward(images)
         reconstruction = output.reconstruction
-        nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
-        terms[f"loss_{config.reconstruction}"] = nll.detach()
+        pixel = reconstruction_loss(reconstruction, images, config.reconstruction)
+        terms[f"loss_{config.reconstruction}"] = pixel.detach()  # every term is logged before its weight
+        nll = config.reconstruction_weight * pixel
         if self.perceptual is not None:
             perceptual = at_least_float32(self.perceptual(reconstruction, images))
             terms["loss_lpips"] = perceptual.detach()
