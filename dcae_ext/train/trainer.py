@@ -39,6 +39,7 @@ from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, sa
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
+from dcae_ext.train.gan_balance import StepGanWeight
 from dcae_ext.models.perceptual import PerceptualLoss
 from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight, at_least_float32,
                                    hinge_discriminator_loss, reconstruction_loss)
@@ -110,6 +111,7 @@ class Trainer:
         self.skipped_disc_steps = 0
         self.nonfinite_streak = 0       # steps in a row skipped for a non-finite loss, up to this one
         self.checkpoint_step = None     # the step of the checkpoint on disk, once one is
+        self._step_gan_weight = None    # the adaptive GAN weight of the step in flight, over its micro-batches
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -205,10 +207,14 @@ class Trainer:
             self.discriminator.requires_grad_(False)
             generator_gan = GENERATOR_LOSSES[config.gan_generator_loss](self.discriminator.net(reconstruction))
             self.discriminator.requires_grad_(True)
-            weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
-                      if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
-            total = total + weight * generator_gan
-            terms.update(loss_gan=generator_gan.detach(), gan_weight=weight.detach())
+            terms["loss_gan"] = generator_gan.detach()
+            if self._step_gan_weight is not None:  # weighted once the step's micro-batches are all in
+                self._step_gan_weight.add(nll, generator_gan)
+            else:
+                weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
+                          if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
+                total = total + weight * generator_gan
+                terms["gan_weight"] = weight.detach()
         terms["loss"] = total.detach()
         return total, reconstruction, terms
 
@@ -228,8 +234,9 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def _backward_all(self, module_ddp, micro_batches, loss_fn, optimizer):
-        """Accumulate gradients over the micro-batches; returns (finite, grad norm, mean terms, outputs)."""
+    def _backward_all(self, module_ddp, micro_batches, loss_fn, optimizer, finish=None):
+        """Accumulate gradients over the micro-batches; returns (finite, grad norm, mean terms, outputs).
+        `finish(terms)`, if given, completes the gradients and the mean terms before they are unscaled."""
         optimizer.zero_grad(set_to_none=True)
         totals, outputs, finite = defaultdict(float), [], True
         count = len(micro_batches)
@@ -244,6 +251,8 @@ class Trainer:
             outputs.append(extra)
             for key, value in terms.items():
                 totals[key] += float(value) / count
+        if finish is not None:
+            finish(totals)
         self.scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
@@ -262,8 +271,13 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 reconstructions = [self._forward(x).reconstruction for x in micro_batches]
             metrics.update(self._discriminator_step(micro_batches, reconstructions))
-        finite, grad_norm, terms, reconstructions = self._backward_all(
-            self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
+        self._step_gan_weight = self._new_step_gan_weight(len(micro_batches)) if gan_active else None
+        try:
+            finite, grad_norm, terms, reconstructions = self._backward_all(
+                self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer,
+                finish=self._add_gan_gradients if self._step_gan_weight is not None else None)
+        finally:
+            self._step_gan_weight = None
         if finite:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
@@ -289,6 +303,20 @@ class Trainer:
         self.step += 1
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics
+
+    def _new_step_gan_weight(self, count: int) -> StepGanWeight | None:
+        """The adaptive GAN weight of a step of several micro-batches or ranks (one of each computes it
+        on its own graph, as VQGAN does)."""
+        if not self.config.adaptive_gan_weight or (count == 1 and not self.context.distributed):
+            return None
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return StepGanWeight(last_decoder_weight(self.model), params, self.config.gan_weight, count, self.scaler,
+                             self.context)
+
+    def _add_gan_gradients(self, totals: dict) -> None:
+        weight = float(self._step_gan_weight.apply())
+        totals["gan_weight"] = weight
+        totals["loss"] += weight * totals["loss_gan"]
 
     def _discriminator_step(self, micro_batches, reconstructions) -> dict:
         self.discriminator.train()
