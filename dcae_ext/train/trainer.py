@@ -112,6 +112,7 @@ class Trainer:
         self.nonfinite_streak = 0       # steps in a row skipped for a non-finite loss, up to this one
         self.checkpoint_step = None     # the step of the checkpoint on disk, once one is
         self._step_gan_weight = None    # the adaptive GAN weight of the step in flight, over its micro-batches
+        self._lecam_updated = False     # LeCAM's EMAs already hold the step's means (several micro-batches)
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -225,8 +226,9 @@ class Trainer:
                  "logits_fake": at_least_float32(logits_fake.detach()).mean()}
         lecam = self.discriminator.lecam
         if lecam is not None:
-            lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
-                         distributed.all_reduce_mean(terms["logits_fake"], self.context))
+            if not self._lecam_updated:  # one micro-batch: its means are the step's
+                lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
+                             distributed.all_reduce_mean(terms["logits_fake"], self.context))
             regulariser = lecam(logits_real, logits_fake)
             loss = loss + self.config.lecam_weight * regulariser
             terms["loss_lecam"] = regulariser.detach()
@@ -320,13 +322,39 @@ class Trainer:
 
     def _discriminator_step(self, micro_batches, reconstructions) -> dict:
         self.discriminator.train()
-        d_finite, d_norm, d_terms, _ = self._backward_all(
-            self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn, self.disc_optimizer)
+        self._lecam_updated = self._update_lecam_once(micro_batches, reconstructions)
+        try:
+            d_finite, d_norm, d_terms, _ = self._backward_all(
+                self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn,
+                self.disc_optimizer)
+        finally:
+            self._lecam_updated = False
         if d_finite:
             self.scaler.step(self.disc_optimizer)
         else:
             self.skipped_disc_steps += 1
         return dict(d_terms, disc_grad_norm=d_norm)
+
+    @torch.no_grad()
+    def _update_lecam_once(self, micro_batches, reconstructions) -> bool:
+        """LeCAM's EMAs follow the mean logits of the step's whole batch, once a step, before its regulariser
+        (as the official code updates them with each batch): with several micro-batches, a gradient-free
+        discriminator pass gives their means first (the discriminator's BatchNorm statistics are put back,
+        so that only the loss pass moves them). False when there is nothing to do ahead of the loss pass."""
+        lecam = self.discriminator.lecam
+        if lecam is None or len(micro_batches) == 1:
+            return False
+        net = self.discriminator.net
+        buffers = {name: buffer.clone() for name, buffer in net.named_buffers()}
+        real = fake = 0.0
+        with self._autocast():
+            for images, reconstruction in zip(micro_batches, reconstructions):
+                real = real + at_least_float32(net(images)).mean() / len(micro_batches)
+                fake = fake + at_least_float32(net(reconstruction)).mean() / len(micro_batches)
+        for name, buffer in net.named_buffers():
+            buffer.copy_(buffers[name])
+        lecam.update(distributed.all_reduce_mean(real, self.context), distributed.all_reduce_mean(fake, self.context))
+        return True
 
     def _generator_loss_fn(self, images):
         total, reconstruction, terms = self.generator_losses(images)

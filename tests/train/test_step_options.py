@@ -58,3 +58,20 @@ def test_grad_accumulation_with_the_adaptive_gan_weight_equals_the_bigger_batch(
         expected, actual = getattr(big, module).state_dict(), getattr(accumulated, module).state_dict()
         for key, value in expected.items():
             torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-5, msg=f"{module}.{key}")
+
+
+@pytest.mark.parametrize("disc_first", [False, True])
+def test_grad_accumulation_with_lecam_equals_the_bigger_batch(disc_first, micro_dcae, quick_config, tmp_path):
+    """LeCAM's EMAs follow the step's mean logits once a step (not once per micro-batch, which would shorten
+    their memory k-fold and regularise each micro-batch towards another EMA)."""
+    runs = {}
+    for name, batch, accum in (("big", 4, 1), ("accumulated", 2, 2)):
+        config = quick_config(steps=3, batch_size=batch, grad_accum=accum, lr=1e-2, gan_weight=0.1, lecam_weight=1.0,
+                              disc_start=0, disc_norm="group", disc_first=disc_first, out=str(tmp_path / name))
+        runs[name] = _train(config, micro_dcae())
+    (big, big_metrics), (accumulated, accumulated_metrics) = runs["big"], runs["accumulated"]
+    assert accumulated_metrics["loss_lecam"] == pytest.approx(big_metrics["loss_lecam"], rel=1e-4)
+    for module in ("model", "discriminator"):
+        expected, actual = getattr(big, module).state_dict(), getattr(accumulated, module).state_dict()
+        for key, value in expected.items():
+            torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-6, msg=f"{module}.{key}")
