@@ -397,11 +397,31 @@ class Trainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
             self.disc_scheduler.load_state_dict(state["disc_scheduler"])
+        self._apply_optimiser_settings()
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.skipped_disc_steps = state.get("skipped_disc_steps", 0)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.checkpoint_step = self.step
         set_rng_state(state["rng"])
+
+    def _apply_optimiser_settings(self) -> None:
+        """The optimisers' and the EMA's settings of this run's config over those a loaded checkpoint
+        restored (its lr, betas and weight decay), so that a setting a resume changes takes effect; the
+        same values (a plain resume) leave everything as loaded, the current lr included."""
+        config = self.config
+        pairs = [(self.optimizer, self.scheduler, config.lr, config.betas, config.weight_decay)]
+        if self.discriminator is not None:
+            disc_lr = config.lr if config.disc_lr is None else config.disc_lr
+            pairs.append((self.disc_optimizer, self.disc_scheduler, disc_lr, config.disc_betas,
+                          config.disc_weight_decay))
+        for optimizer, scheduler, lr, betas, weight_decay in pairs:
+            scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                group.update(initial_lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                             lr=lr * factor(scheduler.last_epoch))
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        if self.ema is not None:
+            self.ema.decay = config.ema_decay
 
     @property
     def checkpoint_path(self) -> str:

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes and an exact resume (40 steps + resume to 50 == 50 steps)."""
+import json
 import os
 
 import pytest
@@ -89,3 +90,27 @@ def test_resume_with_a_model_of_other_settings_is_an_error(micro_ibq, quick_conf
                    model=micro_ibq(), dataset=SmoothImages(count=4))
     same.train(resume=True)
     assert same.step == 2
+
+
+def test_settings_a_resume_changes_take_effect(micro_dcae, quick_config, tmp_path):
+    """The optimisers' lr, betas and weight decay and the EMA's decay come from the resumed run's settings,
+    not from the checkpoint's optimiser state (which the resume names as changed, so they must apply)."""
+    def config(**overrides):
+        values = dict(phase=3, steps=4, out=str(tmp_path / "run"), lr=1e-3, lr_schedule="constant",
+                      weight_decay=0.1, ema_decay=0.9)
+        values.update(overrides)
+        return quick_config(**values)
+
+    Trainer(config(), model=micro_dcae(), dataset=SmoothImages()).train(until=2)
+    notes = []
+    resumed = Trainer(config(lr=5e-3, betas=(0.8, 0.99), weight_decay=0.0, disc_lr=1e-4, disc_betas=(0.0, 0.95),
+                             ema_decay=0.5),
+                      model=micro_dcae(), dataset=SmoothImages(), callback=lambda event, payload: notes.append(payload))
+    resumed.train(resume=True)
+    assert any("lr 0.001 -> 0.005" in str(note.get("message")) for note in notes)
+    group, disc_group = resumed.optimizer.param_groups[0], resumed.disc_optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (5e-3, (0.8, 0.99), 0.0)
+    assert (disc_group["lr"], disc_group["betas"]) == (1e-4, (0.0, 0.95))
+    assert resumed.ema.decay == 0.5
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [row["lr"] for row in rows] == [1e-3, 1e-3, 5e-3, 5e-3]
