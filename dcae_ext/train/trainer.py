@@ -107,6 +107,7 @@ class Trainer:
         count = min(8, len(self.dataset))
         self.preview = torch.stack([self.dataset[i] for i in range(count)])
         self.step = 0
+        self.images_seen = 0            # by all ranks: the data position (see _data_position)
         self.skipped_steps = 0
         self.skipped_disc_steps = 0
         self.nonfinite_streak = 0       # steps in a row skipped for a non-finite loss, up to this one
@@ -303,6 +304,7 @@ class Trainer:
             if self.disc_scheduler is not None:
                 self.disc_scheduler.step()
         self.step += 1
+        self.images_seen += sum(len(x) for x in micro_batches) * self.context.world_size
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics
 
@@ -367,8 +369,9 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
 
     def _data_position(self) -> tuple[int, int]:
-        consumed = self.step * self.config.grad_accum * self.config.batch_size
-        return divmod(consumed, self.sampler.num_samples)
+        """(epoch, samples of it this rank has consumed), from the images all ranks consumed so far: a
+        resume with another batch size, accumulation or process count goes on after the last image seen."""
+        return divmod(self.images_seen // self.context.world_size, self.sampler.num_samples)
 
     def state_dict(self) -> dict:
         state = {"config": to_dict(self.config), "step": self.step, "skipped_steps": self.skipped_steps,
@@ -376,6 +379,7 @@ class Trainer:
                  "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
+                 "images_seen": self.images_seen,
                  "world_size": self.context.world_size, "model_class": type(self.model).__name__,
                  "model_config": self.model.config.to_dict()}
         if self.ema is not None:
@@ -399,6 +403,9 @@ class Trainer:
             self.disc_scheduler.load_state_dict(state["disc_scheduler"])
         self._apply_optimiser_settings()
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        saved = state["config"]  # checkpoints written before images_seen: the saved run's own step size
+        self.images_seen = state.get("images_seen", self.step * saved["grad_accum"] * saved["batch_size"]
+                                     * state.get("world_size", 1))
         self.skipped_disc_steps = state.get("skipped_disc_steps", 0)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.checkpoint_step = self.step
@@ -450,10 +457,12 @@ class Trainer:
         changed = changed_settings(state["config"], to_dict(self.config))
         if changed:
             self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})
-        if state.get("world_size", 1) * state["config"]["batch_size"] != \
-                self.context.world_size * self.config.batch_size:
-            self.callback("warning", {"message": "resuming with a different global batch size: the data "
-                                                 "order after the resume differs from an uninterrupted run"})
+        saved = state["config"]
+        if state.get("world_size", 1) * saved["batch_size"] * saved["grad_accum"] != \
+                self.context.world_size * self.config.batch_size * self.config.grad_accum:
+            self.callback("warning", {"message": "resuming with a different global batch size: the run goes on "
+                                                 "after the last image it saw, in other batches than an "
+                                                 "uninterrupted run's"})
         self.load_state_dict(state)
         return True
 

@@ -114,3 +114,38 @@ def test_settings_a_resume_changes_take_effect(micro_dcae, quick_config, tmp_pat
     assert resumed.ema.decay == 0.5
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [row["lr"] for row in rows] == [1e-3, 1e-3, 5e-3, 5e-3]
+
+
+class _RecordingImages(SmoothImages):
+    """SmoothImages that records the sample keys the training loop asks for (num_workers=0)."""
+
+    def __init__(self):
+        super().__init__(count=5)
+        self.keys = []
+
+    def __getitem__(self, key):
+        self.keys.append(int(key))
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("batch_size,grad_accum", [(2, 2), (4, 1), (1, 1)])
+def test_a_resume_with_another_batch_goes_on_after_the_last_image_seen(batch_size, grad_accum, micro_dcae,
+                                                                        quick_config, tmp_path):
+    """3 steps of 2 images, then a resume with another batch size or accumulation: the images after the
+    resume are the ones an uninterrupted run would have taken next (none skipped, none repeated)."""
+    def train(out, dataset, **values):
+        trainer = Trainer(quick_config(out=str(tmp_path / out), **values), model=micro_dcae(), dataset=dataset)
+        dataset.keys.clear()  # the preview strip's images are not training samples
+        return trainer
+
+    straight = _RecordingImages()
+    train("straight", straight, steps=3 + 2 * batch_size * grad_accum // 2, batch_size=2).train()
+    interrupted = _RecordingImages()
+    train("resumed", interrupted, steps=3, batch_size=2).train()
+    resumed = _RecordingImages()
+    notes = []
+    trainer = train("resumed", resumed, steps=5, batch_size=batch_size, grad_accum=grad_accum)
+    trainer.callback = lambda event, payload: notes.append(str(payload.get("message")))
+    trainer.train(resume=True)
+    assert interrupted.keys + resumed.keys == straight.keys
+    assert any("different global batch size" in note for note in notes) == (batch_size * grad_accum != 2)
