@@ -256,12 +256,22 @@ class Trainer:
                 totals[key] += float(value) / count
         if finish is not None:
             finish(totals)
+        totals = self._mean_over_ranks(totals)
         self.scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         finite = not distributed.any_rank(not (finite and math.isfinite(grad_norm)), self.context)
         return finite, grad_norm, dict(totals), outputs
+
+    def _mean_over_ranks(self, terms: dict) -> dict:
+        """The logged terms of the whole batch: each rank's means, averaged over the ranks (every rank
+        logs the same keys; one all-reduce)."""
+        if not self.context.distributed:
+            return terms
+        keys = sorted(terms)
+        values = torch.tensor([float(terms[key]) for key in keys], dtype=torch.float64, device=self.device)
+        return dict(zip(keys, distributed.all_reduce_mean(values, self.context).tolist()))
 
     def train_step(self, micro_batches: list[torch.Tensor]) -> dict:
         self.model.train()
