@@ -114,6 +114,7 @@ class Trainer:
         self.checkpoint_step = None     # the step of the checkpoint on disk, once one is
         self._step_gan_weight = None    # the adaptive GAN weight of the step in flight, over its micro-batches
         self._lecam_updated = False     # LeCAM's EMAs already hold the step's means (several micro-batches)
+        self._step_code_counts = None   # a tokenizer's code histogram of the step in flight (several micro-batches)
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -205,6 +206,9 @@ class Trainer:
             total = total + self.aux_loss_weights.get(name, 1.0) * loss
             terms[f"loss_{name}"] = loss.detach()
         terms.update(output.stats)
+        if self._step_code_counts is not None and output.indices is not None:
+            counts = torch.bincount(output.indices.detach().reshape(-1), minlength=self._step_code_counts.numel())
+            self._step_code_counts += counts
         if self._gan_active():
             self.discriminator.requires_grad_(False)
             generator_gan = GENERATOR_LOSSES[config.gan_generator_loss](self.discriminator.net(reconstruction))
@@ -285,12 +289,14 @@ class Trainer:
                 reconstructions = [self._forward(x).reconstruction for x in micro_batches]
             metrics.update(self._discriminator_step(micro_batches, reconstructions))
         self._step_gan_weight = self._new_step_gan_weight(len(micro_batches)) if gan_active else None
+        self._step_code_counts = self._new_code_counts(len(micro_batches))
         try:
             finite, grad_norm, terms, reconstructions = self._backward_all(
                 self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer,
                 finish=self._add_gan_gradients if self._step_gan_weight is not None else None)
+            terms.update(self._step_code_statistics())
         finally:
-            self._step_gan_weight = None
+            self._step_gan_weight = self._step_code_counts = None
         if finite:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
@@ -326,6 +332,30 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return StepGanWeight(last_decoder_weight(self.model), params, self.config.gan_weight, count, self.scaler,
                              self.context)
+
+    def _new_code_counts(self, count: int) -> torch.Tensor | None:
+        """A tokenizer's code histogram over a step of several micro-batches or ranks (None otherwise: the
+        model's own statistics are then the step's)."""
+        quantizer = getattr(self.model, "quantizer", None)
+        if quantizer is None or (count == 1 and not self.context.distributed):
+            return None
+        return torch.zeros(quantizer.num_codes, dtype=torch.int64, device=self.device)
+
+    def _step_code_statistics(self) -> dict:
+        """codebook_usage and perplexity of the step's whole batch (all micro-batches and ranks): the mean
+        of per-micro-batch values would understate both (a micro-batch of 4 images uses fewer codes)."""
+        if self._step_code_counts is None:
+            return {}
+        from dcae_ext.models.ibq.quantizer import code_statistics
+
+        counts = self._step_code_counts
+        if self.context.distributed:
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        # an index tensor with the step's histogram, so that the statistics are the model's own formula
+        indices = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        usage, perplexity = code_statistics(indices, counts.numel())
+        return {"codebook_usage": float(usage), "perplexity": float(perplexity)}
 
     def _add_gan_gradients(self, totals: dict) -> None:
         weight = float(self._step_gan_weight.apply())

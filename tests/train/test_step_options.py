@@ -75,3 +75,15 @@ def test_grad_accumulation_with_lecam_equals_the_bigger_batch(disc_first, micro_
         expected, actual = getattr(big, module).state_dict(), getattr(accumulated, module).state_dict()
         for key, value in expected.items():
             torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-6, msg=f"{module}.{key}")
+
+
+def test_grad_accumulation_logs_the_code_statistics_of_the_whole_batch(micro_ibq, quick_config, tmp_path):
+    """codebook_usage and perplexity of a step are those of all its images, not a mean over micro-batches
+    (which uses fewer codes each); lr 0: both runs quantize with the same weights."""
+    rows = {}
+    for name, batch, accum in (("big", 4, 1), ("accumulated", 1, 4)):
+        config = quick_config("ibq", steps=2, batch_size=batch, grad_accum=accum, lr=0.0, gan_weight=0.0,
+                              out=str(tmp_path / name))
+        rows[name] = _train(config, micro_ibq(num_codes=256))[1]
+    for key in ("codebook_usage", "perplexity"):
+        assert rows["accumulated"][key] == pytest.approx(rows["big"][key], rel=1e-6), key
