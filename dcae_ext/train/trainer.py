@@ -441,6 +441,8 @@ class Trainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
             self.disc_scheduler.load_state_dict(state["disc_scheduler"])
+        elif self.discriminator is not None:  # the GAN is new in the resumed run: its schedule is at the run's step
+            self.disc_scheduler.last_epoch = state["step"]
         self._apply_optimiser_settings()
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         saved = state["config"]  # checkpoints written before images_seen: the saved run's own step size

@@ -149,3 +149,16 @@ def test_a_resume_with_another_batch_goes_on_after_the_last_image_seen(batch_siz
     trainer.train(resume=True)
     assert interrupted.keys + resumed.keys == straight.keys
     assert any("different global batch size" in note for note in notes) == (batch_size * grad_accum != 2)
+
+
+def test_a_discriminator_new_in_a_resumed_run_follows_the_runs_schedule(micro_dcae, quick_config, tmp_path):
+    """A resume that turns the GAN on: the discriminator's lr is the schedule's at the resumed step (as
+    the generator's), not the schedule's start (cosine from its peak, or a warm-up from zero again)."""
+    config = dict(steps=8, out=str(tmp_path / "run"), lr=1e-3, warmup_steps=2, lr_schedule="cosine")
+    first = Trainer(quick_config(**config), model=micro_dcae(), dataset=SmoothImages())
+    first.train(until=4)
+    resumed = Trainer(quick_config(**config, gan_weight=0.5, disc_lr=1e-2), model=micro_dcae(), dataset=SmoothImages())
+    assert resumed.resume()
+    factor = resumed.optimizer.param_groups[0]["lr"] / 1e-3
+    assert 0 < factor < 1  # mid-cosine
+    assert resumed.disc_optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * factor)
