@@ -82,7 +82,7 @@ def _read_list_file(source: str) -> list[str]:
     not one: not text, or none of its first lines names an image (by extension or an existing file)."""
     base = os.path.dirname(source)
     try:
-        with open(source, encoding="utf-8") as stream:
+        with open(source, encoding="utf-8-sig") as stream:  # -sig: a byte-order mark is not part of the first path
             lines = [line.strip() for line in stream if line.strip()]
     except UnicodeDecodeError:
         raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (not text); give a "

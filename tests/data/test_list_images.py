@@ -37,3 +37,10 @@ def test_symlinked_class_folders_are_listed(tmp_path):
     root.mkdir()
     os.symlink(store / "sub", root / "cats")
     assert list_images(str(root)) == [str(root / "cats" / "b.png")]
+
+
+def test_list_file_with_a_byte_order_mark(tmp_path):
+    # Windows editors save "UTF-8" text with a BOM: it must not become part of the first path
+    root = _tree(tmp_path / "data")
+    (root / "list.txt").write_text("a.png\r\nsub/b.png\r\n", encoding="utf-8-sig")
+    assert list_images(str(root / "list.txt")) == [str(root / "a.png"), str(root / "sub" / "b.png")]
