@@ -133,9 +133,10 @@ def _percent(value) -> str:
 
 
 def _ratio_cell(fast: dict, ref: dict | None, key: str, ref_name: str = "ref") -> str:
-    if fast.get("oom"):
+    # `oom` is per record: a run that ran out of memory only in its backward keeps its forward time
+    if fast.get("oom") and fast.get(key) is None:
         return "OOM"
-    if ref and ref.get("oom"):
+    if ref and ref.get("oom") and ref.get(key) is None:
         return f"{ref_name} OOM"
     if ref and ref.get("skipped"):
         return f"{ref_name} skipped"

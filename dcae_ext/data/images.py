@@ -47,9 +47,7 @@ def list_images(source: str, recursive: bool = True) -> list[str]:
     source = os.path.abspath(source)
     if os.path.isdir(source):
         if recursive:
-            found = []
-            for root, _, files in os.walk(source, followlinks=True):
-                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+            found = _walk_images(source)
         else:
             found = [os.path.join(source, f) for f in os.listdir(source)
                      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(source, f))]
@@ -63,12 +61,28 @@ def list_images(source: str, recursive: bool = True) -> list[str]:
     return found
 
 
+def _walk_images(source: str) -> list[str]:
+    """The images under `source`, following symlinked folders but entering each real folder once:
+    a link back up the tree (data/sub/up -> data) would repeat the tree until the system's
+    symlink depth limit (about 40 times), and two such links would never end."""
+    found, seen = [], set()
+    for root, folders, files in os.walk(source, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        folders.sort()  # the first path to a folder reached twice is the same on every run
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
 def _read_list_file(source: str) -> list[str]:
     """The paths of a list file (one a line, relative to its folder); ValueError when the file is
     not one: not text, or none of its first lines names an image (by extension or an existing file)."""
     base = os.path.dirname(source)
     try:
-        with open(source, encoding="utf-8") as stream:
+        with open(source, encoding="utf-8-sig") as stream:  # -sig: a byte-order mark is not part of the first path
             lines = [line.strip() for line in stream if line.strip()]
     except UnicodeDecodeError:
         raise ValueError(f"argument 'data': {source} is a file but not a list of image paths (not text); give a "

@@ -21,9 +21,24 @@ class EvalImages(ImageSamples):
         if not paths:
             raise ValueError("argument 'paths': no images to evaluate")
         super().__init__(paths, resolution)
+        self.names = _distinct_names(self.paths)
 
     def name(self, index: int) -> str:
-        return os.path.basename(self.paths[index])
+        return self.names[index]
+
+
+def _distinct_names(paths: list[str]) -> list[str]:
+    """Each file's name, or, where files in several folders share it (an ImageFolder tree's
+    class_a/0001.jpg and class_b/0001.jpg), its path below the folder all the images are in."""
+    names = [os.path.basename(path) for path in paths]
+    files_named: dict[str, set] = {}
+    for path, name in zip(paths, names):
+        files_named.setdefault(name, set()).add(os.path.abspath(path))
+    if all(len(files) == 1 for files in files_named.values()):
+        return names
+    top = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
+    return [name if len(files_named[name]) == 1 else os.path.relpath(os.path.abspath(path), top).replace(os.sep, "/")
+            for path, name in zip(paths, names)]
 
 
 def _as_hwc(image: torch.Tensor) -> np.ndarray:

@@ -155,3 +155,15 @@ def test_throughput_summary_flags_a_wide_spread():
     steady = throughput_summary([1.0, 1.02, 0.99], 10)
     assert steady["images_per_s"]["median"] == 10.0 and not steady["noisy"]
     assert throughput_summary([1.0, 1.5, 1.0], 10)["noisy"]
+
+
+def test_an_out_of_memory_backward_keeps_the_forward_speedup(fake_records):
+    # the harness keeps the forward time of a run that ran out of memory only in its backward
+    fast, ref = dict(fake_records[2]), dict(fake_records[3])  # fwd medians 1.0 and 2.0
+    ref.update(fwdbwd_ms=None, oom=True, peak_mem_mb=None)
+    row = dict(zip(report.HEADER, report.table_rows([fast, ref])[0]))
+    assert (row["speedup fwd"], row["speedup f+b"]) == ("2.00x", "ref OOM")
+    fast.update(fwdbwd_ms=None, oom=True)
+    ref.update(fwdbwd_ms=3.0, oom=False)
+    row = dict(zip(report.HEADER, report.table_rows([fast, ref])[0]))
+    assert (row["speedup fwd"], row["speedup f+b"]) == ("2.00x", "OOM")

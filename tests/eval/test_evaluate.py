@@ -222,3 +222,14 @@ def test_eval_command_goes_on_past_a_one_pixel_image(tmp_path, capsys, monkeypat
     document = json.loads((out / "eval.json").read_text())
     assert document["metrics"]["missing"] == {"ssim": 1} and document["metrics"]["num_images"] == 3
     assert [record["ssim"] is None for record in document["per_image"]].count(True) == 1
+
+
+def test_images_of_one_name_in_several_folders_are_told_apart(tmp_path):
+    # an ImageFolder tree often repeats file names across classes: eval.json must say which file
+    for folder in ("cats", "dogs"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (16, 16)).save(tmp_path / folder / "0001.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "dogs" / "0002.png")
+    dataset = EvalImages([str(tmp_path / "cats" / "0001.png"), str(tmp_path / "dogs" / "0001.png"),
+                          str(tmp_path / "dogs" / "0002.png")], 16)
+    assert [dataset.name(i) for i in range(3)] == ["cats/0001.png", "dogs/0001.png", "0002.png"]
