@@ -39,6 +39,7 @@ from dcae_ext.train.config import ConfigError, TrainConfig, changed_settings, sa
 from dcae_ext.train.data import ResumableSampler, build_dataset
 from dcae_ext.train.discriminator import PatchDiscriminator
 from dcae_ext.train.ema import EMA
+from dcae_ext.train.gan_balance import StepGanWeight
 from dcae_ext.models.perceptual import PerceptualLoss
 from dcae_ext.train.losses import (GENERATOR_LOSSES, LeCAM, adaptive_gan_weight, at_least_float32,
                                    hinge_discriminator_loss, reconstruction_loss)
@@ -106,10 +107,14 @@ class Trainer:
         count = min(8, len(self.dataset))
         self.preview = torch.stack([self.dataset[i] for i in range(count)])
         self.step = 0
+        self.images_seen = 0            # by all ranks: the data position (see _data_position)
         self.skipped_steps = 0
         self.skipped_disc_steps = 0
         self.nonfinite_streak = 0       # steps in a row skipped for a non-finite loss, up to this one
         self.checkpoint_step = None     # the step of the checkpoint on disk, once one is
+        self._step_gan_weight = None    # the adaptive GAN weight of the step in flight, over its micro-batches
+        self._lecam_updated = False     # LeCAM's EMAs already hold the step's means (several micro-batches)
+        self._step_code_counts = None   # a tokenizer's code histogram of the step in flight (several micro-batches)
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -189,8 +194,9 @@ class Trainer:
         terms = {}
         output = self._forward(images)
         reconstruction = output.reconstruction
-        nll = config.reconstruction_weight * reconstruction_loss(reconstruction, images, config.reconstruction)
-        terms[f"loss_{config.reconstruction}"] = nll.detach()
+        pixel = reconstruction_loss(reconstruction, images, config.reconstruction)
+        terms[f"loss_{config.reconstruction}"] = pixel.detach()  # every term is logged before its weight
+        nll = config.reconstruction_weight * pixel
         if self.perceptual is not None:
             perceptual = at_least_float32(self.perceptual(reconstruction, images))
             terms["loss_lpips"] = perceptual.detach()
@@ -200,14 +206,21 @@ class Trainer:
             total = total + self.aux_loss_weights.get(name, 1.0) * loss
             terms[f"loss_{name}"] = loss.detach()
         terms.update(output.stats)
+        if self._step_code_counts is not None and output.indices is not None:
+            counts = torch.bincount(output.indices.detach().reshape(-1), minlength=self._step_code_counts.numel())
+            self._step_code_counts += counts
         if self._gan_active():
             self.discriminator.requires_grad_(False)
             generator_gan = GENERATOR_LOSSES[config.gan_generator_loss](self.discriminator.net(reconstruction))
             self.discriminator.requires_grad_(True)
-            weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
-                      if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
-            total = total + weight * generator_gan
-            terms.update(loss_gan=generator_gan.detach(), gan_weight=weight.detach())
+            terms["loss_gan"] = generator_gan.detach()
+            if self._step_gan_weight is not None:  # weighted once the step's micro-batches are all in
+                self._step_gan_weight.add(nll, generator_gan)
+            else:
+                weight = (adaptive_gan_weight(nll, generator_gan, last_decoder_weight(self.model), config.gan_weight)
+                          if config.adaptive_gan_weight else torch.tensor(config.gan_weight, device=self.device))
+                total = total + weight * generator_gan
+                terms["gan_weight"] = weight.detach()
         terms["loss"] = total.detach()
         return total, reconstruction, terms
 
@@ -218,8 +231,9 @@ class Trainer:
                  "logits_fake": at_least_float32(logits_fake.detach()).mean()}
         lecam = self.discriminator.lecam
         if lecam is not None:
-            lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
-                         distributed.all_reduce_mean(terms["logits_fake"], self.context))
+            if not self._lecam_updated:  # one micro-batch: its means are the step's
+                lecam.update(distributed.all_reduce_mean(terms["logits_real"], self.context),
+                             distributed.all_reduce_mean(terms["logits_fake"], self.context))
             regulariser = lecam(logits_real, logits_fake)
             loss = loss + self.config.lecam_weight * regulariser
             terms["loss_lecam"] = regulariser.detach()
@@ -227,8 +241,9 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def _backward_all(self, module_ddp, micro_batches, loss_fn, optimizer):
-        """Accumulate gradients over the micro-batches; returns (finite, grad norm, mean terms, outputs)."""
+    def _backward_all(self, module_ddp, micro_batches, loss_fn, optimizer, finish=None):
+        """Accumulate gradients over the micro-batches; returns (finite, grad norm, mean terms, outputs).
+        `finish(terms)`, if given, completes the gradients and the mean terms before they are unscaled."""
         optimizer.zero_grad(set_to_none=True)
         totals, outputs, finite = defaultdict(float), [], True
         count = len(micro_batches)
@@ -243,12 +258,24 @@ class Trainer:
             outputs.append(extra)
             for key, value in terms.items():
                 totals[key] += float(value) / count
+        if finish is not None:
+            finish(totals)
+        totals = self._mean_over_ranks(totals)
         self.scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         finite = not distributed.any_rank(not (finite and math.isfinite(grad_norm)), self.context)
         return finite, grad_norm, dict(totals), outputs
+
+    def _mean_over_ranks(self, terms: dict) -> dict:
+        """The logged terms of the whole batch: each rank's means, averaged over the ranks (every rank
+        logs the same keys; one all-reduce)."""
+        if not self.context.distributed:
+            return terms
+        keys = sorted(terms)
+        values = torch.tensor([float(terms[key]) for key in keys], dtype=torch.float64, device=self.device)
+        return dict(zip(keys, distributed.all_reduce_mean(values, self.context).tolist()))
 
     def train_step(self, micro_batches: list[torch.Tensor]) -> dict:
         self.model.train()
@@ -261,8 +288,15 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 reconstructions = [self._forward(x).reconstruction for x in micro_batches]
             metrics.update(self._discriminator_step(micro_batches, reconstructions))
-        finite, grad_norm, terms, reconstructions = self._backward_all(
-            self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer)
+        self._step_gan_weight = self._new_step_gan_weight(len(micro_batches)) if gan_active else None
+        self._step_code_counts = self._new_code_counts(len(micro_batches))
+        try:
+            finite, grad_norm, terms, reconstructions = self._backward_all(
+                self.model_ddp, [(x,) for x in micro_batches], self._generator_loss_fn, self.optimizer,
+                finish=self._add_gan_gradients if self._step_gan_weight is not None else None)
+            terms.update(self._step_code_statistics())
+        finally:
+            self._step_gan_weight = self._step_code_counts = None
         if finite:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
@@ -286,18 +320,83 @@ class Trainer:
             if self.disc_scheduler is not None:
                 self.disc_scheduler.step()
         self.step += 1
+        self.images_seen += sum(len(x) for x in micro_batches) * self.context.world_size
         metrics.update(step=self.step, skipped_steps=self.skipped_steps)
         return metrics
 
+    def _new_step_gan_weight(self, count: int) -> StepGanWeight | None:
+        """The adaptive GAN weight of a step of several micro-batches or ranks (one of each computes it
+        on its own graph, as VQGAN does)."""
+        if not self.config.adaptive_gan_weight or (count == 1 and not self.context.distributed):
+            return None
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return StepGanWeight(last_decoder_weight(self.model), params, self.config.gan_weight, count, self.scaler,
+                             self.context)
+
+    def _new_code_counts(self, count: int) -> torch.Tensor | None:
+        """A tokenizer's code histogram over a step of several micro-batches or ranks (None otherwise: the
+        model's own statistics are then the step's)."""
+        quantizer = getattr(self.model, "quantizer", None)
+        if quantizer is None or (count == 1 and not self.context.distributed):
+            return None
+        return torch.zeros(quantizer.num_codes, dtype=torch.int64, device=self.device)
+
+    def _step_code_statistics(self) -> dict:
+        """codebook_usage and perplexity of the step's whole batch (all micro-batches and ranks): the mean
+        of per-micro-batch values would understate both (a micro-batch of 4 images uses fewer codes)."""
+        if self._step_code_counts is None:
+            return {}
+        from dcae_ext.models.ibq.quantizer import code_statistics
+
+        counts = self._step_code_counts
+        if self.context.distributed:
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        # an index tensor with the step's histogram, so that the statistics are the model's own formula
+        indices = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        usage, perplexity = code_statistics(indices, counts.numel())
+        return {"codebook_usage": float(usage), "perplexity": float(perplexity)}
+
+    def _add_gan_gradients(self, totals: dict) -> None:
+        weight = float(self._step_gan_weight.apply())
+        totals["gan_weight"] = weight
+        totals["loss"] += weight * totals["loss_gan"]
+
     def _discriminator_step(self, micro_batches, reconstructions) -> dict:
         self.discriminator.train()
-        d_finite, d_norm, d_terms, _ = self._backward_all(
-            self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn, self.disc_optimizer)
+        self._lecam_updated = self._update_lecam_once(micro_batches, reconstructions)
+        try:
+            d_finite, d_norm, d_terms, _ = self._backward_all(
+                self.discriminator_ddp, list(zip(micro_batches, reconstructions)), self._disc_loss_fn,
+                self.disc_optimizer)
+        finally:
+            self._lecam_updated = False
         if d_finite:
             self.scaler.step(self.disc_optimizer)
         else:
             self.skipped_disc_steps += 1
         return dict(d_terms, disc_grad_norm=d_norm)
+
+    @torch.no_grad()
+    def _update_lecam_once(self, micro_batches, reconstructions) -> bool:
+        """LeCAM's EMAs follow the mean logits of the step's whole batch, once a step, before its regulariser
+        (as the official code updates them with each batch): with several micro-batches, a gradient-free
+        discriminator pass gives their means first (the discriminator's BatchNorm statistics are put back,
+        so that only the loss pass moves them). False when there is nothing to do ahead of the loss pass."""
+        lecam = self.discriminator.lecam
+        if lecam is None or len(micro_batches) == 1:
+            return False
+        net = self.discriminator.net
+        buffers = {name: buffer.clone() for name, buffer in net.named_buffers()}
+        real = fake = 0.0
+        with self._autocast():
+            for images, reconstruction in zip(micro_batches, reconstructions):
+                real = real + at_least_float32(net(images)).mean() / len(micro_batches)
+                fake = fake + at_least_float32(net(reconstruction)).mean() / len(micro_batches)
+        for name, buffer in net.named_buffers():
+            buffer.copy_(buffers[name])
+        lecam.update(distributed.all_reduce_mean(real, self.context), distributed.all_reduce_mean(fake, self.context))
+        return True
 
     def _generator_loss_fn(self, images):
         total, reconstruction, terms = self.generator_losses(images)
@@ -310,8 +409,9 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
 
     def _data_position(self) -> tuple[int, int]:
-        consumed = self.step * self.config.grad_accum * self.config.batch_size
-        return divmod(consumed, self.sampler.num_samples)
+        """(epoch, samples of it this rank has consumed), from the images all ranks consumed so far: a
+        resume with another batch size, accumulation or process count goes on after the last image seen."""
+        return divmod(self.images_seen // self.context.world_size, self.sampler.num_samples)
 
     def state_dict(self) -> dict:
         state = {"config": to_dict(self.config), "step": self.step, "skipped_steps": self.skipped_steps,
@@ -319,6 +419,7 @@ class Trainer:
                  "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "data_position": self._data_position(),
+                 "images_seen": self.images_seen,
                  "world_size": self.context.world_size, "model_class": type(self.model).__name__,
                  "model_config": self.model.config.to_dict()}
         if self.ema is not None:
@@ -340,11 +441,36 @@ class Trainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
             self.disc_scheduler.load_state_dict(state["disc_scheduler"])
+        elif self.discriminator is not None:  # the GAN is new in the resumed run: its schedule is at the run's step
+            self.disc_scheduler.last_epoch = state["step"]
+        self._apply_optimiser_settings()
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        saved = state["config"]  # checkpoints written before images_seen: the saved run's own step size
+        self.images_seen = state.get("images_seen", self.step * saved["grad_accum"] * saved["batch_size"]
+                                     * state.get("world_size", 1))
         self.skipped_disc_steps = state.get("skipped_disc_steps", 0)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.checkpoint_step = self.step
         set_rng_state(state["rng"])
+
+    def _apply_optimiser_settings(self) -> None:
+        """The optimisers' and the EMA's settings of this run's config over those a loaded checkpoint
+        restored (its lr, betas and weight decay), so that a setting a resume changes takes effect; the
+        same values (a plain resume) leave everything as loaded, the current lr included."""
+        config = self.config
+        pairs = [(self.optimizer, self.scheduler, config.lr, config.betas, config.weight_decay)]
+        if self.discriminator is not None:
+            disc_lr = config.lr if config.disc_lr is None else config.disc_lr
+            pairs.append((self.disc_optimizer, self.disc_scheduler, disc_lr, config.disc_betas,
+                          config.disc_weight_decay))
+        for optimizer, scheduler, lr, betas, weight_decay in pairs:
+            scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                group.update(initial_lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                             lr=lr * factor(scheduler.last_epoch))
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        if self.ema is not None:
+            self.ema.decay = config.ema_decay
 
     @property
     def checkpoint_path(self) -> str:
@@ -373,10 +499,12 @@ class Trainer:
         changed = changed_settings(state["config"], to_dict(self.config))
         if changed:
             self.callback("warning", {"message": f"resuming {path} with changed settings: {'; '.join(changed)}"})
-        if state.get("world_size", 1) * state["config"]["batch_size"] != \
-                self.context.world_size * self.config.batch_size:
-            self.callback("warning", {"message": "resuming with a different global batch size: the data "
-                                                 "order after the resume differs from an uninterrupted run"})
+        saved = state["config"]
+        if state.get("world_size", 1) * saved["batch_size"] * saved["grad_accum"] != \
+                self.context.world_size * self.config.batch_size * self.config.grad_accum:
+            self.callback("warning", {"message": "resuming with a different global batch size: the run goes on "
+                                                 "after the last image it saw, in other batches than an "
+                                                 "uninterrupted run's"})
         self.load_state_dict(state)
         return True
 

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes and an exact resume (40 steps + resume to 50 == 50 steps)."""
+import json
 import os
 
 import pytest
@@ -89,3 +90,75 @@ def test_resume_with_a_model_of_other_settings_is_an_error(micro_ibq, quick_conf
                    model=micro_ibq(), dataset=SmoothImages(count=4))
     same.train(resume=True)
     assert same.step == 2
+
+
+def test_settings_a_resume_changes_take_effect(micro_dcae, quick_config, tmp_path):
+    """The optimisers' lr, betas and weight decay and the EMA's decay come from the resumed run's settings,
+    not from the checkpoint's optimiser state (which the resume names as changed, so they must apply)."""
+    def config(**overrides):
+        values = dict(phase=3, steps=4, out=str(tmp_path / "run"), lr=1e-3, lr_schedule="constant",
+                      weight_decay=0.1, ema_decay=0.9)
+        values.update(overrides)
+        return quick_config(**values)
+
+    Trainer(config(), model=micro_dcae(), dataset=SmoothImages()).train(until=2)
+    notes = []
+    resumed = Trainer(config(lr=5e-3, betas=(0.8, 0.99), weight_decay=0.0, disc_lr=1e-4, disc_betas=(0.0, 0.95),
+                             ema_decay=0.5),
+                      model=micro_dcae(), dataset=SmoothImages(), callback=lambda event, payload: notes.append(payload))
+    resumed.train(resume=True)
+    assert any("lr 0.001 -> 0.005" in str(note.get("message")) for note in notes)
+    group, disc_group = resumed.optimizer.param_groups[0], resumed.disc_optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (5e-3, (0.8, 0.99), 0.0)
+    assert (disc_group["lr"], disc_group["betas"]) == (1e-4, (0.0, 0.95))
+    assert resumed.ema.decay == 0.5
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [row["lr"] for row in rows] == [1e-3, 1e-3, 5e-3, 5e-3]
+
+
+class _RecordingImages(SmoothImages):
+    """SmoothImages that records the sample keys the training loop asks for (num_workers=0)."""
+
+    def __init__(self):
+        super().__init__(count=5)
+        self.keys = []
+
+    def __getitem__(self, key):
+        self.keys.append(int(key))
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("batch_size,grad_accum", [(2, 2), (4, 1), (1, 1)])
+def test_a_resume_with_another_batch_goes_on_after_the_last_image_seen(batch_size, grad_accum, micro_dcae,
+                                                                        quick_config, tmp_path):
+    """3 steps of 2 images, then a resume with another batch size or accumulation: the images after the
+    resume are the ones an uninterrupted run would have taken next (none skipped, none repeated)."""
+    def train(out, dataset, **values):
+        trainer = Trainer(quick_config(out=str(tmp_path / out), **values), model=micro_dcae(), dataset=dataset)
+        dataset.keys.clear()  # the preview strip's images are not training samples
+        return trainer
+
+    straight = _RecordingImages()
+    train("straight", straight, steps=3 + 2 * batch_size * grad_accum // 2, batch_size=2).train()
+    interrupted = _RecordingImages()
+    train("resumed", interrupted, steps=3, batch_size=2).train()
+    resumed = _RecordingImages()
+    notes = []
+    trainer = train("resumed", resumed, steps=5, batch_size=batch_size, grad_accum=grad_accum)
+    trainer.callback = lambda event, payload: notes.append(str(payload.get("message")))
+    trainer.train(resume=True)
+    assert interrupted.keys + resumed.keys == straight.keys
+    assert any("different global batch size" in note for note in notes) == (batch_size * grad_accum != 2)
+
+
+def test_a_discriminator_new_in_a_resumed_run_follows_the_runs_schedule(micro_dcae, quick_config, tmp_path):
+    """A resume that turns the GAN on: the discriminator's lr is the schedule's at the resumed step (as
+    the generator's), not the schedule's start (cosine from its peak, or a warm-up from zero again)."""
+    config = dict(steps=8, out=str(tmp_path / "run"), lr=1e-3, warmup_steps=2, lr_schedule="cosine")
+    first = Trainer(quick_config(**config), model=micro_dcae(), dataset=SmoothImages())
+    first.train(until=4)
+    resumed = Trainer(quick_config(**config, gan_weight=0.5, disc_lr=1e-2), model=micro_dcae(), dataset=SmoothImages())
+    assert resumed.resume()
+    factor = resumed.optimizer.param_groups[0]["lr"] / 1e-3
+    assert 0 < factor < 1  # mid-cosine
+    assert resumed.disc_optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * factor)

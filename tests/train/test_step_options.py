@@ -38,3 +38,52 @@ def test_mixed_precision_steps_are_finite(precision, micro_ibq, quick_config):
     assert trainer.scaler.is_enabled() == (precision == "fp16")
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("loss"))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_grad_accumulation_with_the_adaptive_gan_weight_equals_the_bigger_batch(phase, micro_dcae, quick_config,
+                                                                                 tmp_path):
+    """VQGAN's weight |grad_W L_nll| / |grad_W L_G| is one number for the step's whole batch, not a mixture
+    of one per micro-batch (group-norm discriminator: a BatchNorm one normalises each micro-batch apart)."""
+    runs = {}
+    for name, batch, accum in (("big", 4, 1), ("accumulated", 2, 2)):
+        config = quick_config(phase=phase, steps=2, batch_size=batch, grad_accum=accum, lr=1e-2, gan_weight=0.5,
+                              adaptive_gan_weight=True, disc_start=0, disc_norm="group", lecam_weight=0.0,
+                              out=str(tmp_path / name))
+        runs[name] = _train(config, micro_dcae())
+    (big, big_metrics), (accumulated, accumulated_metrics) = runs["big"], runs["accumulated"]
+    assert accumulated_metrics["gan_weight"] == pytest.approx(big_metrics["gan_weight"], rel=1e-4)
+    assert accumulated_metrics["loss"] == pytest.approx(big_metrics["loss"], rel=1e-5)
+    for module in ("model", "discriminator"):
+        expected, actual = getattr(big, module).state_dict(), getattr(accumulated, module).state_dict()
+        for key, value in expected.items():
+            torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-5, msg=f"{module}.{key}")
+
+
+@pytest.mark.parametrize("disc_first", [False, True])
+def test_grad_accumulation_with_lecam_equals_the_bigger_batch(disc_first, micro_dcae, quick_config, tmp_path):
+    """LeCAM's EMAs follow the step's mean logits once a step (not once per micro-batch, which would shorten
+    their memory k-fold and regularise each micro-batch towards another EMA)."""
+    runs = {}
+    for name, batch, accum in (("big", 4, 1), ("accumulated", 2, 2)):
+        config = quick_config(steps=3, batch_size=batch, grad_accum=accum, lr=1e-2, gan_weight=0.1, lecam_weight=1.0,
+                              disc_start=0, disc_norm="group", disc_first=disc_first, out=str(tmp_path / name))
+        runs[name] = _train(config, micro_dcae())
+    (big, big_metrics), (accumulated, accumulated_metrics) = runs["big"], runs["accumulated"]
+    assert accumulated_metrics["loss_lecam"] == pytest.approx(big_metrics["loss_lecam"], rel=1e-4)
+    for module in ("model", "discriminator"):
+        expected, actual = getattr(big, module).state_dict(), getattr(accumulated, module).state_dict()
+        for key, value in expected.items():
+            torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-6, msg=f"{module}.{key}")
+
+
+def test_grad_accumulation_logs_the_code_statistics_of_the_whole_batch(micro_ibq, quick_config, tmp_path):
+    """codebook_usage and perplexity of a step are those of all its images, not a mean over micro-batches
+    (which uses fewer codes each); lr 0: both runs quantize with the same weights."""
+    rows = {}
+    for name, batch, accum in (("big", 4, 1), ("accumulated", 1, 4)):
+        config = quick_config("ibq", steps=2, batch_size=batch, grad_accum=accum, lr=0.0, gan_weight=0.0,
+                              out=str(tmp_path / name))
+        rows[name] = _train(config, micro_ibq(num_codes=256))[1]
+    for key in ("codebook_usage", "perplexity"):
+        assert rows["accumulated"][key] == pytest.approx(rows["big"][key], rel=1e-6), key
