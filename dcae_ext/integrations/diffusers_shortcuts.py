@@ -15,8 +15,6 @@ Nothing here imports diffusers.
 """
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 
@@ -84,11 +82,23 @@ def is_fused(module: torch.nn.Module) -> bool:
     return installed_forward(module) in FUSED_FORWARDS
 
 
+class BoundFunction:
+    """`function` bound to `module`, like `types.MethodType`, but it pickles (torch.save of the
+    whole model): a bound method pickles as `getattr(module, function.__name__)`, a name the module
+    does not have. deepcopy binds the copy to the copied module."""
+
+    def __init__(self, function, module: torch.nn.Module):
+        self.__func__, self.__self__ = function, module
+
+    def __call__(self, *args, **kwargs):
+        return self.__func__(self.__self__, *args, **kwargs)
+
+
 def install(module: torch.nn.Module, function, keep_inner: bool = False) -> None:
     """Give `module` the forward `function`; with `keep_inner`, remember the forward it had."""
     if keep_inner:
         setattr(module, INNER_FORWARD, module.__dict__.get("forward"))
-    module.forward = types.MethodType(function, module)
+    module.forward = BoundFunction(function, module)
 
 
 def uninstall(module: torch.nn.Module) -> None:

@@ -10,10 +10,9 @@ ramps across the whole overlap, so the two outputs differ (docs/diffusers.md: ho
 """
 from __future__ import annotations
 
-import types
-
 import torch
 
+from dcae_ext.integrations.diffusers_shortcuts import BoundFunction
 from dcae_ext.models.tiling import checked_overlap, tiled_map
 
 NOTE = ("tiled encode/decode (after vae.enable_tiling()): the package's tiler, exact sizes; its blend differs "
@@ -70,7 +69,7 @@ def state(vae) -> str:
 
 def install(vae) -> None:
     for name, fn in _OURS.items():
-        setattr(vae, name, types.MethodType(fn, vae))
+        setattr(vae, name, BoundFunction(fn, vae))
 
 
 def uninstall(vae) -> None:

@@ -535,3 +535,29 @@ def test_forwards_replaced_before_accelerate_are_chained_or_left_and_restored():
     assert model.encoder.out_shortcut
     assert_same_results(got, forward_backward(build("in_style"), inputs("in_style")),
                         forward_backward(build("in_style").double(), inputs("in_style", torch.float64)))
+
+
+# --- copies --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["in_style", "sana"])
+def test_torch_save_or_deepcopy_of_an_accelerated_model_is_accelerated_with_the_same_outputs(name):
+    """torch.save pickles the whole model; the swapped forwards and tiled encode/decode come back
+    bound to the loaded model (a bound method would pickle as `getattr(block, 'down_block_forward')`)."""
+    import io
+
+    fast = build(name)
+    summary = accelerate(fast)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for copied in (loaded, copy.deepcopy(fast)):
+        again = accelerate(copied)
+        assert not again.changed and again.already == summary.counts and not again.left
+        for module in copied.modules():
+            for key in ("forward", "tiled_decode", "tiled_encode"):
+                if key in vars(module):
+                    assert vars(module)[key].__self__ is module, key
+        with torch.no_grad():
+            assert torch.equal(run(copied, inputs(name)), run(fast, inputs(name)))
+        assert restore(copied).counts == summary.counts

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from dcae_ext.models import DCAE
+from dcae_ext.models.dcae.config import EFFICIENTVIT_MODEL_NAMES, get_config, preset_names
+from dcae_ext.models.formats.dcae_weights import to_efficientvit
 from dcae_ext.ops import use_reference
 from dcae_configs import CONFIGS, diffusers_kwargs, reduced
+from official_dc_ae import ZOO
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -87,6 +90,35 @@ def test_our_diffusers_folder_loads_in_diffusers_with_the_same_outputs(name, tmp
         latent = theirs.encode(x).latent
         _assert_rel_close(ours.encode(x), latent)
         _assert_rel_close(ours.decode(latent), theirs.decode(latent).sample)
+
+
+DIFFUSERS_PRESETS = [name for name in preset_names() if not get_config(name).structured_latent]
+
+
+@pytest.mark.parametrize("name", DIFFUSERS_PRESETS)
+def test_every_full_size_preset_has_the_names_and_shapes_of_its_diffusers_model(name):
+    """What our diffusers-format save of the preset writes (its state dict and config) is what
+    diffusers' AutoencoderDC built from that config holds: no missing or unexpected key (meta device)."""
+    with torch.device("meta"):
+        ours = DCAE.from_config(name)
+        theirs = diffusers.AutoencoderDC(**diffusers_kwargs(ours.config))
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+
+
+# The efficientvit presets the official copy (official_dc_ae.py, DC-Gen's zoo) does not build; the
+# names of their checkpoints are checked against diffusers' converter of efficientvit checkpoints.
+EFFICIENTVIT_1_0 = [name for name in EFFICIENTVIT_MODEL_NAMES if name not in ZOO]
+
+
+@pytest.mark.parametrize("name", EFFICIENTVIT_1_0)
+def test_efficientvit_names_of_the_1_0_presets_convert_back_in_diffusers(name):
+    single_file_utils = pytest.importorskip("diffusers.loaders.single_file_utils")
+    with torch.device("meta"):
+        ours = DCAE.from_config(name)
+        official = to_efficientvit(ours)
+        converted = single_file_utils.convert_autoencoder_dc_checkpoint_to_diffusers(dict(official))
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
 
 
 def test_structured_latent_is_not_saved_in_diffusers_format(tmp_path):

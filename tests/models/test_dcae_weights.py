@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file as from_safetensors
 
 from dcae_ext.models import DCAE, tiny_config
 from dcae_ext.models.formats.dcae_weights import from_efficientvit, to_efficientvit
@@ -244,3 +245,23 @@ def test_a_config_that_contradicts_the_saved_one_is_refused(tmp_path):
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_name": "dc-ae-f32c128-1.1-c16"}))
     named = DCAE.from_pretrained(tmp_path / "plain", config=reduced("dc-ae-f32c128-1.1"))  # a name of no preset:
     assert not named.config.structured_latent  # config= is what such a folder needs
+
+
+def test_an_efficientvit_checkpoint_with_extra_or_missing_keys_is_refused(tmp_path):
+    """The efficientvit format is read through the key map: a key the map does not use, a missing
+    fused qkv (three of our keys) or a qkv of the wrong size is refused by name, not dropped."""
+    from safetensors.torch import save_file
+
+    DCAE(IN_STYLE).save_pretrained(tmp_path, format="efficientvit")
+    state = from_safetensors(tmp_path / "model.safetensors")
+    qkv = "encoder.stages.2.op_list.0.context_module.main.qkv.conv.weight"
+    broken = {"extra": dict(state, **{"encoder.stages.2.op_list.9.extra": torch.zeros(1)}),
+              "missing": {k: v for k, v in state.items() if k != qkv},
+              "wrong qkv": dict(state, **{qkv: torch.cat([state[qkv], state[qkv][:3]])})}
+    expected = {"extra": r"unexpected keys \(1\).*op_list\.9\.extra",
+                "missing": r"missing keys \(3\).*down_blocks\.2\.0\.attn\.to_k\.weight",
+                "wrong qkv": r"shape mismatches \(3\).*down_blocks\.2\.0\.attn\.to_q\.weight"}
+    for what, weights in broken.items():
+        save_file(weights, str(tmp_path / "model.safetensors"))
+        with pytest.raises(ValueError, match=expected[what]):
+            DCAE.from_pretrained(tmp_path)
