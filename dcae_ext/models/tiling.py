@@ -44,41 +44,43 @@ def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:
     return starts
 
 
-def _ramp(length: int, device, floor: float = 0.0) -> torch.Tensor:
+def _ramp(length: int, device, floor: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rising blend weights across an overlap of `length`: 0 over the first quarter (a tile's border
     outputs lack context), linear through the middle half, 1 over the last quarter. Mirrored, it is
     the neighbour's weight, so the two sum to 1."""
-    position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    position = torch.arange(length, device=device, dtype=dtype) + 0.5
     return ((position - length / 4) / (length / 2)).clamp(0, 1).clamp_min(floor)
 
 
 _WEIGHT_FLOOR = 1e-3
 
 
-def axis_weights(starts: list[int], tile: int, size: int, device, floor: float = 0.0) -> list[torch.Tensor]:
-    """Per-tile 1-D blend weights (float32, length min(tile, size)), in output units."""
+def axis_weights(starts: list[int], tile: int, size: int, device, floor: float = 0.0,
+                 dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Per-tile 1-D blend weights (`dtype`, length min(tile, size)), in output units."""
     length = min(tile, size)
     weights = []
     for i, start in enumerate(starts):
-        w = torch.ones(length, device=device, dtype=torch.float32)
+        w = torch.ones(length, device=device, dtype=dtype)
         if i > 0:
             rise = starts[i - 1] + length - start  # overlap with the previous tile
             if rise > 0:
-                w[:rise] = _ramp(rise, device, floor)
+                w[:rise] = _ramp(rise, device, floor, dtype)
         if i + 1 < len(starts):
             fall = start + length - starts[i + 1]
             if fall > 0:
-                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device, floor).flip(0))
+                w[length - fall:] = torch.minimum(w[length - fall:], _ramp(fall, device, floor, dtype).flip(0))
         weights.append(w)
     return weights
 
 
-def _weights_and_sum(starts: list[int], tile: int, size: int, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _weights_and_sum(starts: list[int], tile: int, size: int, device,
+                     dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Blend weights and their sum along one axis. Zero weights (outputs without context) are kept
     exact; only where tiles overlap so much that some sum would be 0 does a small floor come in."""
     for floor in (0.0, _WEIGHT_FLOOR):
-        weights = axis_weights(starts, tile, size, device, floor)
-        total = torch.zeros(size, device=device)
+        weights = axis_weights(starts, tile, size, device, floor, dtype)
+        total = torch.zeros(size, device=device, dtype=dtype)
         for start, w in zip(starts, weights):
             total[start:start + w.numel()] += w
         if bool((total > 0).all()):
@@ -101,16 +103,17 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
         return v * up // down
 
     out_h, out_w, out_tile = out_units(height), out_units(width), out_units(tile)
-    row_w, row_sum = _weights_and_sum([out_units(s) for s in rows], out_tile, out_h, x.device)
-    col_w, col_sum = _weights_and_sum([out_units(s) for s in cols], out_tile, out_w, x.device)
 
     out = None
-    for r, wr in zip(rows, row_w):
-        for c, wc in zip(cols, col_w):
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
             y = fn(x[:, :, r:r + tile, c:c + tile])
-            if out is None:
-                out = torch.zeros(y.shape[0], y.shape[1], out_h, out_w, device=y.device, dtype=torch.float32)
+            if out is None:  # sums in float32, or float64 for float64 tiles (not rounded to float32)
+                acc = torch.promote_types(y.dtype, torch.float32)
+                row_w, row_sum = _weights_and_sum([out_units(s) for s in rows], out_tile, out_h, y.device, acc)
+                col_w, col_sum = _weights_and_sum([out_units(s) for s in cols], out_tile, out_w, y.device, acc)
+                out = torch.zeros(y.shape[0], y.shape[1], out_h, out_w, device=y.device, dtype=acc)
             oy, ox = out_units(r), out_units(c)
-            out[:, :, oy:oy + y.shape[2], ox:ox + y.shape[3]] += y.float() * (wr[:, None] * wc[None, :])
+            out[:, :, oy:oy + y.shape[2], ox:ox + y.shape[3]] += y.to(acc) * (row_w[i][:, None] * col_w[j][None, :])
     out /= row_sum[:, None] * col_sum[None, :]
     return out.to(y.dtype)

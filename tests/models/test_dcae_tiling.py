@@ -141,3 +141,15 @@ def test_default_overlap_hides_the_seams_of_a_decoder_with_context():
         torch.testing.assert_close(model.decode(z), expected, rtol=1e-5, atol=1e-5)
         model.enable_tiling(128, overlap=0)
         assert (model.decode(z) - expected).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("up,down", [(4, 1), (1, 4)])
+def test_tiled_map_keeps_float64_precision(up, down):
+    # Accumulating float64 tiles in float32 rounds them to ~1e-7: a float64 model (gradcheck) must
+    # come out of tiling with float64 precision.
+    x = torch.randn(1, 2, 36, 44, dtype=torch.float64)
+    local = (lambda t: t.repeat_interleave(up, -1).repeat_interleave(up, -2) / 3) if up > 1 else \
+        (lambda t: F.avg_pool2d(t, down) / 3)
+    tiled = tiled_map(local, x, 12 if up > 1 else 16, 4 if up > 1 else 8, up=up, down=down)
+    assert tiled.dtype == torch.float64
+    torch.testing.assert_close(tiled, local(x), rtol=1e-12, atol=1e-12)
