@@ -10,6 +10,7 @@ product of the per-axis sums, so no full-size weight map is stored.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -19,6 +20,7 @@ def checked_overlap(tile: int, factor: int, overlap: int | None = None) -> int:
     """The overlap in pixels of tiles `tile` pixels wide at spatial compression `factor`, checked (both
     multiples of the factor, overlap in [0, tile)). Default: the largest multiple of the factor not above
     tile / 4, and at least the factor (one latent pixel), so tiles always blend across a seam."""
+    tile = _integer(tile, "tile")
     if tile <= 0 or tile % factor:
         raise ValueError(f"argument 'tile': {tile} must be a positive multiple of the spatial factor {factor}")
     if overlap is None:
@@ -26,10 +28,19 @@ def checked_overlap(tile: int, factor: int, overlap: int | None = None) -> int:
             raise ValueError(f"argument 'tile': {tile} pixels is one latent pixel at spatial factor {factor}, too "
                              f"small for tiles to overlap; use tile >= {2 * factor} (e.g. {max(4 * factor, 512)})")
         overlap = max(factor, (tile // 4) // factor * factor)
+    overlap = _integer(overlap, "overlap")
     if overlap < 0 or overlap % factor or overlap >= tile:
         raise ValueError(f"argument 'overlap': {overlap} must be a multiple of the spatial factor {factor} "
                          f"in [0, tile={tile})")
     return overlap
+
+
+def _integer(value, name: str) -> int:
+    """`value` as an int (numpy integers too); anything else (64.0, "64", None, True) a ValueError naming it,
+    not a TypeError deep inside the first tiled call."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"argument '{name}': expected an integer number of pixels, got {value!r}")
+    return int(value)
 
 
 def tile_starts(size: int, tile: int, stride: int, align: int = 1) -> list[int]:

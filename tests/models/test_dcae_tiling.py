@@ -153,3 +153,23 @@ def test_tiled_map_keeps_float64_precision(up, down):
     tiled = tiled_map(local, x, 12 if up > 1 else 16, 4 if up > 1 else 8, up=up, down=down)
     assert tiled.dtype == torch.float64
     torch.testing.assert_close(tiled, local(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tile,overlap,named", [(64.0, None, "tile"), ("64", None, "tile"), (None, None, "tile"),
+                                                (64, 16.0, "overlap"), (64, "16", "overlap")])
+def test_enable_tiling_refuses_values_that_are_not_integers(tile, overlap, named):
+    # 64.0 used to be taken, then every large encode failed with "'float' object cannot be interpreted".
+    from dcae_ext.models import IBQTokenizer
+
+    for model in (DCAE.from_config("tiny"), IBQTokenizer.from_config("tiny")):
+        with pytest.raises(ValueError, match=f"argument '{named}'"):
+            model.enable_tiling(tile, overlap)
+        assert model.tile_size is None
+
+
+def test_enable_tiling_takes_numpy_integers():
+    np = pytest.importorskip("numpy")
+    model = DCAE.from_config("tiny")
+    model.enable_tiling(np.int64(64), np.int64(16))
+    assert (model.tile_size, model.tile_overlap) == (64, 16)
+    assert type(model.tile_size) is int and type(model.tile_overlap) is int
