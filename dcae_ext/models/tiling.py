@@ -99,6 +99,12 @@ def _weights_and_sum(starts: list[int], tile: int, size: int, device,
     return weights, total
 
 
+def _nonzero_span(weights: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) of the nonzero weights (a ramp's zeros are at its ends); (0, 0) for none."""
+    nonzero = weights.nonzero()
+    return (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.numel() else (0, 0)
+
+
 def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
               up: int = 1, down: int = 1) -> torch.Tensor:
     """Apply `fn` to overlapping tiles of x (B, C, H, W) and blend the results.
@@ -123,8 +129,13 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
                 acc = torch.promote_types(y.dtype, torch.float32)
                 row_w, row_sum = _weights_and_sum([out_units(s) for s in rows], out_tile, out_h, y.device, acc)
                 col_w, col_sum = _weights_and_sum([out_units(s) for s in cols], out_tile, out_w, y.device, acc)
+                row_span, col_span = [_nonzero_span(w) for w in row_w], [_nonzero_span(w) for w in col_w]
                 out = torch.zeros(y.shape[0], y.shape[1], out_h, out_w, device=y.device, dtype=acc)
+            # only where the tile has weight: an inf or NaN among its outputs without context (weight 0)
+            # would make NaN of the neighbour's good output (inf * 0)
+            (top, bottom), (left, right) = row_span[i], col_span[j]
             oy, ox = out_units(r), out_units(c)
-            out[:, :, oy:oy + y.shape[2], ox:ox + y.shape[3]] += y.to(acc) * (row_w[i][:, None] * col_w[j][None, :])
+            out[:, :, oy + top:oy + bottom, ox + left:ox + right] += (
+                y[:, :, top:bottom, left:right].to(acc) * (row_w[i][top:bottom, None] * col_w[j][None, left:right]))
     out /= row_sum[:, None] * col_sum[None, :]
     return out.to(y.dtype)

@@ -173,3 +173,17 @@ def test_enable_tiling_takes_numpy_integers():
     model.enable_tiling(np.int64(64), np.int64(16))
     assert (model.tile_size, model.tile_overlap) == (64, 16)
     assert type(model.tile_size) is int and type(model.tile_overlap) is int
+
+
+@pytest.mark.parametrize("tile,overlap", [(16, 8), (12, 8), (8, 0)])
+def test_outputs_given_no_weight_cannot_spoil_the_blend(tile, overlap):
+    # The outer quarter of an overlap gets weight 0 (computed without context); an inf there times 0
+    # was NaN, added onto the neighbour's good output. A pointwise map must keep every +-inf as it is.
+    x = torch.randn(2, 1, 30, 41)
+    x[..., ::3, ::2] = float("inf")
+    x[..., 1::3, 1::2] = -float("inf")
+    x[0, 0, 5, 7] = float("nan")
+    for up, down in ((1, 1), (2, 1)):
+        local = lambda t: t.repeat_interleave(up, -1).repeat_interleave(up, -2)  # noqa: E731
+        torch.testing.assert_close(tiled_map(local, x, tile, overlap, up=up, down=down), local(x),
+                                   rtol=0, atol=1e-6, equal_nan=True)
