@@ -187,3 +187,34 @@ def test_outputs_given_no_weight_cannot_spoil_the_blend(tile, overlap):
         local = lambda t: t.repeat_interleave(up, -1).repeat_interleave(up, -2)  # noqa: E731
         torch.testing.assert_close(tiled_map(local, x, tile, overlap, up=up, down=down), local(x),
                                    rtol=0, atol=1e-6, equal_nan=True)
+
+
+class LocalEncoder(torch.nn.Module):
+    """Each latent pixel from its own f x f patch only: tiling it must change nothing."""
+
+    def __init__(self, factor, latent_channels=4):
+        super().__init__()
+        self.factor = factor
+        self.conv = torch.nn.Conv2d(3, latent_channels, 1)
+
+    def forward(self, x, latent_channels=None):
+        return self.conv(F.avg_pool2d(x, self.factor))
+
+
+@pytest.mark.parametrize("factor", [8, 32, 64])
+@pytest.mark.parametrize("size", [(5, 3), "one over", "odd"])
+def test_every_pixel_blended_once_for_images_of_any_size(factor, size):
+    # pad=True sizes that are multiples of neither the factor, the tile nor the stride, and one smaller
+    # than a tile: with maps that see no context, tiled encode and decode equal the untiled ones.
+    torch.manual_seed(0)
+    height, width = {"one over": (factor + 1, 3 * factor - 1), "odd": (7 * factor + 3, 4 * factor + 5)}.get(size, size)
+    model = DCAE(tiny_config(factor)).eval()
+    model.encoder, model.decoder = LocalEncoder(factor), LocalDecoder(factor, radius=0)
+    x = torch.rand(2, 3, height, width) * 2 - 1
+    with torch.no_grad():
+        z, image = model.encode(x, pad=True), model.decode(model.encode(x, pad=True), size=(height, width))
+        for tile, overlap in ((2 * factor, factor), (3 * factor, None), (5 * factor, 3 * factor)):
+            model.enable_tiling(tile, overlap)
+            tiled_z = model.encode(x, pad=True)
+            torch.testing.assert_close(tiled_z, z, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.decode(tiled_z, size=(height, width)), image, rtol=1e-5, atol=1e-5)
