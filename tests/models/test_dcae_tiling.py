@@ -218,3 +218,13 @@ def test_every_pixel_blended_once_for_images_of_any_size(factor, size):
             tiled_z = model.encode(x, pad=True)
             torch.testing.assert_close(tiled_z, z, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(model.decode(tiled_z, size=(height, width)), image, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_one_tile_comes_out_bit_exact(dtype):
+    # A tile at least as large as the input: the blend (weights 1, summed in float32 or wider) returns
+    # fn's output unchanged, in its dtype.
+    x = torch.randn(2, 3, 24, 16).to(dtype)
+    odd = lambda t: torch.sin(7 * t) * 1e4  # noqa: E731
+    tiled = tiled_map(odd, x, 24, 8)
+    assert tiled.dtype == dtype and torch.equal(tiled, odd(x))
