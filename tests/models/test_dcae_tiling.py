@@ -228,3 +228,11 @@ def test_one_tile_comes_out_bit_exact(dtype):
     odd = lambda t: torch.sin(7 * t) * 1e4  # noqa: E731
     tiled = tiled_map(odd, x, 24, 8)
     assert tiled.dtype == dtype and torch.equal(tiled, odd(x))
+
+
+def test_tiled_map_gradcheck_float64():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    decoder = lambda t: F.pixel_shuffle(conv(t).repeat(1, 4, 1, 1), 2)  # noqa: E731  (B, 3, 2h, 2w)
+    z = torch.randn(1, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: tiled_map(decoder, t, 3, 1, up=2), (z,))
