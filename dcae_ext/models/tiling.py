@@ -124,13 +124,18 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     out = None
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            y = fn(x[:, :, r:r + tile, c:c + tile])
+            part = x[:, :, r:r + tile, c:c + tile]
+            y = fn(part)
             if out is None:  # sums in float32, or float64 for float64 tiles (not rounded to float32)
                 acc = torch.promote_types(y.dtype, torch.float32)
                 row_w, row_sum = _weights_and_sum([out_units(s) for s in rows], out_tile, out_h, y.device, acc)
                 col_w, col_sum = _weights_and_sum([out_units(s) for s in cols], out_tile, out_w, y.device, acc)
                 row_span, col_span = [_nonzero_span(w) for w in row_w], [_nonzero_span(w) for w in col_w]
                 out = torch.zeros(y.shape[0], y.shape[1], out_h, out_w, device=y.device, dtype=acc)
+            if y.ndim != 4 or tuple(y.shape[2:]) != (row_w[i].numel(), col_w[j].numel()):
+                raise ValueError(f"tiled_map: a {part.shape[2]} x {part.shape[3]} tile gave an output of shape "
+                                 f"{tuple(y.shape)}, expected spatial size {row_w[i].numel()} x {col_w[j].numel()} "
+                                 f"(scale {up}/{down}): the model's spatial factor is not the one tiled with")
             # only where the tile has weight: an inf or NaN among its outputs without context (weight 0)
             # would make NaN of the neighbour's good output (inf * 0)
             (top, bottom), (left, right) = row_span[i], col_span[j]

@@ -236,3 +236,13 @@ def test_tiled_map_gradcheck_float64():
     decoder = lambda t: F.pixel_shuffle(conv(t).repeat(1, 4, 1, 1), 2)  # noqa: E731  (B, 3, 2h, 2w)
     z = torch.randn(1, 2, 7, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: tiled_map(decoder, t, 3, 1, up=2), (z,))
+
+
+def test_a_map_of_another_scale_is_an_error_not_a_crop():
+    # Tiles are added only where they have weight; an output larger than the tiler expects (a model
+    # of another spatial factor) must not be cropped into place silently.
+    x = torch.randn(1, 2, 20, 12)
+    with pytest.raises(ValueError, match="tiled_map: a 8 x 8 tile gave an output of shape"):
+        tiled_map(lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2), x, 8, 4)
+    with pytest.raises(ValueError, match="expected spatial size 4 x 4"):
+        tiled_map(lambda t: t, x, 8, 4, up=1, down=2)
