@@ -5,8 +5,9 @@ back so that it ends at the border, so every tile has the full size and the outp
 the input times the scale (no overhang). Each tile's output is weighted by a separable ramp that
 rises across the middle half of its overlap with the previous tile and falls across the middle half
 of its overlap with the next (the outer quarters, computed without context, get 0 weight and are
-left out of the sum), and the sum (float32, float64 for float64 tiles) is divided by the summed weights. Because tiles form a grid, the weight sum is the outer
-product of the per-axis sums, so no full-size weight map is stored.
+left out of the sum), and the sum (float32, float64 for float64 tiles) is divided by the summed
+weights. Because tiles form a grid, the weight sum is the outer product of the per-axis sums, so no
+full-size weight map is stored.
 """
 from __future__ import annotations
 
