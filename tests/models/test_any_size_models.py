@@ -153,3 +153,25 @@ def test_ibq_tiling_blends_the_encoder_outputs_then_quantizes_whole():
     torch.testing.assert_close(decoded, by_hand, rtol=0, atol=0)
     with pytest.raises(ValueError, match="argument 'tile'"):
         model.enable_tiling(30)
+
+
+@pytest.mark.parametrize("kind", ["dcae", "ibq"])
+@pytest.mark.parametrize("size", [(3, 2), (33, 41), (70, 19)])
+def test_a_tile_as_large_as_the_padded_image_is_the_untiled_result(models, kind, size):
+    model = models[kind]
+    f = model.spatial_compression
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        codes = _encode(model, x, pad=True)
+        decoded = _decode(model, codes, size=size)
+        model.enable_tiling(max(padded_size(size[0], f), padded_size(size[1], f), 2 * f))
+        try:
+            tiled_codes = _encode(model, x, pad=True)
+            tiled = _decode(model, tiled_codes, size=size)
+            model.enable_tiling(2 * f, overlap=f)                # tiles that split it: sizes still exact
+            split_codes = _encode(model, x, pad=True)
+            split = _decode(model, split_codes, size=size)
+        finally:
+            model.disable_tiling()
+    assert torch.equal(tiled_codes, codes) and torch.equal(tiled, decoded)
+    assert split_codes.shape == codes.shape and split.shape == x.shape

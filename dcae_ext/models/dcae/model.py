@@ -198,7 +198,7 @@ class DCAE(nn.Module):
         are in image pixels and must be multiples of the spatial factor f; the default overlap is
         `tiling.checked_overlap`'s (about tile / 4, at least f)."""
         overlap = checked_overlap(tile, self.spatial_compression, overlap)
-        self.tile_size, self.tile_overlap = tile, overlap
+        self.tile_size, self.tile_overlap = int(tile), overlap  # tile checked an integer (numpy ones too)
 
     def disable_tiling(self) -> None:
         self.tile_size = None

@@ -168,7 +168,7 @@ class IBQTokenizer(nn.Module):
         (as `DCAE.enable_tiling`). The encoder's continuous outputs are blended, then quantized whole,
         so no code is split between tiles."""
         overlap = checked_overlap(tile, self.spatial_compression, overlap)
-        self.tile_size, self.tile_overlap = tile, overlap
+        self.tile_size, self.tile_overlap = int(tile), overlap  # tile checked an integer (numpy ones too)
 
     def disable_tiling(self) -> None:
         self.tile_size = None
