@@ -21,6 +21,7 @@ from dcae_ext.models.dcae.blocks import DownsampleBlock, EfficientViTBlock, ResB
 from dcae_ext.models.dcae.config import (DCAEConfig, config_differences, efficientvit_model_name, find_preset_in,
                                          get_config)
 from dcae_ext.files import read_json, safe_torch_load, write_files_together
+from dcae_ext.models.config_agreement import refuse_contradiction
 from dcae_ext.models.formats.training_run import is_run_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -211,12 +212,7 @@ def _check_agreement(given: DCAEConfig, data: dict, source: Path) -> None:
         return
     if saved is None:
         return
-    differ = config_differences(given, saved)
-    if differ:
-        shown = "; ".join(f"{name}: given {mine!r}, saved {theirs!r}" for name, mine, theirs in differ[:4])
-        raise ValueError(f"argument 'config': {given.name or 'the given config'} contradicts {source} "
-                         f"({shown}{'; ...' if len(differ) > 4 else ''}); leave out config (--config) to load the "
-                         "model that was saved")
+    refuse_contradiction(given.name, config_differences(given, saved), source)
 
 
 def load_pretrained(cls, path, config=None, strict: bool = True):

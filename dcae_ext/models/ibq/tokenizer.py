@@ -21,6 +21,7 @@ from dcae_ext.models.dcae import model as dcae
 from dcae_ext.models.ibq import vqgan
 from dcae_ext.models.dcae.config import DCAEConfig, config_differences as dcae_config_differences
 from dcae_ext.files import read_json, write_files_together
+from dcae_ext.models.config_agreement import refuse_contradiction
 from dcae_ext.models.formats.ibq_official import convert_official_state, infer_vqgan_config, is_official_layout, \
     read_official_file
 from dcae_ext.models.output import AutoencoderOutput
@@ -321,12 +322,7 @@ def _check_agreement(given: IBQConfig, values: dict, source: str) -> None:
         saved = IBQConfig.from_dict(values)
     except (TypeError, ValueError):
         return
-    differ = config_differences(given, saved)
-    if differ:
-        shown = "; ".join(f"{name}: given {mine!r}, saved {theirs!r}" for name, mine, theirs in differ[:4])
-        raise ValueError(f"argument 'config': {given.name or 'the given config'} contradicts {source} "
-                         f"({shown}{'; ...' if len(differ) > 4 else ''}); leave out config to load the tokenizer "
-                         "that was saved")
+    refuse_contradiction(given.name, config_differences(given, saved), source)
 
 
 def _official_file(path: str) -> str:
