@@ -346,15 +346,13 @@ class Trainer:
         of per-micro-batch values would understate both (a micro-batch of 4 images uses fewer codes)."""
         if self._step_code_counts is None:
             return {}
-        from dcae_ext.models.ibq.quantizer import code_statistics
+        from dcae_ext.models.ibq.quantizer import histogram_statistics
 
         counts = self._step_code_counts
         if self.context.distributed:
             counts = counts.clone()
             torch.distributed.all_reduce(counts)
-        # an index tensor with the step's histogram, so that the statistics are the model's own formula
-        indices = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-        usage, perplexity = code_statistics(indices, counts.numel())
+        usage, perplexity = histogram_statistics(counts)  # the model's own formula, on the step's histogram
         return {"codebook_usage": float(usage), "perplexity": float(perplexity)}
 
     def _add_gan_gradients(self, totals: dict) -> None:

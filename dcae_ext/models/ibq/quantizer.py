@@ -43,7 +43,12 @@ def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor
     if flat.numel() == 0:
         zero = torch.zeros((), device=indices.device)
         return zero, zero
-    counts = torch.bincount(flat, minlength=num_codes).float()
+    return histogram_statistics(torch.bincount(flat, minlength=num_codes))
+
+
+def histogram_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fraction of the codes that occur, perplexity) of a code histogram `counts` (K,), not all zero."""
+    counts = counts.float()
     usage = (counts > 0).float().mean()
     probs = counts / counts.sum()
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
