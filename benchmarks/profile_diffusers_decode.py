@@ -16,11 +16,11 @@ import argparse
 import copy
 import io
 import statistics
-import time
 
 import torch
 
 from dcae_ext.bench.hardware import machine_description
+from dcae_ext.bench.timing import Timing, block_seconds, time_interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONV_OPS = ("aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::_slow_conv2d_forward",
@@ -84,33 +84,21 @@ def conv_rates(model, latent, device: str, repeats: int = 3) -> list[tuple[str, 
         for name, conv in convs:
             x = inputs[name]
             conv(x)
-            times = []
-            for _ in range(repeats):
-                synchronize(device)
-                start = time.perf_counter()
-                conv(x)
-                synchronize(device)
-                times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
+            seconds = statistics.median(block_seconds(lambda: conv(x), 1, torch.device(device)) for _ in range(repeats))
             out_pixels = x.shape[0] * (x.shape[-2] // conv.stride[0]) * (x.shape[-1] // conv.stride[1])
             flops = 2 * conv.weight.numel() * out_pixels
             found.append((name, tuple(x.shape), seconds * 1e3, flops / seconds / 1e9))
     return found
 
 
-def decode_ms(models: dict, latent, device: str, repeats: int) -> dict[str, float]:
-    """Median ms of each model's decode, the models taking turns (a slow spell of a shared machine
-    then reaches both, not one)."""
-    times = {label: [] for label in models}
+def decode_ms(models: dict, latent, repeats: int, device: str) -> dict[str, float]:
+    """Median ms of each model's decode, timed by the bench harness: the models take turns (a slow
+    spell of a shared machine then reaches both, not one), one warm-up call each."""
     with torch.no_grad():
-        for _ in range(repeats + 1):  # the first round warms up
-            for label, model in models.items():
-                synchronize(device)
-                start = time.perf_counter()
-                model.decode(latent)
-                synchronize(device)
-                times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(found[1:]) * 1e3 for label, found in times.items()}
+        stats, _ = time_interleaved({label: (lambda m=model: m.decode(latent)) for label, model in models.items()},
+                                    device, Timing(warmup=1, min_blocks=repeats, max_blocks=repeats,
+                                                   block_seconds=0.0, max_seconds=float("inf")))
+    return {label: found.median for label, found in stats.items()}
 
 
 def main(argv=None) -> None:
@@ -133,7 +121,7 @@ def main(argv=None) -> None:
     say = lambda *parts: print(*parts, file=report)  # noqa: E731
     say(f"AutoencoderDC decode profile, dc-ae-f32c32-sana-1.1, {args.resolution} px, batch 1, {dtype}")
     say(f"machine: {machine_description(args.device)}; torch {torch.__version__}")
-    times = decode_ms({"stock": stock, "accelerated": fast}, latent, args.device, args.repeats)
+    times = decode_ms({"stock": stock, "accelerated": fast}, latent, args.repeats, args.device)
     say(f"decode median of {args.repeats}, taking turns: stock {times['stock']:.1f} ms, accelerated {times['accelerated']:.1f} ms "
         f"({times['stock'] / times['accelerated']:.3f}x)")
     for label, model in (("stock", stock), ("accelerated", fast)):
